@@ -1,0 +1,46 @@
+# APInalytics — `make run` and `make test` set everything up on Debian/Ubuntu first.
+SHELL := /bin/bash
+PYTHON ?= python3
+VENV ?= .venv
+BIN := $(VENV)/bin
+STAMP := $(VENV)/.installed
+
+.PHONY: run test check lint typecheck pytest system setup bench-ingest bench-query clean
+
+run: setup
+	$(BIN)/apinalytics serve
+
+test: setup check pytest
+
+# System packages: PostgreSQL and TimescaleDB (built from source where unpackaged).
+system:
+	@bash scripts/install-system
+
+setup: system $(STAMP)
+
+$(STAMP): pyproject.toml
+	@test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
+	$(BIN)/pip install -q --upgrade pip
+	$(BIN)/pip install -q -e '.[dev]'
+	@touch $@
+
+check: lint typecheck
+
+lint: $(STAMP)
+	$(BIN)/ruff check service tests bench scripts/*.py
+	$(BIN)/ruff format --check service tests bench scripts/*.py
+
+typecheck: $(STAMP)
+	$(BIN)/mypy
+
+pytest: $(STAMP)
+	$(BIN)/pytest
+
+bench-ingest: setup
+	$(BIN)/python bench/ingest.py
+
+bench-query: setup
+	$(BIN)/python bench/query.py
+
+clean:
+	rm -rf $(VENV) .apinalytics .pytest_cache .mypy_cache .ruff_cache

@@ -1,0 +1,3 @@
+"""APInalytics: analytics for APIs, self-hosted on TimescaleDB."""
+
+__version__ = "0.1.0"

@@ -1,0 +1,268 @@
+"""The ``apinalytics`` command: serve, migrate, apps, ... (also ``python -m apinalytics``).
+
+Configuration comes from ``APINALYTICS_*`` environment variables (see settings.py);
+the flags below override them.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import sys
+from collections.abc import Callable, Coroutine, Sequence
+from pathlib import Path
+from typing import Any
+
+import asyncpg
+
+from . import __version__, apps, localdb, logs, migrate
+from .settings import Settings
+
+Command = Callable[[argparse.Namespace, Settings], Coroutine[Any, Any, int]]
+
+
+def main(argv: Sequence[str] | None = None) -> None:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    overrides = {
+        k: v
+        for k, v in {
+            "database_url": getattr(args, "database_url", None),
+            "host": getattr(args, "host", None),
+            "port": getattr(args, "port", None),
+            "home": getattr(args, "home", None),
+        }.items()
+        if v is not None
+    }
+    settings = Settings(**overrides)
+    logs.configure(settings.log_level, settings.log_json)
+    if args.command == "serve":
+        sys.exit(serve(settings, migrate_first=not args.no_migrate))
+    func: Command = args.func
+    try:
+        sys.exit(asyncio.run(func(args, settings)))
+    except (OSError, asyncpg.PostgresError, localdb.LocalDbError) as exc:
+        print(f"apinalytics: {exc}", file=sys.stderr)
+        sys.exit(1)
+
+
+def build_parser() -> argparse.ArgumentParser:
+    common = argparse.ArgumentParser(add_help=False)
+    common.add_argument(
+        "--database-url",
+        help="PostgreSQL URL (APINALYTICS_DATABASE_URL); default: the embedded local cluster",
+    )
+    common.add_argument(
+        "--home", type=Path, help="project-local state directory (APINALYTICS_HOME)"
+    )
+
+    parser = argparse.ArgumentParser(prog="apinalytics", description=__doc__.splitlines()[0])
+    parser.add_argument("--version", action="version", version=__version__)
+    sub = parser.add_subparsers(dest="command", required=True)
+
+    p = sub.add_parser("serve", parents=[common], help="run the HTTP service")
+    p.add_argument("--host", help="listen address (APINALYTICS_HOST, default 127.0.0.1)")
+    p.add_argument("--port", type=int, help="listen port (APINALYTICS_PORT, default 8080)")
+    p.add_argument("--no-migrate", action="store_true", help="do not apply migrations at start")
+
+    p = sub.add_parser("migrate", parents=[common], help="apply sql/migrations")
+    p.set_defaults(func=cmd_migrate)
+
+    p = sub.add_parser("apps", help="manage applications")
+    apps_sub = p.add_subparsers(dest="apps_command", required=True)
+    p = apps_sub.add_parser("create", parents=[common], help="create an app and print its keys")
+    p.add_argument("--name", required=True)
+    p.add_argument("--json", action="store_true", help="print one JSON object")
+    p.set_defaults(func=cmd_apps_create)
+    p = apps_sub.add_parser("list", parents=[common], help="list apps (no keys)")
+    p.add_argument("--json", action="store_true")
+    p.set_defaults(func=cmd_apps_list)
+    p = apps_sub.add_parser("rotate-keys", parents=[common], help="replace an app's keys")
+    p.add_argument("app_id")
+    which = p.add_mutually_exclusive_group()
+    which.add_argument("--write", action="store_true", help="only the write key")
+    which.add_argument("--read", action="store_true", help="only the read key")
+    p.add_argument("--json", action="store_true")
+    p.set_defaults(func=cmd_apps_rotate)
+    p = apps_sub.add_parser("delete", parents=[common], help="delete an app and all its data")
+    p.add_argument("app_id")
+    p.add_argument("--yes", action="store_true", help="do not ask for confirmation")
+    p.set_defaults(func=cmd_apps_delete)
+
+    p = sub.add_parser("db", help="the embedded local TimescaleDB")
+    db_sub = p.add_subparsers(dest="db_command", required=True)
+    p = db_sub.add_parser("start", parents=[common], help="start (or reuse) and print its URL")
+    p.set_defaults(func=cmd_db_start)
+    p = db_sub.add_parser("stop", parents=[common], help="stop it")
+    p.set_defaults(func=cmd_db_stop)
+    return parser
+
+
+def serve(settings: Settings, *, migrate_first: bool) -> int:
+    from aiohttp import web
+
+    from .app import create_app
+
+    app = create_app(settings, run_migrations=migrate_first)
+    print(
+        f"APInalytics listening on http://{settings.host}:{settings.port}/\n"
+        "Create an app with: apinalytics apps create --name my-api",
+        file=sys.stderr,
+        flush=True,
+    )
+    # aiohttp handles SIGINT/SIGTERM: stops accepting, lets in-flight requests finish
+    # (shutdown_timeout), then runs the cleanup contexts.
+    web.run_app(
+        app,
+        host=settings.host,
+        port=settings.port,
+        access_log=None,
+        shutdown_timeout=30,
+        print=None,
+    )
+    return 0
+
+
+async def dsn_for(settings: Settings) -> str:
+    """The configured database, or the embedded cluster (started if needed), migrated."""
+    if settings.database_url:
+        return settings.database_url
+    cluster = localdb.LocalCluster(
+        settings.home / "pgdata", localdb.find_bindir(settings.pg_bindir)
+    )
+    await asyncio.to_thread(cluster.ensure_running)
+    return cluster.dsn
+
+
+async def _connect(settings: Settings) -> asyncpg.Connection:
+    dsn = await dsn_for(settings)
+    await migrate.migrate(dsn)
+    return await asyncpg.connect(dsn)
+
+
+async def cmd_migrate(args: argparse.Namespace, settings: Settings) -> int:
+    result = await migrate.migrate(await dsn_for(settings))
+    edition = "Community" if result.license == "timescale" else "Apache-2"
+    how = (
+        "continuous aggregates with refresh policies"
+        if result.mode == "community"
+        else "tables kept up to date by the ingest path"
+    )
+    print(f"TimescaleDB license: {result.license} ({edition} edition)")
+    print(f"rollup mode: {result.mode} ({how})")
+    if result.applied:
+        for name in result.applied:
+            print(f"applied {name}")
+    else:
+        print("schema is up to date")
+    return 0
+
+
+def _print_keys(app: apps.NewApp, as_json: bool) -> None:
+    out: dict[str, Any] = {"app_id": app.app_id}
+    if app.write_key:
+        out["write_key"] = app.write_key
+    if app.read_key:
+        out["read_key"] = app.read_key
+    if as_json:
+        print(json.dumps(out))
+        return
+    print(f"Application ID: {app.app_id}")
+    if app.write_key:
+        print(f"Write key:      {app.write_key}")
+    if app.read_key:
+        print(f"Read key:       {app.read_key}")
+    print("Keys are shown only now; store them safely.", file=sys.stderr)
+
+
+async def cmd_apps_create(args: argparse.Namespace, settings: Settings) -> int:
+    conn = await _connect(settings)
+    try:
+        app = await apps.create(conn, args.name)
+    finally:
+        await conn.close()
+    _print_keys(app, args.json)
+    return 0
+
+
+async def cmd_apps_list(args: argparse.Namespace, settings: Settings) -> int:
+    conn = await _connect(settings)
+    try:
+        rows = await apps.list_apps(conn)
+    finally:
+        await conn.close()
+    if args.json:
+        print(
+            json.dumps(
+                [
+                    {"app_id": a.app_id, "name": a.name, "created_at": a.created_at.isoformat()}
+                    for a in rows
+                ]
+            )
+        )
+    else:
+        for a in rows:
+            print(f"{a.app_id}\t{a.name}\t{a.created_at:%Y-%m-%d %H:%M:%S}")
+    return 0
+
+
+async def cmd_apps_rotate(args: argparse.Namespace, settings: Settings) -> int:
+    kinds = (
+        {apps.KeyKind.WRITE}
+        if args.write
+        else {apps.KeyKind.READ}
+        if args.read
+        else {apps.KeyKind.WRITE, apps.KeyKind.READ}
+    )
+    conn = await _connect(settings)
+    try:
+        app = await apps.rotate(conn, args.app_id, kinds)
+    finally:
+        await conn.close()
+    if app is None:
+        print(f"apinalytics: no application {args.app_id}", file=sys.stderr)
+        return 2
+    _print_keys(app, args.json)
+    return 0
+
+
+async def cmd_apps_delete(args: argparse.Namespace, settings: Settings) -> int:
+    if not args.yes:
+        if not sys.stdin.isatty():
+            print("apinalytics: deleting needs --yes when not run at a terminal", file=sys.stderr)
+            return 2
+        answer = input(f"Delete application {args.app_id} and ALL of its events? [y/N] ")
+        if answer.strip().lower() not in ("y", "yes"):
+            print("not deleted")
+            return 1
+    conn = await _connect(settings)
+    try:
+        async with conn.transaction():
+            found = await apps.delete(conn, args.app_id)
+    finally:
+        await conn.close()
+    if not found:
+        print(f"apinalytics: no application {args.app_id}", file=sys.stderr)
+        return 2
+    print(f"deleted application {args.app_id} and its data")
+    return 0
+
+
+async def cmd_db_start(args: argparse.Namespace, settings: Settings) -> int:
+    print(await dsn_for(settings))
+    return 0
+
+
+async def cmd_db_stop(args: argparse.Namespace, settings: Settings) -> int:
+    cluster = localdb.LocalCluster(
+        settings.home / "pgdata", localdb.find_bindir(settings.pg_bindir)
+    )
+    cluster.datadir = cluster.datadir.resolve()
+    cluster.stop()
+    print("stopped")
+    return 0
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,103 @@
+"""``create_app(settings)``: wiring only — resources, middlewares, the route table."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+from collections.abc import AsyncIterator, Callable
+
+from aiohttp import web
+
+from . import localdb, middleware, migrate
+from .db import Database, create_pool
+from .ingest import handlers as ingest
+from .ingest.write import purge_idempotency_keys
+from .keys import DB, METRICS, ROLLUP_MODE, SETTINGS
+from .metrics import Metrics
+from .ops import healthz, metrics_view, readyz
+from .settings import Settings
+
+log = logging.getLogger(__name__)
+
+LOCAL_CLUSTER = web.AppKey("local_cluster", localdb.LocalCluster)
+DSN = web.AppKey("dsn", str)
+
+
+def create_app(settings: Settings, *, run_migrations: bool = True) -> web.Application:
+    app = web.Application(
+        middlewares=[middleware.timing, middleware.cors_preflight, middleware.errors],
+        # Ingest reads the body itself, with its own limit and a clear 413.
+        client_max_size=settings.max_body_bytes + 1,
+    )
+    app[SETTINGS] = settings
+    app[METRICS] = Metrics()
+    app.cleanup_ctx.append(_database(run_migrations))
+    app.cleanup_ctx.append(_idempotency_purge)
+    app.on_response_prepare.append(middleware.cors_headers)
+    add_routes(app)
+    return app
+
+
+def add_routes(app: web.Application) -> None:
+    for path in ("/1/events", "/1/event"):
+        for p in (path, path + "/"):
+            app.router.add_post(p, ingest.post_events)
+    app.router.add_get("/healthz", healthz)
+    app.router.add_get("/readyz", readyz)
+    app.router.add_get("/metrics", metrics_view)
+
+
+def _database(run_migrations: bool) -> Callable[[web.Application], AsyncIterator[None]]:
+    async def ctx(app: web.Application) -> AsyncIterator[None]:
+        settings = app[SETTINGS]
+        dsn = settings.database_url
+        if not dsn:
+            cluster = localdb.LocalCluster(
+                datadir=settings.home / "pgdata",
+                bindir=localdb.find_bindir(settings.pg_bindir),
+            )
+            await asyncio.to_thread(cluster.ensure_running)
+            app[LOCAL_CLUSTER] = cluster
+            dsn = cluster.dsn
+            log.info("embedded TimescaleDB running", extra={"port": cluster.port})
+        app[DSN] = dsn
+        if run_migrations:
+            result = await migrate.migrate(dsn)
+            log.info("migrations", extra={"applied": result.applied, "mode": result.mode})
+        pool = await create_pool(
+            dsn,
+            max_size=settings.db_pool_max,
+            statement_timeout_s=settings.statement_timeout_s,
+            connect_timeout_s=settings.db_connect_timeout_s,
+        )
+        db = Database(pool, settings.statement_timeout_s, settings.db_connect_timeout_s)
+        app[DB] = db
+        async with db.connection() as conn:
+            mode = await migrate.rollup_mode(conn)
+        app[ROLLUP_MODE] = mode or "apache"
+        yield
+        await pool.close()
+        # The embedded cluster keeps running: the next `serve` reuses it.
+
+    return ctx
+
+
+async def _idempotency_purge(app: web.Application) -> AsyncIterator[None]:
+    """Hourly delete of expired Idempotency-Keys; failures are logged and retried."""
+    settings = app[SETTINGS]
+
+    async def loop() -> None:
+        while True:
+            await asyncio.sleep(3600)
+            try:
+                n = await purge_idempotency_keys(app[DB], settings.idempotency_ttl_s)
+                log.info("purged idempotency keys", extra={"count": n})
+            except Exception:
+                log.exception("purging idempotency keys failed")
+
+    task = asyncio.create_task(loop())
+    yield
+    task.cancel()
+    with contextlib.suppress(asyncio.CancelledError):
+        await task

@@ -1,0 +1,176 @@
+"""Applications and their keys: create, list, rotate, delete, authenticate.
+
+Keys are 256-bit random URL-safe strings, shown once and stored only as SHA-256
+digests. A prefix tells a write key from a read key at a glance (and lets secret
+scanners recognise them); it carries no authority of its own.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import hmac
+import secrets
+from dataclasses import dataclass
+from datetime import datetime
+from enum import Enum
+
+import asyncpg
+
+WRITE_PREFIX = "apw_"
+READ_PREFIX = "apr_"
+
+
+class KeyKind(Enum):
+    WRITE = "write"
+    READ = "read"
+
+
+@dataclass(frozen=True)
+class NewApp:
+    """An app as created or re-keyed: the only moment its keys are known in full."""
+
+    app_id: str
+    name: str
+    write_key: str | None
+    read_key: str | None
+
+
+@dataclass(frozen=True)
+class AppInfo:
+    id: int
+    app_id: str
+    name: str
+    owner_id: int | None
+    created_at: datetime
+
+
+def digest(key: str) -> bytes:
+    return hashlib.sha256(key.encode("utf-8", "surrogatepass")).digest()
+
+
+def new_public_id() -> str:
+    return secrets.token_urlsafe(12)
+
+
+def new_key(kind: KeyKind) -> str:
+    return (WRITE_PREFIX if kind is KeyKind.WRITE else READ_PREFIX) + secrets.token_urlsafe(32)
+
+
+def key_matches(key: str, stored_digest: bytes) -> bool:
+    return hmac.compare_digest(digest(key), stored_digest)
+
+
+async def create(conn: asyncpg.Connection, name: str, owner_id: int | None = None) -> NewApp:
+    app = NewApp(new_public_id(), name, new_key(KeyKind.WRITE), new_key(KeyKind.READ))
+    assert app.write_key and app.read_key
+    await conn.execute(
+        """
+        INSERT INTO apps (public_id, name, owner_id, write_key_digest, read_key_digest)
+        VALUES ($1, $2, $3, $4, $5)
+        """,
+        app.app_id,
+        name,
+        owner_id,
+        digest(app.write_key),
+        digest(app.read_key),
+    )
+    return app
+
+
+async def list_apps(conn: asyncpg.Connection, owner_id: int | None = None) -> list[AppInfo]:
+    rows = await conn.fetch(
+        """
+        SELECT id, public_id, name, owner_id, created_at FROM apps
+        WHERE $1::bigint IS NULL OR owner_id = $1
+        ORDER BY created_at, id
+        """,
+        owner_id,
+    )
+    return [
+        AppInfo(r["id"], r["public_id"], r["name"], r["owner_id"], r["created_at"]) for r in rows
+    ]
+
+
+async def get(conn: asyncpg.Connection, app_id: str) -> AppInfo | None:
+    r = await conn.fetchrow(
+        "SELECT id, public_id, name, owner_id, created_at FROM apps WHERE public_id = $1", app_id
+    )
+    return (
+        AppInfo(r["id"], r["public_id"], r["name"], r["owner_id"], r["created_at"]) if r else None
+    )
+
+
+async def rotate(conn: asyncpg.Connection, app_id: str, kinds: set[KeyKind]) -> NewApp | None:
+    """New keys of the given kinds; the old ones stop working with the commit."""
+    write = new_key(KeyKind.WRITE) if KeyKind.WRITE in kinds else None
+    read = new_key(KeyKind.READ) if KeyKind.READ in kinds else None
+    name = await conn.fetchval(
+        """
+        UPDATE apps SET
+            write_key_digest = COALESCE($2, write_key_digest),
+            read_key_digest = COALESCE($3, read_key_digest)
+        WHERE public_id = $1
+        RETURNING name
+        """,
+        app_id,
+        digest(write) if write else None,
+        digest(read) if read else None,
+    )
+    if name is None:
+        return None
+    return NewApp(app_id, name, write, read)
+
+
+# Relations that hold per-app rows besides `events`; rollups register here so that
+# deleting an app deletes everything of it. Names are fixed identifiers, never input.
+PER_APP_RELATIONS: list[str] = ["events"]
+
+
+async def delete(conn: asyncpg.Connection, app_id: str) -> bool:
+    """Delete an app and all of its data, in the caller's transaction."""
+    internal = await conn.fetchval("SELECT id FROM apps WHERE public_id = $1 FOR UPDATE", app_id)
+    if internal is None:
+        return False
+    for relation in await deletable_relations(conn):
+        await conn.execute(f"DELETE FROM {relation} WHERE app_id = $1", internal)
+    await conn.execute("DELETE FROM apps WHERE id = $1", internal)
+    return True
+
+
+async def deletable_relations(conn: asyncpg.Connection) -> list[str]:
+    """Per-app relations that are plain tables or hypertables (continuous aggregates are
+    refreshed, not deleted from: see the rollups module)."""
+    out = []
+    for relation in PER_APP_RELATIONS:
+        kind = await conn.fetchval(
+            "SELECT c.relkind FROM pg_class c WHERE c.oid = to_regclass($1)", relation
+        )
+        if kind == b"r" or kind == "r":
+            out.append(relation)
+    return out
+
+
+@dataclass(frozen=True)
+class Credentials:
+    app: int  # internal id
+    app_id: str  # public id
+    kind: KeyKind
+
+
+async def authenticate(conn: asyncpg.Connection, app_id: str, key: str) -> Credentials | None:
+    """Which kind of key this is for the app, or None if the app or key is unknown."""
+    row = await conn.fetchrow(
+        "SELECT id, write_key_digest, read_key_digest FROM apps WHERE public_id = $1", app_id
+    )
+    if row is None:
+        # Compare anyway so an unknown app costs the same as a wrong key.
+        hmac.compare_digest(digest(key), digest(""))
+        return None
+    # Both comparisons always run: timing does not reveal which kind matched.
+    is_write = key_matches(key, row["write_key_digest"])
+    is_read = key_matches(key, row["read_key_digest"])
+    if is_write:
+        return Credentials(row["id"], app_id, KeyKind.WRITE)
+    if is_read:
+        return Credentials(row["id"], app_id, KeyKind.READ)
+    return None

@@ -1,0 +1,124 @@
+"""The database pool and the one path every statement takes.
+
+Every statement runs under the server-side ``statement_timeout`` set on each pooled
+connection, is timed, and has its failures mapped to domain errors in one place:
+a lost or refused connection is ``DatabaseUnavailable`` (503 + Retry-After), a
+cancelled statement is ``QueryTimeout``.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from collections.abc import AsyncIterator, Iterator, Sequence
+from contextlib import asynccontextmanager, contextmanager
+from typing import Any
+
+import asyncpg
+
+from .errors import DatabaseUnavailable, QueryTimeout
+
+log = logging.getLogger(__name__)
+
+# A statement slower than this is logged at WARNING with its timing.
+SLOW_STATEMENT_S = 1.0
+
+_UNAVAILABLE = (
+    OSError,  # refused, reset, unreachable
+    TimeoutError,  # pool acquire or connect took too long
+    asyncpg.PostgresConnectionError,
+    asyncpg.CannotConnectNowError,
+    asyncpg.InterfaceError,  # connection closed under us
+    asyncpg.AdminShutdownError,
+    asyncpg.CrashShutdownError,
+)
+
+
+@contextmanager
+def mapped_errors(timeout_s: float) -> Iterator[None]:
+    """Turn driver failures into the domain errors the API renders."""
+    try:
+        yield
+    except asyncpg.QueryCanceledError as exc:
+        raise QueryTimeout(timeout_s) from exc
+    except _UNAVAILABLE as exc:
+        log.warning("database unavailable: %s: %s", type(exc).__name__, exc)
+        raise DatabaseUnavailable() from exc
+
+
+class Database:
+    """The pool plus timing, timeouts and error mapping; the only way to run SQL."""
+
+    def __init__(self, pool: asyncpg.Pool, statement_timeout_s: float, acquire_timeout_s: float):
+        self.pool = pool
+        self.statement_timeout_s = statement_timeout_s
+        self.acquire_timeout_s = acquire_timeout_s
+
+    @asynccontextmanager
+    async def connection(self) -> AsyncIterator[asyncpg.Connection]:
+        with mapped_errors(self.statement_timeout_s):
+            async with self.pool.acquire(timeout=self.acquire_timeout_s) as conn:
+                yield conn
+
+    @asynccontextmanager
+    async def transaction(self) -> AsyncIterator[asyncpg.Connection]:
+        """A connection inside one transaction; committed when the block exits cleanly."""
+        with mapped_errors(self.statement_timeout_s):
+            async with (
+                self.pool.acquire(timeout=self.acquire_timeout_s) as conn,
+                conn.transaction(),
+            ):
+                yield conn
+
+    async def fetch(self, sql: str, *args: Any, label: str = "") -> list[asyncpg.Record]:
+        async with self.connection() as conn:
+            rows: list[asyncpg.Record] = await timed(conn.fetch, sql, args, label)
+            return rows
+
+    async def fetchrow(self, sql: str, *args: Any, label: str = "") -> asyncpg.Record | None:
+        async with self.connection() as conn:
+            row: asyncpg.Record | None = await timed(conn.fetchrow, sql, args, label)
+            return row
+
+    async def fetchval(self, sql: str, *args: Any, label: str = "") -> Any:
+        async with self.connection() as conn:
+            return await timed(conn.fetchval, sql, args, label)
+
+    async def execute(self, sql: str, *args: Any, label: str = "") -> str:
+        async with self.connection() as conn:
+            result: str = await timed(conn.execute, sql, args, label)
+            return result
+
+
+async def timed(fn: Any, sql: str, args: Sequence[Any], label: str = "") -> Any:
+    """Run one statement on a connection, logging its duration."""
+    started = time.perf_counter()
+    try:
+        return await fn(sql, *args)
+    finally:
+        elapsed = time.perf_counter() - started
+        level = logging.WARNING if elapsed >= SLOW_STATEMENT_S else logging.DEBUG
+        if log.isEnabledFor(level):
+            log.log(
+                level, "sql", extra={"label": label or sql[:60], "ms": round(elapsed * 1000, 2)}
+            )
+
+
+async def create_pool(
+    dsn: str, *, max_size: int, statement_timeout_s: float, connect_timeout_s: float
+) -> asyncpg.Pool:
+    """A pool that connects lazily, so the service starts (and recovers) without the database."""
+    pool: asyncpg.Pool = await asyncpg.create_pool(
+        dsn,
+        min_size=0,
+        max_size=max_size,
+        timeout=connect_timeout_s,
+        # Recycle idle connections so a restarted database is rediscovered promptly.
+        max_inactive_connection_lifetime=60,
+        server_settings={
+            "statement_timeout": str(int(statement_timeout_s * 1000)),
+            "application_name": "apinalytics",
+            "timezone": "UTC",
+        },
+    )
+    return pool

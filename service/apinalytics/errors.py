@@ -1,0 +1,131 @@
+"""Domain errors carry their HTTP status and machine code; one middleware renders them.
+
+User errors (4xx) say what the caller must change. System errors (5xx) say what is
+wrong on our side and, where it helps, when to come back.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+
+class ApiError(Exception):
+    """Base of every error the API renders as ``{"error": {...}}``."""
+
+    status: int = 500
+    code: str = "internal_error"
+
+    def __init__(
+        self,
+        message: str,
+        *,
+        details: list[dict[str, Any]] | None = None,
+        headers: dict[str, str] | None = None,
+        code: str | None = None,
+    ) -> None:
+        super().__init__(message)
+        self.message = message
+        self.details = details
+        self.headers = headers or {}
+        if code is not None:
+            self.code = code
+
+    def body(self) -> dict[str, Any]:
+        error: dict[str, Any] = {"code": self.code, "message": self.message}
+        if self.details:
+            error["details"] = self.details
+        return {"error": error}
+
+
+class UserError(ApiError):
+    """The request is wrong; the message says how."""
+
+    status = 400
+    code = "bad_request"
+
+
+class BadRequest(UserError):
+    pass
+
+
+class InvalidQuery(UserError):
+    """A query parameter is wrong: names the parameter and why."""
+
+    code = "invalid_parameter"
+
+    def __init__(self, param: str, why: str) -> None:
+        super().__init__(f"{param}: {why}", details=[{"param": param, "message": why}])
+        self.param = param
+        self.why = why
+
+
+class InvalidEvents(UserError):
+    """Some events of a batch are invalid; details name the index and field of each."""
+
+    code = "invalid_events"
+
+
+class Unauthorized(UserError):
+    status = 401
+    code = "unauthorized"
+
+
+class Forbidden(UserError):
+    status = 403
+    code = "forbidden"
+
+
+class NotFound(UserError):
+    status = 404
+    code = "not_found"
+
+
+class MethodNotAllowed(UserError):
+    status = 405
+    code = "method_not_allowed"
+
+
+class PayloadTooLarge(UserError):
+    status = 413
+    code = "payload_too_large"
+
+
+class UnsupportedMediaType(UserError):
+    status = 415
+    code = "unsupported_media_type"
+
+
+class Gone(UserError):
+    """The data asked for existed once but is past retention."""
+
+    status = 410
+    code = "past_retention"
+
+
+class SystemFault(ApiError):
+    """Something on our side; the caller did nothing wrong."""
+
+    status = 500
+    code = "internal_error"
+
+
+class DatabaseUnavailable(SystemFault):
+    status = 503
+    code = "database_unavailable"
+
+    def __init__(self, retry_after: int = 5) -> None:
+        super().__init__(
+            "The database is unavailable; nothing was stored. Retry later.",
+            headers={"Retry-After": str(retry_after)},
+        )
+
+
+class QueryTimeout(SystemFault):
+    status = 503
+    code = "query_timeout"
+
+    def __init__(self, timeout_s: float) -> None:
+        super().__init__(
+            f"The query ran longer than the {timeout_s:g} s statement timeout and was "
+            "cancelled; ask for a shorter range or a coarser granularity."
+        )

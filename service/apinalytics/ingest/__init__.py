@@ -1,0 +1,1 @@
+"""Event ingest: decoding and limits, validation, the atomic write, rollup upkeep."""

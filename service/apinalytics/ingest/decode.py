@@ -1,0 +1,229 @@
+"""From an HTTP body to rows ready for COPY, or a 4xx that names what is wrong.
+
+Order of checks: content type and encoding (415), body size before and after
+gunzip (413), JSON and types per event and field (400), batch size (413), then one
+pass over the events for what pydantic cannot know: configured string limits, NUL
+characters (PostgreSQL text cannot hold them), the accepted time window. Every
+problem of the batch is reported, up to ``MAX_DETAILS``, and nothing is stored.
+"""
+
+from __future__ import annotations
+
+import json
+import re
+import zlib
+from datetime import UTC, datetime, timedelta
+from typing import Any
+
+from aiohttp import web
+from pydantic import ValidationError
+
+from ..errors import InvalidEvents, PayloadTooLarge, UnsupportedMediaType, UserError
+from ..settings import Settings
+from .model import BATCH, EventIn
+
+MAX_DETAILS = 100
+EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
+# RFC 9110 token characters: GET, PROPFIND, M-SEARCH, ...
+_METHOD = re.compile(r"^[A-Za-z0-9!#$%&'*+.^_`|~-]{1,32}$")
+
+Row = tuple[datetime, int, str, str, str, str, int, int, str | None]
+COLUMNS = (
+    "time",
+    "app_id",
+    "consumer_id",
+    "method",
+    "url",
+    "function",
+    "response_us",
+    "status_code",
+    "data",
+)
+
+
+class BatchRejected(InvalidEvents):
+    """Invalid events; ``events`` is how many the batch held, when that is known."""
+
+    def __init__(
+        self, message: str, details: list[dict[str, Any]] | None = None, events: int = 0
+    ) -> None:
+        super().__init__(message, details=details)
+        self.events = events
+
+
+async def read_body(request: web.Request, settings: Settings) -> bytes:
+    """The request body, gunzipped, within the size limit."""
+    ctype = request.content_type
+    if ctype != "application/json":
+        raise UnsupportedMediaType(
+            f"Content-Type must be application/json, not {ctype or 'missing'}."
+        )
+    encoding = request.headers.get("Content-Encoding", "identity").strip().lower()
+    if encoding not in ("identity", "gzip"):
+        raise UnsupportedMediaType(f"Content-Encoding must be gzip or absent, not {encoding}.")
+    limit = settings.max_body_bytes
+    if request.content_length is not None and request.content_length > limit:
+        raise _too_large(limit)
+    chunks: list[bytes] = []
+    size = 0
+    async for chunk in request.content.iter_chunked(1 << 16):
+        size += len(chunk)
+        if size > limit:
+            raise _too_large(limit)
+        chunks.append(chunk)
+    body = b"".join(chunks)
+    if encoding == "gzip":
+        body = _gunzip(body, limit)
+    return body
+
+
+def _too_large(limit: int) -> PayloadTooLarge:
+    return PayloadTooLarge(
+        f"The body is over the {limit}-byte limit (after gunzip); send smaller batches."
+    )
+
+
+def _gunzip(body: bytes, limit: int) -> bytes:
+    # max_length bounds memory: a small bomb cannot inflate past the limit.
+    d = zlib.decompressobj(wbits=16 + zlib.MAX_WBITS)
+    try:
+        out = d.decompress(body, limit + 1)
+        if len(out) > limit or d.unconsumed_tail:
+            raise _too_large(limit)
+        out += d.flush()
+    except zlib.error as exc:
+        raise UserError(f"The body is not valid gzip: {exc}.", code="invalid_body") from exc
+    if not d.eof:
+        raise UserError("The gzip body is truncated.", code="invalid_body")
+    return out
+
+
+def parse(body: bytes, app: int, now: float, settings: Settings) -> list[Row]:
+    """Validate a whole batch and build its rows; raises before anything is stored."""
+    try:
+        events = BATCH.validate_json(body)
+    except ValidationError as exc:
+        raise _from_pydantic(exc, body) from None
+    if len(events) > settings.max_batch_events:
+        raise PayloadTooLarge(
+            f"The batch has {len(events)} events; the limit is {settings.max_batch_events}."
+        )
+    rows: list[Row] = []
+    problems: list[dict[str, Any]] = []
+    earliest = now - settings.max_event_age_s
+    latest = now + settings.max_event_future_s
+    for i, ev in enumerate(events):
+        bad = _check(ev, settings, earliest, latest)
+        if bad:
+            problems.extend({"index": i, "field": f, "message": m} for f, m in bad)
+            continue
+        if not problems:
+            rows.append(_row(ev, app))
+    if problems:
+        raise _rejected(problems, len(events))
+    return rows
+
+
+def _row(ev: EventIn, app: int) -> Row:
+    # Rounded to the microsecond: the resolution SPEC promises and timestamptz holds.
+    t = EPOCH + timedelta(microseconds=round(ev.timestamp * 1_000_000))
+    data = json.dumps(ev.data, ensure_ascii=False, separators=(",", ":")) if ev.data else None
+    return (
+        t,
+        app,
+        ev.consumer_id,
+        ev.method.upper(),
+        ev.url,
+        ev.function,
+        ev.response_us,
+        ev.status_code,
+        data,
+    )
+
+
+def _check(ev: EventIn, s: Settings, earliest: float, latest: float) -> list[tuple[str, str]]:
+    bad: list[tuple[str, str]] = []
+    if not earliest <= ev.timestamp <= latest:
+        bad.append(("timestamp", _window_message(ev.timestamp, earliest, latest)))
+    if not _METHOD.match(ev.method):
+        bad.append(("method", "must be an HTTP method token of at most 32 characters"))
+    for field, value, limit in (
+        ("consumer_id", ev.consumer_id, s.max_string_length),
+        ("url", ev.url, s.max_url_length),
+        ("function", ev.function, s.max_string_length),
+    ):
+        if "\x00" in value:
+            bad.append((field, "must not contain NUL characters"))
+        if len(value) > limit:
+            bad.append((field, f"is {len(value)} characters long; the limit is {limit}"))
+    if ev.data:
+        if len(ev.data) > s.max_data_keys:
+            bad.append(("data", f"has {len(ev.data)} keys; the limit is {s.max_data_keys}"))
+        for k, v in ev.data.items():
+            if "\x00" in k or "\x00" in v:
+                bad.append((f"data.{k}", "must not contain NUL characters"))
+            if len(k) > s.max_string_length:
+                bad.append(("data", f"has a key over {s.max_string_length} characters"))
+            if len(v) > s.max_data_value_length:
+                bad.append((f"data.{k}", f"is over {s.max_data_value_length} characters"))
+    return bad
+
+
+def _window_message(ts: float, earliest: float, latest: float) -> str:
+    def iso(x: float) -> str:
+        return datetime.fromtimestamp(x, UTC).isoformat(timespec="seconds")
+
+    when = "too old" if ts < earliest else "in the future"
+    return f"is {when}: accepted from {iso(earliest)} to {iso(latest)} (UNIX seconds, UTC)"
+
+
+_MESSAGES = {
+    "missing": "is required",
+    "extra_forbidden": "is not a known field",
+    "string_type": "must be a string",
+    "float_type": "must be a number (UNIX seconds)",
+    "int_type": "must be an integer",
+    "dict_type": "must be an object of string to string, or null",
+    "model_type": "must be an object",
+    "model_attributes_type": "must be an object",
+}
+
+
+def _from_pydantic(exc: ValidationError, body: bytes) -> UserError:
+    errors = exc.errors(include_url=False, include_input=False)
+    first = errors[0]
+    if first["type"] == "json_invalid":
+        return UserError(
+            f"The body is not valid JSON (or not valid UTF-8): {first['msg'].removeprefix('Invalid JSON: ')}.",
+            code="invalid_json",
+        )
+    if not first["loc"]:
+        return UserError("The body must be a JSON array of event objects.", code="not_an_array")
+    problems = []
+    for e in errors:
+        loc = e["loc"]
+        index = loc[0]
+        field = ".".join(str(p) for p in loc[1:]) or None
+        message = _MESSAGES.get(e["type"], e["msg"][:1].lower() + e["msg"][1:])
+        problems.append({"index": index, "field": field, "message": message})
+    return _rejected(problems, _count_hint(body))
+
+
+def _count_hint(body: bytes) -> int:
+    try:
+        data = json.loads(body)
+    except ValueError:
+        return 0
+    return len(data) if isinstance(data, list) else 0
+
+
+def _rejected(problems: list[dict[str, Any]], events: int) -> BatchRejected:
+    shown = problems[:MAX_DETAILS]
+    p = shown[0]
+    where = f"event {p['index']}" + (f", field {p['field']}" if p["field"] else "")
+    more = f" (and {len(problems) - 1} more problems)" if len(problems) > 1 else ""
+    return BatchRejected(
+        f"Nothing was stored: {where} {p['message']}{more}.",
+        details=shown,
+        events=events,
+    )

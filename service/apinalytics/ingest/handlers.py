@@ -1,0 +1,53 @@
+"""``POST /1/events/``: authenticate, decode, validate, store, answer."""
+
+from __future__ import annotations
+
+import asyncio
+import time
+
+from aiohttp import web
+
+from .. import auth
+from ..apps import KeyKind
+from ..errors import UserError
+from ..keys import DB, METRICS, ROLLUP_MODE, SETTINGS
+from . import decode, write
+
+MAX_IDEMPOTENCY_KEY = 255
+
+
+async def post_events(request: web.Request) -> web.Response:
+    creds = await auth.require(request, KeyKind.WRITE)
+    settings = request.app[SETTINGS]
+    metrics = request.app[METRICS]
+    idem = request.headers.get("Idempotency-Key")
+    if idem is not None and not 0 < len(idem) <= MAX_IDEMPOTENCY_KEY:
+        raise UserError(
+            f"Idempotency-Key must be 1 to {MAX_IDEMPOTENCY_KEY} characters.",
+            code="invalid_idempotency_key",
+        )
+    try:
+        body = await decode.read_body(request, settings)
+        now = time.time()
+        if len(body) >= settings.offload_body_bytes:
+            # Big batches are validated off the event loop so other requests keep flowing.
+            loop = asyncio.get_running_loop()
+            rows = await loop.run_in_executor(None, decode.parse, body, creds.app, now, settings)
+        else:
+            rows = decode.parse(body, creds.app, now, settings)
+    except decode.BatchRejected as exc:
+        metrics.events_rejected.labels(reason=exc.code).inc(exc.events)
+        raise
+    except UserError as exc:
+        metrics.events_rejected.labels(reason=exc.code).inc(0)
+        raise
+    accepted = await write.store(
+        request.app[DB],
+        creds.app,
+        rows,
+        mode=request.app[ROLLUP_MODE],
+        idempotency_key=idem,
+        idempotency_ttl_s=settings.idempotency_ttl_s,
+    )
+    metrics.events_accepted.inc(len(rows) if accepted == len(rows) else 0)
+    return web.json_response({"accepted": accepted})

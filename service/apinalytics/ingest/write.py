@@ -1,0 +1,62 @@
+"""The write path: one transaction per batch, COPY, rollup upkeep, then commit.
+
+The caller answers 200 only after ``store`` returns, i.e. after COMMIT: a batch is
+stored whole or not at all. An Idempotency-Key is claimed inside the same
+transaction, so a retry racing the first attempt waits for it and then sees it.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+from ..db import Database, timed
+from . import rollups
+from .decode import COLUMNS, Row
+
+
+async def store(
+    db: Database,
+    app: int,
+    rows: Sequence[Row],
+    *,
+    mode: str,
+    idempotency_key: str | None,
+    idempotency_ttl_s: int,
+) -> int:
+    """Store a validated batch; returns the accepted count (the original one on a retry)."""
+    async with db.transaction() as conn:
+        if idempotency_key is not None:
+            claimed = await timed(
+                conn.fetchval,
+                """
+                INSERT INTO idempotency_keys AS k (app_id, key, accepted) VALUES ($1, $2, $3)
+                ON CONFLICT (app_id, key) DO UPDATE
+                    SET accepted = EXCLUDED.accepted, created_at = now()
+                    WHERE k.created_at < now() - make_interval(secs => $4)
+                RETURNING true
+                """,
+                (app, idempotency_key, len(rows), idempotency_ttl_s),
+                "idempotency claim",
+            )
+            if not claimed:
+                original: int = await conn.fetchval(
+                    "SELECT accepted FROM idempotency_keys WHERE app_id = $1 AND key = $2",
+                    app,
+                    idempotency_key,
+                )
+                return original
+        if rows:
+            await conn.copy_records_to_table("events", records=rows, columns=COLUMNS)
+            await rollups.upkeep_in_transaction(conn, mode, rows)
+    if rows:
+        await rollups.after_commit(db, mode, rows)
+    return len(rows)
+
+
+async def purge_idempotency_keys(db: Database, ttl_s: int) -> int:
+    result = await db.execute(
+        "DELETE FROM idempotency_keys WHERE created_at < now() - make_interval(secs => $1)",
+        ttl_s,
+        label="purge idempotency keys",
+    )
+    return int(result.split()[-1])

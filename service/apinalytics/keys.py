@@ -1,0 +1,18 @@
+"""Typed keys for what the application shares between handlers (no globals)."""
+
+from __future__ import annotations
+
+from aiohttp import web
+
+from .db import Database
+from .metrics import Metrics
+from .settings import Settings
+
+SETTINGS = web.AppKey("settings", Settings)
+DB = web.AppKey("db", Database)
+METRICS = web.AppKey("metrics", Metrics)
+# "apache" (rollups kept by the ingest path) or "community" (continuous aggregates).
+ROLLUP_MODE = web.AppKey("rollup_mode", str)
+
+# The authenticated Application ID of a request, for logs.
+REQUEST_APP_ID = web.RequestKey("app_id", str)

@@ -1,0 +1,272 @@
+"""The embedded default: a project-local PostgreSQL cluster with TimescaleDB preloaded.
+
+``apinalytics serve`` without ``APINALYTICS_DATABASE_URL`` runs on one of these
+(data under ``<home>/pgdata``); the test suite starts throwaway ones in temporary
+directories. PostgreSQL refuses to run as root, so when we are root the cluster
+belongs to the unprivileged ``postgres`` OS user (created by Debian's package).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import os
+import pwd
+import shutil
+import socket
+import subprocess
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+SUPERUSER = "apinalytics"
+DEFAULT_DB = "apinalytics"
+_STATE_FILE = "apinalytics-local.json"
+
+
+class LocalDbError(RuntimeError):
+    pass
+
+
+def find_bindir(explicit: Path | None = None) -> Path:
+    """PostgreSQL's bin directory: the given one, pg_config's, or the newest Debian one."""
+    candidates: list[Path] = []
+    if explicit:
+        candidates.append(explicit)
+    pg_config = shutil.which("pg_config")
+    if pg_config:
+        out = subprocess.run([pg_config, "--bindir"], capture_output=True, text=True)
+        if out.returncode == 0:
+            candidates.append(Path(out.stdout.strip()))
+    debian = sorted(
+        Path("/usr/lib/postgresql").glob("*/bin"),
+        key=lambda p: int(p.parent.name) if p.parent.name.isdigit() else 0,
+        reverse=True,
+    )
+    candidates.extend(debian)
+    for c in candidates:
+        if (c / "initdb").exists() and (c / "pg_ctl").exists():
+            return c
+    raise LocalDbError(
+        "PostgreSQL server binaries (initdb, pg_ctl) not found. Run "
+        "scripts/install-timescaledb, or set APINALYTICS_PG_BINDIR, or set "
+        "APINALYTICS_DATABASE_URL to an existing TimescaleDB."
+    )
+
+
+def has_timescaledb(bindir: Path) -> bool:
+    return (_extension_dir(bindir) / "timescaledb.control").exists()
+
+
+def has_community_build(bindir: Path) -> bool:
+    """Whether the TimescaleDB Community (TSL) module is installed next to PostgreSQL."""
+    libdir = _pg_config(bindir, "--pkglibdir")
+    return bool(libdir) and any(Path(libdir).glob("timescaledb-tsl-*.so"))
+
+
+def _extension_dir(bindir: Path) -> Path:
+    return Path(_pg_config(bindir, "--sharedir")) / "extension"
+
+
+def _pg_config(bindir: Path, flag: str) -> str:
+    exe = bindir / "pg_config"
+    if not exe.exists():
+        exe = Path("/usr/lib/postgresql") / bindir.parent.name / "bin" / "pg_config"
+    if not exe.exists():
+        return ""
+    out = subprocess.run([str(exe), flag], capture_output=True, text=True)
+    return out.stdout.strip() if out.returncode == 0 else ""
+
+
+def free_port() -> int:
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+@dataclass
+class LocalCluster:
+    """A PostgreSQL cluster in ``datadir``, listening on 127.0.0.1:``port``."""
+
+    datadir: Path
+    bindir: Path
+    port: int = 0
+    # "timescale" (Community, where installed) or "apache": forces the rollup mode.
+    license: str | None = None
+    # Throwaway clusters trade durability for speed; a serve cluster keeps it.
+    durable: bool = True
+
+    @property
+    def dsn(self) -> str:
+        return f"postgresql://{SUPERUSER}@127.0.0.1:{self.port}/{DEFAULT_DB}"
+
+    def dsn_for(self, database: str) -> str:
+        return f"postgresql://{SUPERUSER}@127.0.0.1:{self.port}/{database}"
+
+    # -- lifecycle ---------------------------------------------------------------
+
+    def ensure_running(self) -> LocalCluster:
+        """Initialise if needed, start if stopped, reuse if already running."""
+        if not has_timescaledb(self.bindir):
+            raise LocalDbError(
+                "TimescaleDB is not installed for the PostgreSQL in "
+                f"{self.bindir}; run scripts/install-timescaledb."
+            )
+        self.datadir = self.datadir.resolve()
+        if not (self.datadir / "PG_VERSION").exists():
+            self._initdb()
+        state = self._read_state()
+        if self._is_running():
+            if state:
+                self.port = int(state["port"])
+                self.license = state.get("license")
+            return self
+        if not self.port:
+            wanted = int(state["port"]) if state else 0
+            self.port = wanted if wanted and _port_free(wanted) else free_port()
+        self._start()
+        self._create_default_db()
+        return self
+
+    def stop(self) -> None:
+        if (self.datadir / "postmaster.pid").exists():
+            self._run_pg(
+                ["pg_ctl", "-D", str(self.datadir), "-m", "fast", "-w", "stop"], check=False
+            )
+
+    # -- internals ---------------------------------------------------------------
+
+    def _initdb(self) -> None:
+        self.datadir.mkdir(parents=True, exist_ok=True)
+        self._own(self.datadir)
+        # Trust on loopback only: the cluster listens on 127.0.0.1 and a socket in datadir.
+        argv = ["initdb", "-D", str(self.datadir), "-U", SUPERUSER, "--auth=trust"]
+        argv += ["--encoding=UTF8", "--locale=C.UTF-8"]
+        if not self.durable:
+            argv.append("--no-sync")
+        self._run_pg(argv)
+
+    def _start(self) -> None:
+        opts = [
+            f"-p {self.port}",
+            "-c listen_addresses=127.0.0.1",
+            f"-c unix_socket_directories={self.datadir}",
+            "-c shared_preload_libraries=timescaledb",
+            "-c timescaledb.telemetry_level=off",
+            "-c max_connections=200",
+            "-c max_locks_per_transaction=256",
+            "-c shared_buffers=256MB",
+        ]
+        if self.license:
+            opts.append(f"-c timescaledb.license={self.license}")
+        if not self.durable:
+            opts += ["-c fsync=off", "-c synchronous_commit=off", "-c full_page_writes=off"]
+        log = self.datadir / "server.log"
+        self._run_pg(
+            [
+                "pg_ctl",
+                "-D",
+                str(self.datadir),
+                "-l",
+                str(log),
+                "-o",
+                " ".join(opts),
+                "-w",
+                "-t",
+                "60",
+                "start",
+            ]
+        )
+        (self.datadir / _STATE_FILE).write_text(
+            json.dumps({"port": self.port, "license": self.license})
+        )
+        self._own(self.datadir / _STATE_FILE)
+
+    def _create_default_db(self) -> None:
+        psql = str(self.bindir / "psql")
+        base = [psql, "-h", "127.0.0.1", "-p", str(self.port), "-U", SUPERUSER, "-d", "postgres"]
+        deadline = time.monotonic() + 30
+        while True:
+            out = subprocess.run(
+                [*base, "-tAc", f"SELECT 1 FROM pg_database WHERE datname = '{DEFAULT_DB}'"],
+                capture_output=True,
+                text=True,
+            )
+            if out.returncode == 0:
+                break
+            if time.monotonic() > deadline:
+                raise LocalDbError(f"local cluster did not accept connections: {out.stderr}")
+            time.sleep(0.2)
+        if out.stdout.strip() != "1":
+            subprocess.run(
+                [*base, "-c", f"CREATE DATABASE {DEFAULT_DB}"], check=True, capture_output=True
+            )
+
+    def _is_running(self) -> bool:
+        if not (self.datadir / "postmaster.pid").exists():
+            return False
+        out = self._run_pg(["pg_ctl", "-D", str(self.datadir), "status"], check=False)
+        return out.returncode == 0
+
+    def _read_state(self) -> dict[str, Any] | None:
+        path = self.datadir / _STATE_FILE
+        with contextlib.suppress(FileNotFoundError, ValueError):
+            data = json.loads(path.read_text())
+            if isinstance(data, dict):
+                return data
+        return None
+
+    def _run_pg(self, argv: list[str], check: bool = True) -> subprocess.CompletedProcess[str]:
+        exe = str(self.bindir / argv[0])
+        user = _pg_os_user()
+        out = subprocess.run(
+            [exe, *argv[1:]],
+            capture_output=True,
+            text=True,
+            user=user,
+            group=pwd.getpwnam(user).pw_gid if user else None,
+            cwd="/",
+            env={**os.environ, "LC_ALL": "C.UTF-8"},
+        )
+        if check and out.returncode != 0:
+            raise LocalDbError(
+                f"{argv[0]} failed ({out.returncode}): {out.stderr.strip() or out.stdout.strip()}"
+            )
+        return out
+
+    def _own(self, path: Path) -> None:
+        user = _pg_os_user()
+        if user:
+            pw = pwd.getpwnam(user)
+            os.chown(path, pw.pw_uid, pw.pw_gid)
+            # Every parent must be traversable by that user.
+            for parent in path.parents:
+                mode = parent.stat().st_mode
+                if not mode & 0o001:
+                    os.chmod(parent, mode | 0o001)
+                if parent == Path("/"):
+                    break
+
+
+def _pg_os_user() -> str | None:
+    """The OS user PostgreSQL runs as: ourselves, or ``postgres`` when we are root."""
+    if os.geteuid() != 0:
+        return None
+    try:
+        pwd.getpwnam("postgres")
+    except KeyError as exc:
+        raise LocalDbError(
+            "running as root, and there is no 'postgres' OS user to run the local cluster "
+            "as; install postgresql (scripts/install-timescaledb) or run as another user"
+        ) from exc
+    return "postgres"
+
+
+def _port_free(port: int) -> bool:
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
+        try:
+            s.bind(("127.0.0.1", port))
+        except OSError:
+            return False
+    return True

@@ -1,0 +1,140 @@
+"""Applies ``sql/migrations/NNNN_name.sql`` in order, under an advisory lock.
+
+Each migration runs in its own transaction and is recorded in ``schema_migrations``;
+re-running applies only what is missing, and two processes migrating at once take
+turns on the lock. A migration may come in two variants, ``NNNN_name.apache.sql``
+and ``NNNN_name.community.sql``: the rollup mode picks one. The mode is chosen once,
+from ``SHOW timescaledb.license`` on the first run, and recorded in ``apinalytics_meta``.
+"""
+
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass
+from pathlib import Path
+
+import asyncpg
+
+# Any constant works; it only has to be the same for every migrating process.
+_LOCK_ID = 0x41504E4C  # "APNL"
+_NAME = re.compile(r"^(\d{4})_([a-z0-9_]+?)(?:\.(apache|community))?\.sql$")
+MODES = ("apache", "community")
+
+
+def migrations_dir() -> Path:
+    """``sql/migrations`` of the checkout, or the copy installed inside the package."""
+    here = Path(__file__).resolve()
+    for candidate in (here.parents[2] / "sql" / "migrations", here.parent / "migrations"):
+        if candidate.is_dir():
+            return candidate
+    raise FileNotFoundError("sql/migrations not found")
+
+
+@dataclass(frozen=True)
+class Migration:
+    version: int
+    name: str
+    path: Path
+
+
+@dataclass(frozen=True)
+class Result:
+    mode: str
+    applied: list[str]
+    license: str
+
+
+def discover(directory: Path, mode: str) -> list[Migration]:
+    found: dict[int, Migration] = {}
+    for path in sorted(directory.glob("*.sql")):
+        m = _NAME.match(path.name)
+        if not m:
+            raise ValueError(f"migration file name not understood: {path.name}")
+        version, name, variant = int(m[1]), m[2], m[3]
+        if variant and variant != mode:
+            continue
+        if version in found:
+            raise ValueError(f"two migrations numbered {version:04d}")
+        found[version] = Migration(version, name, path)
+    return [found[v] for v in sorted(found)]
+
+
+def mode_for_license(license: str) -> str:
+    return "community" if license == "timescale" else "apache"
+
+
+async def migrate(dsn: str, directory: Path | None = None) -> Result:
+    directory = directory or migrations_dir()
+    conn: asyncpg.Connection = await asyncpg.connect(dsn)
+    try:
+        await conn.execute("SELECT pg_advisory_lock($1)", _LOCK_ID)
+        try:
+            return await _migrate_locked(conn, directory)
+        finally:
+            await conn.execute("SELECT pg_advisory_unlock($1)", _LOCK_ID)
+    finally:
+        await conn.close()
+
+
+async def _migrate_locked(conn: asyncpg.Connection, directory: Path) -> Result:
+    await conn.execute("CREATE EXTENSION IF NOT EXISTS timescaledb")
+    await conn.execute(
+        """
+        CREATE TABLE IF NOT EXISTS schema_migrations (
+            version integer PRIMARY KEY,
+            name text NOT NULL,
+            applied_at timestamptz NOT NULL DEFAULT now()
+        );
+        CREATE TABLE IF NOT EXISTS apinalytics_meta (
+            key text PRIMARY KEY,
+            value text NOT NULL
+        );
+        """
+    )
+    license = str(await conn.fetchval("SHOW timescaledb.license"))
+    mode = await conn.fetchval("SELECT value FROM apinalytics_meta WHERE key = 'rollup_mode'")
+    if mode is None:
+        mode = mode_for_license(license)
+        await conn.execute(
+            "INSERT INTO apinalytics_meta (key, value) VALUES ('rollup_mode', $1)", mode
+        )
+    elif mode == "community" and license != "timescale":
+        raise RuntimeError(
+            "this database was set up with continuous aggregates (Community edition) but "
+            f"the server now runs TimescaleDB with license '{license}'; start it with the "
+            "Community build and timescaledb.license=timescale"
+        )
+    done = {r["version"] for r in await conn.fetch("SELECT version FROM schema_migrations")}
+    applied: list[str] = []
+    for mig in discover(directory, mode):
+        if mig.version in done:
+            continue
+        async with conn.transaction():
+            await conn.execute(mig.path.read_text())
+            await conn.execute(
+                "INSERT INTO schema_migrations (version, name) VALUES ($1, $2)",
+                mig.version,
+                mig.name,
+            )
+        applied.append(mig.path.name)
+    return Result(mode=mode, applied=applied, license=license)
+
+
+async def rollup_mode(conn: asyncpg.Connection) -> str | None:
+    """The recorded rollup mode, or None before the first migration."""
+    exists = await conn.fetchval("SELECT to_regclass('apinalytics_meta') IS NOT NULL")
+    if not exists:
+        return None
+    value = await conn.fetchval("SELECT value FROM apinalytics_meta WHERE key = 'rollup_mode'")
+    return str(value) if value is not None else None
+
+
+async def pending(conn: asyncpg.Connection, directory: Path | None = None) -> list[str]:
+    """Migration files not yet applied (for /readyz)."""
+    mode = await rollup_mode(conn)
+    if mode is None:
+        return ["schema_migrations"]
+    done = {r["version"] for r in await conn.fetch("SELECT version FROM schema_migrations")}
+    return [
+        m.path.name for m in discover(directory or migrations_dir(), mode) if m.version not in done
+    ]

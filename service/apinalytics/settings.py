@@ -1,0 +1,65 @@
+"""The one place that reads ``APINALYTICS_*`` environment variables."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from pydantic import Field
+from pydantic_settings import BaseSettings, SettingsConfigDict
+
+
+class Settings(BaseSettings):
+    """Service configuration; every field is ``APINALYTICS_<NAME>`` in the environment."""
+
+    model_config = SettingsConfigDict(env_prefix="APINALYTICS_", extra="ignore")
+
+    # Where to reach PostgreSQL/TimescaleDB. Empty: start the embedded local cluster.
+    database_url: str | None = None
+    host: str = "127.0.0.1"
+    port: int = 8080
+    # Project-local state: the embedded cluster's data, the development session secret.
+    home: Path = Path(".apinalytics")
+    # PostgreSQL's bin directory for the embedded cluster; found automatically if unset.
+    pg_bindir: Path | None = None
+
+    # Public base URL (for OAuth redirects behind a proxy); derived from the request if unset.
+    public_url: str | None = None
+
+    db_pool_min: int = 2
+    db_pool_max: int = 10
+    # Cancels a query that runs longer; the client gets a clear 503 query_timeout.
+    statement_timeout_s: float = 10.0
+    # How long a request waits for a database connection before answering 503.
+    db_connect_timeout_s: float = 5.0
+
+    # Ingest limits (defaults are generous for real traffic).
+    max_body_bytes: int = Field(default=16 * 1024 * 1024, gt=0)
+    max_batch_events: int = Field(default=10_000, gt=0)
+    max_url_length: int = Field(default=8192, gt=0)
+    max_string_length: int = Field(default=256, gt=0)
+    max_data_value_length: int = Field(default=1024, gt=0)
+    max_data_keys: int = Field(default=32, ge=0)
+    # Accepted timestamps: from now - max_event_age_s to now + max_event_future_s.
+    max_event_age_s: int = Field(default=366 * 86400, gt=0)
+    max_event_future_s: int = Field(default=3600, ge=0)
+    # Batches of at least this many bytes are validated off the event loop.
+    offload_body_bytes: int = Field(default=64 * 1024, ge=0)
+    idempotency_ttl_s: int = Field(default=86400, gt=0)
+
+    # Query limits.
+    max_buckets: int = Field(default=10_000, gt=0)
+
+    # Accounts (GitHub OAuth); all optional, the CLI path works without them.
+    github_client_id: str | None = None
+    github_client_secret: str | None = None
+    github_authorize_url: str = "https://github.com/login/oauth/authorize"
+    github_token_url: str = "https://github.com/login/oauth/access_token"
+    github_api_url: str = "https://api.github.com"
+    # 32 url-safe base64 bytes (Fernet key); generated under `home` in development.
+    session_secret: str | None = None
+    # Mark the session cookie Secure (set when served over HTTPS).
+    cookie_secure: bool = False
+
+    log_level: str = "INFO"
+    # Log lines as JSON objects (structured); set false for plain text in a terminal.
+    log_json: bool = True

@@ -1,0 +1,54 @@
+"""Helpers shared by the test modules."""
+
+from __future__ import annotations
+
+import time
+from typing import Any
+
+from aiohttp import ClientResponse
+
+from apinalytics.apps import NewApp
+
+
+def write_headers(app: NewApp) -> dict[str, str]:
+    assert app.write_key
+    return {"X-Auth-User": app.app_id, "X-Auth-Key": app.write_key}
+
+
+def read_headers(app: NewApp) -> dict[str, str]:
+    assert app.read_key
+    return {"X-Auth-User": app.app_id, "X-Auth-Key": app.read_key}
+
+
+def event(**overrides: Any) -> dict[str, Any]:
+    base: dict[str, Any] = {
+        "timestamp": time.time() - 60,
+        "consumer_id": "consumer-1",
+        "method": "GET",
+        "url": "/v1/things?id=7",
+        "function": "get_thing",
+        "response_us": 1500,
+        "status_code": 200,
+        "data": None,
+    }
+    base.update(overrides)
+    return base
+
+
+async def assert_error(
+    resp: ClientResponse, status: int, code: str | None = None, *mentions: str
+) -> dict[str, Any]:
+    """The error shape of SPEC "Errors": status, JSON body, code, a message naming things."""
+    assert resp.status == status, await resp.text()
+    assert resp.content_type == "application/json"
+    body = await resp.json()
+    assert set(body) == {"error"}, body
+    err = body["error"]
+    assert isinstance(err["message"], str) and err["message"]
+    assert set(err) <= {"code", "message", "details"}
+    if code is not None:
+        assert err["code"] == code, err
+    text = err["message"] + " " + str(err.get("details", ""))
+    for m in mentions:
+        assert m in text, f"{m!r} not in {text!r}"
+    return err
