@@ -1,0 +1,1 @@
+"""Time-series queries: parameters, the rollup-aware planner, SQL per source, handlers."""

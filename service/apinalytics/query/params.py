@@ -1,0 +1,161 @@
+"""Query-string parsing: from request text to a ``Query``, or a 400 naming the parameter.
+
+A parameter given but empty means its default (the original dashboard sends empty
+parameters). Unknown parameters are ignored, so cache-busting parameters such as
+``_=<timestamp>`` do no harm; a known parameter given twice is an error, except
+``include``, which is repeatable.
+"""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Mapping, Sequence
+
+from ..errors import InvalidQuery
+from .model import (
+    DATA_PREFIX,
+    FIELDS,
+    NAMED_GRANULARITIES,
+    Aggregation,
+    Granularity,
+    Kind,
+    Query,
+    granularity_of,
+)
+
+# 9999-12-31T23:59:59Z: the last second PostgreSQL and Python both represent.
+MAX_TIME = 253_402_300_799
+_TIME = re.compile(r"^[0-9]{1,12}$")
+_POSITIVE_INT = re.compile(r"^[0-9]{1,12}$")
+_PERCENTILE = re.compile(r"^percentile_([1-9][0-9]?)$")
+# Custom dimension keys are stored strings of at most this many characters.
+MAX_DATA_KEY = 256
+VALUES = ("response_us",)
+SINGLE = ("value", "granularity", "aggregation", "group")
+
+
+def parse_time(param: str, raw: str) -> int:
+    """UNIX epoch seconds, an integer from 0 to the year 9999."""
+    if not _TIME.match(raw) or int(raw) > MAX_TIME:
+        raise InvalidQuery(
+            param, f"must be whole UNIX epoch seconds (0 to {MAX_TIME}), not {raw!r}"
+        )
+    return int(raw)
+
+
+def parse_range(start: str, end: str) -> tuple[int, int]:
+    """``[start, end)`` from the path segments; ``end`` must be after ``start``."""
+    s = parse_time("start", start)
+    e = parse_time("end", end)
+    if e <= s:
+        raise InvalidQuery("end", f"must be after start ({e} <= {s})")
+    return s, e
+
+
+def field_name(param: str, raw: str) -> str:
+    """A field a query may group or filter by: one of ``FIELDS`` or ``data.<key>``."""
+    if raw in FIELDS:
+        return raw
+    if raw.startswith(DATA_PREFIX):
+        key = raw[len(DATA_PREFIX) :]
+        if key and len(key) <= MAX_DATA_KEY and "\x00" not in key:
+            return raw
+        raise InvalidQuery(param, f"data.<key> needs a key of 1 to {MAX_DATA_KEY} characters")
+    raise InvalidQuery(
+        param, f"unknown field {raw!r}; use one of {', '.join(FIELDS)}, or data.<key>"
+    )
+
+
+def parse_includes(values: Sequence[str]) -> dict[str, list[str]]:
+    """``field:value`` filters; values of one field are OR-ed, fields AND-ed.
+
+    The value is everything after the first ``:`` and may be empty (an empty
+    consumer_id is a real value). An empty ``include=`` is no filter. Methods are
+    matched upper-case, as they are stored; status codes must be integers.
+    """
+    out: dict[str, list[str]] = {}
+    for raw in values:
+        if raw == "":
+            continue
+        name, sep, value = raw.partition(":")
+        if not sep:
+            raise InvalidQuery("include", f"must be field:value, not {raw!r}")
+        name = field_name("include", name)
+        if name == "method":
+            value = value.upper()
+        elif name == "status_code" and not (
+            _POSITIVE_INT.match(value) and 100 <= int(value) <= 599
+        ):
+            raise InvalidQuery(
+                "include", f"status_code must be an integer from 100 to 599, not {value!r}"
+            )
+        elif name == "status_code":
+            value = str(int(value))
+        if value not in out.setdefault(name, []):
+            out[name].append(value)
+    return out
+
+
+def parse_granularity(raw: str) -> Granularity | None:
+    if raw == "":
+        return None
+    if raw in NAMED_GRANULARITIES:
+        return granularity_of(NAMED_GRANULARITIES[raw])
+    if _POSITIVE_INT.match(raw) and int(raw) > 0:
+        return granularity_of(int(raw))
+    raise InvalidQuery(
+        "granularity",
+        f"must be a positive number of seconds or one of {', '.join(NAMED_GRANULARITIES)}, "
+        f"not {raw!r}",
+    )
+
+
+def parse_aggregation(raw: str) -> Aggregation:
+    if raw == "":
+        return Aggregation(Kind.COUNT)
+    m = _PERCENTILE.match(raw)
+    if m:
+        return Aggregation(Kind.PERCENTILE, int(m[1]))
+    kinds = {k.value: k for k in Kind if k is not Kind.PERCENTILE}
+    if raw in kinds:
+        return Aggregation(kinds[raw])
+    raise InvalidQuery(
+        "aggregation",
+        f"must be one of {', '.join(kinds)}, or percentile_X with X from 1 to 99, not {raw!r}",
+    )
+
+
+def parse_query(
+    start: str, end: str, params: Mapping[str, Sequence[str]], *, max_buckets: int
+) -> Query:
+    """The whole query; ``params`` maps each parameter name to all of its values."""
+    s, e = parse_range(start, end)
+    single: dict[str, str] = {}
+    for name in SINGLE:
+        given = [v for v in params.get(name, ()) if v != ""]
+        if len(set(given)) > 1:
+            raise InvalidQuery(name, "given more than once with different values")
+        single[name] = given[0] if given else ""
+    value = single["value"] or "response_us"
+    if value not in VALUES:
+        raise InvalidQuery("value", f"must be {' or '.join(VALUES)}, not {value!r}")
+    granularity = parse_granularity(single["granularity"])
+    if granularity is not None:
+        n = granularity.buckets(s, e)
+        if n > max_buckets:
+            raise InvalidQuery(
+                "granularity",
+                f"the range would make {n} buckets; the limit is {max_buckets}: "
+                "ask for a coarser granularity or a shorter range",
+            )
+    group = field_name("group", single["group"]) if single["group"] else None
+    includes = parse_includes(list(params.get("include", ())))
+    return Query(
+        start=s,
+        end=e,
+        granularity=granularity,
+        aggregation=parse_aggregation(single["aggregation"]),
+        group=group,
+        includes={k: tuple(v) for k, v in includes.items()},
+        value=value,
+    )
