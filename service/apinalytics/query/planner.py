@@ -1,0 +1,146 @@
+"""The rollup-aware planner: which relation answers which part of the range.
+
+A pure function over declared data (``rollups.ROLLUPS`` and ``rollups.RAW``): no I/O,
+no clock (``now`` is passed in).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+
+from ..errors import Gone
+from ..rollups import RAW, ROLLUPS, Rollup
+from .model import Query
+
+
+@dataclass(frozen=True)
+class Part:
+    """Read ``[start, end)`` of the query from ``source`` (a rollup relation or RAW)."""
+
+    source: str
+    start: int
+    end: int
+
+
+@dataclass(frozen=True)
+class Plan:
+    """Consecutive parts covering the query's range, in time order."""
+
+    parts: tuple[Part, ...]
+    # Distinct sources read, coarsest first (raw events last).
+    sources: tuple[str, ...]
+
+    @property
+    def raw_only(self) -> bool:
+        return all(p.source == RAW for p in self.parts)
+
+
+def plan(
+    query: Query,
+    now: float,
+    horizons: Mapping[str, float | None],
+    *,
+    rollups: Sequence[Rollup] = ROLLUPS,
+    force_raw: bool = False,
+) -> Plan:
+    """Pick, for each part of ``[query.start, query.end)``, the coarsest exact source.
+
+    Decision order:
+
+    1. ``force_raw`` (the ``X-Apinalytics-Planner: raw`` header): raw events only.
+    2. A percentile needs every value: raw events only.
+    3. Candidate rollups are those whose dimensions cover every field the query groups
+       or filters by (url and ``data.*`` are in none, so those go to raw events), and
+       whose bucket width divides the query's buckets (width and origin are multiples
+       of the rollup's width; the whole range as one bucket is divided by any width).
+       No candidate: raw events only.
+    4. Candidates are tried coarsest first, the narrowest (fewest dimensions) first
+       among equally wide ones. The coarsest reads the largest stretch of its
+       whole buckets inside the range, from its retention horizon on; what is left
+       on either side (ragged edges, or data older than its horizon) goes to the next
+       finer candidate, and what no rollup covers to raw events.
+    5. Raw events are never read before their horizon: a part that only raw events
+       could answer there (a ragged edge, a percentile, url or data, a granularity
+       finer than the rollups) is ``Gone`` (410).
+
+    ``horizons`` maps a relation to the UNIX time from which its data is complete;
+    None or a missing relation means complete.
+    """
+    if force_raw or query.aggregation.needs_raw:
+        parts = _raw(query.start, query.end, _Context(query, now, horizons, rollups))
+        return Plan(parts, (RAW,))
+    used = query.fields()
+    g = query.granularity
+    candidates = sorted(
+        (
+            r
+            for r in rollups
+            if used <= set(r.dimensions)
+            and (g is None or (g.width_s % r.width_s == 0 and g.origin_s % r.width_s == 0))
+        ),
+        key=lambda r: (-r.width_s, len(r.dimensions)),
+    )
+    ctx = _Context(query, now, horizons, rollups)
+    parts = tuple(_cover(query.start, query.end, candidates, ctx))
+    used_sources = {p.source for p in parts}
+    order = [r.relation for r in candidates] + [RAW]
+    return Plan(parts, tuple(s for s in order if s in used_sources))
+
+
+@dataclass(frozen=True)
+class _Context:
+    query: Query
+    now: float
+    horizons: Mapping[str, float | None]
+    rollups: Sequence[Rollup]
+
+
+def _cover(start: int, end: int, candidates: Sequence[Rollup], ctx: _Context) -> list[Part]:
+    if start >= end:
+        return []
+    if not candidates:
+        return list(_raw(start, end, ctx))
+    rollup, finer = candidates[0], candidates[1:]
+    w = rollup.width_s
+    lo = _ceil(start, w)
+    horizon = ctx.horizons.get(rollup.relation)
+    if horizon is not None:
+        lo = max(lo, _ceil(horizon, w))
+    # Rollup buckets are aligned to the epoch (minutes, hours).
+    hi = end // w * w
+    if lo >= hi:
+        return _cover(start, end, finer, ctx)
+    return [
+        *_cover(start, lo, finer, ctx),
+        Part(rollup.relation, lo, hi),
+        *_cover(hi, end, finer, ctx),
+    ]
+
+
+def _raw(start: int, end: int, ctx: _Context) -> tuple[Part, ...]:
+    horizon = ctx.horizons.get(RAW)
+    if horizon is not None and start < horizon:
+        raise Gone(_gone_message(ctx, start, horizon))
+    return (Part(RAW, start, end),)
+
+
+def _ceil(t: float, width: int) -> int:
+    return -int(-t // width) * width
+
+
+def _gone_message(ctx: _Context, start: int, horizon: float) -> str:
+    covered = {d for r in ctx.rollups for d in r.dimensions}
+    uncovered = ctx.query.fields() - covered
+    if ctx.query.aggregation.needs_raw:
+        why = "percentiles need the raw events"
+    elif uncovered:
+        why = f"{', '.join(sorted(uncovered))} can only be answered from the raw events"
+    else:
+        why = "the rollups cannot answer that part exactly (granularity or range edges finer than their buckets)"
+    days = max(0.0, (ctx.now - horizon) / 86400)
+    return (
+        f"The raw data for that period is past retention: raw events are kept for the last "
+        f"{days:.1f} days (from {int(horizon)}), the range starts at {start}, and {why}. "
+        "Ask for a later start, or a query the rollups answer."
+    )
