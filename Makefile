@@ -4,6 +4,7 @@ PYTHON ?= python3
 VENV ?= .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
+DASHBOARD := dashboard/node_modules/.package-lock.json
 
 .PHONY: run test check lint typecheck pytest system setup bench-ingest bench-query clean
 
@@ -16,12 +17,17 @@ test: setup check pytest
 system:
 	@bash scripts/install-system
 
-setup: system $(STAMP)
+setup: system $(STAMP) $(DASHBOARD)
 
 $(STAMP): pyproject.toml
 	@test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
 	$(BIN)/pip install -q --upgrade pip
 	$(BIN)/pip install -q -e '.[dev]'
+	@touch $@
+
+# The dashboard's JavaScript dependencies (Chart.js), exactly as locked.
+$(DASHBOARD): dashboard/package.json dashboard/package-lock.json
+	cd dashboard && npm ci --no-audit --no-fund --loglevel=error
 	@touch $@
 
 check: lint typecheck
