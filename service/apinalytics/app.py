@@ -9,7 +9,7 @@ from collections.abc import AsyncIterator, Callable
 
 from aiohttp import web
 
-from . import localdb, middleware, migrate
+from . import dashboard, localdb, middleware, migrate
 from .db import Database, create_pool
 from .ingest import handlers as ingest
 from .ingest.write import purge_idempotency_keys
@@ -46,6 +46,7 @@ def add_routes(app: web.Application) -> None:
     app.router.add_get("/healthz", healthz)
     app.router.add_get("/readyz", readyz)
     app.router.add_get("/metrics", metrics_view)
+    dashboard.add_routes(app)
 
 
 def _database(run_migrations: bool) -> Callable[[web.Application], AsyncIterator[None]]:
