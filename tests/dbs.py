@@ -209,7 +209,7 @@ class Servers:
             self.missing["community"] = COMMUNITY_MISSING
         for mode, license in licenses.items():
             cluster = localdb.LocalCluster(
-                self._tmp / mode, bindir, license=license, durable=False
+                self._tmp / mode, bindir, license=license, durable=False, background_jobs=False
             ).ensure_running()
             self._stack.callback(cluster.stop)
             self.servers[mode] = Server(mode, cluster.dsn_for("postgres"), cluster)

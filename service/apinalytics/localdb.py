@@ -96,6 +96,9 @@ class LocalCluster:
     license: str | None = None
     # Throwaway clusters trade durability for speed; a serve cluster keeps it.
     durable: bool = True
+    # TimescaleDB's job scheduler (policies). Test clusters turn it off so that no job
+    # runs between a test's steps; jobs can still be run on request (CALL run_job).
+    background_jobs: bool = True
 
     @property
     def dsn(self) -> str:
@@ -162,6 +165,8 @@ class LocalCluster:
             opts.append(f"-c timescaledb.license={self.license}")
         if not self.durable:
             opts += ["-c fsync=off", "-c synchronous_commit=off", "-c full_page_writes=off"]
+        if not self.background_jobs:
+            opts.append("-c timescaledb.max_background_workers=0")
         log = self.datadir / "server.log"
         self._run_pg(
             [
