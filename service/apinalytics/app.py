@@ -16,6 +16,7 @@ from .ingest.write import purge_idempotency_keys
 from .keys import DB, METRICS, ROLLUP_MODE, SETTINGS
 from .metrics import Metrics
 from .ops import healthz, metrics_view, readyz
+from .query import handlers as query
 from .settings import Settings
 
 log = logging.getLogger(__name__)
@@ -43,6 +44,8 @@ def add_routes(app: web.Application) -> None:
     for path in ("/1/events", "/1/event"):
         for p in (path, path + "/"):
             app.router.add_post(p, ingest.post_events)
+    for p in ("/1/timeseries/{start}/{end}", "/1/timeseries/{start}/{end}/"):
+        app.router.add_get(p, query.timeseries)
     app.router.add_get("/healthz", healthz)
     app.router.add_get("/readyz", readyz)
     app.router.add_get("/metrics", metrics_view)

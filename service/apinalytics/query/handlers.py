@@ -1,0 +1,80 @@
+"""``GET /1/timeseries/<start>/<end>/``: authenticate, parse, plan, one statement, JSON."""
+
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass
+from typing import Any
+
+import asyncpg
+from aiohttp import web
+
+from .. import auth, retention
+from ..apps import Credentials, KeyKind
+from ..db import Database, timed
+from ..errors import InvalidQuery
+from ..keys import DB, METRICS, SETTINGS
+from . import params, planner, sql
+from .model import Query
+
+# Request header that forces the raw source, for benchmarks and diagnosis.
+PLANNER_HEADER = "X-Apinalytics-Planner"
+SOURCES_HEADER = "X-Apinalytics-Sources"
+
+
+@dataclass(frozen=True)
+class Answer:
+    plan: planner.Plan
+    rows: list[asyncpg.Record]
+
+
+async def timeseries(request: web.Request) -> web.Response:
+    creds = await auth.require(request, KeyKind.READ)
+    query = params.parse_query(
+        request.match_info["start"],
+        request.match_info["end"],
+        {name: request.query.getall(name) for name in request.query},
+        max_buckets=request.app[SETTINGS].max_buckets,
+    )
+    answer = await run(request.app[DB], query, creds, force_raw=_force_raw(request))
+    for source in answer.plan.sources:
+        request.app[METRICS].query_source.labels(source=source).inc()
+    return web.json_response(
+        render(query, answer.rows, creds.app_id),
+        headers={SOURCES_HEADER: ",".join(answer.plan.sources)},
+    )
+
+
+async def run(db: Database, query: Query, creds: Credentials, *, force_raw: bool) -> Answer:
+    """Plan against the current retention horizons and run the one statement."""
+    async with db.connection() as conn:
+        horizons = await retention.horizons(conn)
+        chosen = planner.plan(query, time.time(), horizons, force_raw=force_raw)
+        text, args = sql.statement(query, chosen, creds.app, creds.app_id)
+        rows: list[asyncpg.Record] = await timed(conn.fetch, text, args, "timeseries")
+    return Answer(chosen, rows)
+
+
+def render(query: Query, rows: list[asyncpg.Record], app_id: str) -> dict[str, Any]:
+    groups: dict[str, list[list[Any]]] = {}
+    if query.group is None:
+        # One group, keyed by the Application ID, present even when it is empty.
+        groups[app_id] = []
+    for row in rows:
+        groups.setdefault(row["g"], []).append([row["b"], row["v"]])
+    width = query.granularity.width_s if query.granularity else query.end - query.start
+    return {
+        "groups": groups,
+        "start": query.start,
+        "end": query.end,
+        "granularity": width * 1000,
+    }
+
+
+def _force_raw(request: web.Request) -> bool:
+    value = request.headers.get(PLANNER_HEADER, "").strip().lower()
+    if value in ("", "auto"):
+        return False
+    if value == "raw":
+        return True
+    raise InvalidQuery(PLANNER_HEADER, f"must be raw or auto, not {value!r}")

@@ -1,0 +1,145 @@
+"""One SQL statement per query: per-part partial aggregates, re-aggregated outside.
+
+Every part of the plan reads its own relation over its own stretch of the range and
+yields, per bucket and group, what re-aggregates exactly (count, sum, min, max); a
+UNION ALL of the parts is aggregated once more outside, so ragged edges read from
+finer sources merge with the coarse middle in one round trip. Percentiles read raw
+events only (the planner sees to that) with ``percentile_cont``.
+
+Identifiers come only from ``rollups`` declarations and the field table below, never
+from request text; every value is a ``$n`` parameter.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from datetime import UTC, datetime, timedelta
+from typing import Any
+
+from ..rollups import RAW
+from .model import DATA_PREFIX, Kind, Query
+from .planner import Plan
+
+# Field -> column, for the fields every relation that may be asked about has.
+_COLUMNS = {
+    "consumer_id": "consumer_id",
+    "method": "method",
+    "url": "url",
+    "function": "function",
+    "status_code": "status_code",
+}
+
+# Partial aggregates per source kind: raw events, or a rollup's stored aggregates.
+_PARTIAL = {
+    "calls": ("count(*)", "sum(calls)"),
+    "sum_us": ("sum(response_us)", "sum(sum_us)"),
+    "min_us": ("min(response_us)", "min(min_us)"),
+    "max_us": ("max(response_us)", "max(max_us)"),
+}
+
+# What each aggregation needs from the parts, and how it combines them. Integers
+# stay integers (sums come back from PostgreSQL as numeric); means are floats.
+_FINAL: dict[Kind, tuple[tuple[str, ...], str]] = {
+    Kind.COUNT: (("calls",), "sum(calls)::bigint"),
+    Kind.SUM: (("sum_us",), "sum(sum_us)::bigint"),
+    Kind.MEAN: (("calls", "sum_us"), "(sum(sum_us)::numeric / sum(calls))::float8"),
+    Kind.MIN: (("min_us",), "min(min_us)::bigint"),
+    Kind.MAX: (("max_us",), "max(max_us)::bigint"),
+}
+
+
+def timestamp(t: int) -> datetime:
+    return datetime.fromtimestamp(t, UTC)
+
+
+@dataclass
+class _Args:
+    values: list[Any] = field(default_factory=list)
+
+    def add(self, value: Any, cast: str = "") -> str:
+        self.values.append(value)
+        return f"${len(self.values)}{cast}"
+
+
+def field_expr(name: str, args: _Args) -> str:
+    """The SQL expression of a field, as text (group keys are always strings)."""
+    if name.startswith(DATA_PREFIX):
+        # A missing key groups (and matches) as the empty string.
+        return f"coalesce(data ->> {args.add(name[len(DATA_PREFIX) :], '::text')}, '')"
+    column = _COLUMNS[name]
+    return f"{column}::text" if column == "status_code" else column
+
+
+def filters(includes: dict[str, tuple[str, ...]] | Any, args: _Args) -> list[str]:
+    """``field = ANY(values)`` per field: OR within a field, AND across fields."""
+    out = []
+    for name, values in includes.items():
+        if name == "status_code":
+            out.append(f"status_code = ANY({args.add([int(v) for v in values], '::smallint[]')})")
+        else:
+            out.append(f"{field_expr(name, args)} = ANY({args.add(list(values), '::text[]')})")
+    return out
+
+
+def _bucketing(query: Query, args: _Args) -> Callable[[str], str]:
+    """The bucket-start expression (UNIX seconds) of a time column."""
+    g = query.granularity
+    if g is None:
+        # The whole range is one bucket, stamped with its start.
+        whole = args.add(query.start, "::bigint")
+        return lambda column: whole
+    width = args.add(timedelta(seconds=g.width_s), "::interval")
+    # An explicit origin: time_bucket's default one is not the epoch.
+    origin = args.add(timestamp(g.origin_s), "::timestamptz")
+    return lambda column: f"extract(epoch FROM time_bucket({width}, {column}, {origin}))::bigint"
+
+
+def statement(query: Query, plan: Plan, app: int, group_key: str) -> tuple[str, list[Any]]:
+    """SQL and arguments; rows are ``(b, g, v)``: bucket start (UNIX s), group, value.
+
+    ``group_key`` is the one group's key when the query has no ``group``.
+    """
+    args = _Args()
+    app_param = args.add(app)
+    bucket_of = _bucketing(query, args)
+    group = field_expr(query.group, args) if query.group else args.add(group_key, "::text")
+    where = filters(dict(query.includes), args)
+
+    def select(source: str, start: int, end: int, aggregates: list[str]) -> str:
+        column = "time" if source == RAW else "bucket"
+        bucket = bucket_of(column)
+        conditions = [
+            f"app_id = {app_param}",
+            f"{column} >= {args.add(timestamp(start))}",
+            f"{column} < {args.add(timestamp(end))}",
+            *where,
+        ]
+        return (
+            f"SELECT {bucket} AS b, {group} AS g, {', '.join(aggregates)} "
+            f"FROM {source} WHERE {' AND '.join(conditions)} GROUP BY 1, 2"
+        )
+
+    agg = query.aggregation
+    if agg.kind is Kind.PERCENTILE:
+        assert plan.raw_only and agg.percentile is not None
+        fraction = args.add(agg.percentile / 100, "::float8")
+        parts = [
+            select(
+                p.source,
+                p.start,
+                p.end,
+                [f"percentile_cont({fraction}) WITHIN GROUP (ORDER BY response_us) AS v"],
+            )
+            for p in plan.parts
+        ]
+        return f"{' UNION ALL '.join(parts)} ORDER BY g, b", args.values
+
+    needs, final = _FINAL[agg.kind]
+    parts = []
+    for p in plan.parts:
+        i = 0 if p.source == RAW else 1
+        parts.append(select(p.source, p.start, p.end, [f"{_PARTIAL[n][i]} AS {n}" for n in needs]))
+    union = "\n UNION ALL ".join(parts)
+    sql = f"SELECT b, g, {final} AS v FROM (\n {union}\n) parts GROUP BY b, g ORDER BY g, b"
+    return sql, args.values
