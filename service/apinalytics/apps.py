@@ -16,6 +16,8 @@ from enum import Enum
 
 import asyncpg
 
+from .rollups import RAW, ROLLUPS
+
 WRITE_PREFIX = "apw_"
 READ_PREFIX = "apr_"
 
@@ -121,9 +123,9 @@ async def rotate(conn: asyncpg.Connection, app_id: str, kinds: set[KeyKind]) -> 
     return NewApp(app_id, name, write, read)
 
 
-# Relations that hold per-app rows besides `events`; rollups register here so that
+# Relations that hold per-app rows: the raw events and every declared rollup, so that
 # deleting an app deletes everything of it. Names are fixed identifiers, never input.
-PER_APP_RELATIONS: list[str] = ["events"]
+PER_APP_RELATIONS: list[str] = [RAW, *(r.relation for r in ROLLUPS)]
 
 
 async def delete(conn: asyncpg.Connection, app_id: str) -> bool:
@@ -138,15 +140,38 @@ async def delete(conn: asyncpg.Connection, app_id: str) -> bool:
 
 
 async def deletable_relations(conn: asyncpg.Connection) -> list[str]:
-    """Per-app relations that are plain tables or hypertables (continuous aggregates are
-    refreshed, not deleted from: see the rollups module)."""
+    """The tables to delete an app's rows from, raw events first, then finer rollups.
+
+    Tables and hypertables as they are; a continuous aggregate (Community mode) through
+    its materialization hypertable. Not through a refresh: a refresh over a range whose
+    raw chunks retention dropped would delete every app's rollup rows there. Deleting
+    the materialized rows of the minute aggregate logs an invalidation for the hour
+    one, whose next refresh then agrees with what is left; the real-time part of
+    each aggregate reads sources the app's rows are already gone from.
+    """
     out = []
     for relation in PER_APP_RELATIONS:
-        kind = await conn.fetchval(
-            "SELECT c.relkind FROM pg_class c WHERE c.oid = to_regclass($1)", relation
+        row = await conn.fetchrow(
+            """
+            SELECT c.relkind::text AS kind,
+                   CASE WHEN ca.view_name IS NOT NULL THEN
+                       format('%I.%I', ca.materialization_hypertable_schema,
+                              ca.materialization_hypertable_name)
+                   END AS materialized
+            FROM pg_class c
+            JOIN pg_namespace n ON n.oid = c.relnamespace
+            LEFT JOIN timescaledb_information.continuous_aggregates ca
+                ON ca.view_schema = n.nspname AND ca.view_name = c.relname
+            WHERE c.oid = to_regclass($1)
+            """,
+            relation,
         )
-        if kind == b"r" or kind == "r":
+        if row is None:
+            continue
+        if row["kind"] == "r":
             out.append(relation)
+        elif row["kind"] == "v" and row["materialized"] is not None:
+            out.append(row["materialized"])
     return out
 
 

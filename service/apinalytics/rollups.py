@@ -21,6 +21,14 @@ RAW = "events"
 # Dimensions that rollups may cover; url and data are too high-cardinality.
 DIMENSIONS = ("consumer_id", "method", "function", "status_code")
 
+# PostgreSQL type of each dimension column, as in the events table.
+DIMENSION_TYPES = {
+    "consumer_id": "text",
+    "method": "text",
+    "function": "text",
+    "status_code": "smallint",
+}
+
 
 @dataclass(frozen=True)
 class Rollup:
@@ -29,6 +37,11 @@ class Rollup:
     dimensions: tuple[str, ...]
     # What it is aggregated from: raw events, or a finer rollup (Community: hierarchical).
     built_from: str
+
+    @property
+    def key_columns(self) -> tuple[str, ...]:
+        """Grouping columns in primary-key order, which is also the upsert lock order."""
+        return ("app_id", "bucket", *self.dimensions)
 
 
 ROLLUPS: tuple[Rollup, ...] = (

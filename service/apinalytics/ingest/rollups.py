@@ -1,23 +1,346 @@
-"""Rollup upkeep on the ingest path.
+"""Rollup upkeep on the ingest path, and rebuilding rollups from raw events.
 
-Apache mode: ``events_1m`` and ``events_1h`` are plain tables that the batch's own
-transaction keeps up to date. Community mode: they are continuous aggregates, and
-after commit the buckets of back-dated events are refreshed so queries read them.
+Apache mode: ``events_1m`` and ``events_1h`` are hypertables that the batch's own
+transaction keeps up to date (``upkeep_in_transaction``): the batch is aggregated in
+Python per rollup key, then upserted in one statement per rollup, keys in primary-key
+order. Every transaction takes its row locks in that one global order (and the minute
+rollup before the hour one), so concurrent batches wait for each other but cannot
+deadlock.
+
+Community mode: they are continuous aggregates with real-time aggregation, so events
+above an aggregate's invalidation threshold are read from its source at query time.
+Events below it (back-dated, or late by more than the policy's end_offset) would stay
+invisible until a refresh covers them, so ``after_commit`` refreshes exactly their
+buckets, minute rollup first (refreshes do not cascade), before the request is
+answered. Refresh windows never reach below the source's retention horizon: a
+refresh over a range whose raw chunks were dropped deletes the rollup rows there.
+
+See docs/rollups.md.
 """
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+import logging
+import math
+from collections.abc import AsyncIterator, Sequence
+from contextlib import asynccontextmanager
+from datetime import datetime, timedelta
+from typing import cast
 
 import asyncpg
 
-from ..db import Database
-from .decode import Row
+from .. import retention
+from ..db import Database, timed
+from ..rollups import DIMENSION_TYPES, RAW, ROLLUPS, Rollup
+from .decode import COLUMNS, EPOCH, Row
+
+log = logging.getLogger(__name__)
+
+_US = 1_000_000
+
+# A batch whose back-dated events fall into many separate stretches is refreshed in at
+# most this many windows: the smallest gaps between stretches are closed first. Each
+# refresh costs a few milliseconds even when small, and the gaps are invalidated
+# anyway (TimescaleDB records one [earliest, latest] range per transaction).
+MAX_REFRESH_WINDOWS = 8
+
+# rebuild() works through its range in slices of this many seconds (a multiple of
+# every rollup width), so each statement aggregates a bounded amount of raw data and
+# concurrent ingest waits on a slice, not on the whole rebuild.
+REBUILD_SLICE_S = 86400
+
+# (app_id, bucket in UNIX microseconds, *dimension values) -> [calls, sum, min, max]
+Key = tuple[int | str, ...]
+Aggregates = dict[Key, list[int]]
+
+
+def _unix_us(t: datetime) -> int:
+    return (t - EPOCH) // timedelta(microseconds=1)
+
+
+def _at(unix_us: int) -> datetime:
+    return EPOCH + timedelta(microseconds=unix_us)
+
+
+def aggregate(rows: Sequence[Row]) -> dict[str, Aggregates]:
+    """Per declared rollup, the batch aggregated per key (what the rollup would add)."""
+    dim_index = {d: COLUMNS.index(d) for d in DIMENSION_TYPES}
+    out: dict[str, Aggregates] = {}
+    for rollup in ROLLUPS:
+        width = rollup.width_s * _US
+        dims = [dim_index[d] for d in rollup.dimensions]
+        agg: Aggregates = {}
+        if rollup.built_from == RAW:
+            for row in rows:
+                t, app, *_, response_us, _status, _data = row
+                us = _unix_us(t)
+                key = (app, us - us % width, *(cast(int | str, row[i]) for i in dims))
+                _fold(agg, key, 1, response_us, response_us, response_us)
+        else:
+            # A coarser rollup re-aggregates the finer one's aggregates, as the
+            # hierarchical continuous aggregate does; the dimensions are a subset.
+            finer = next(r for r in ROLLUPS if r.relation == rollup.built_from)
+            keep = [finer.key_columns.index(c) for c in rollup.key_columns[2:]]
+            for fkey, (calls, total, lo, hi) in out[finer.relation].items():
+                us = int(fkey[1])
+                key = (fkey[0], us - us % width, *(fkey[i] for i in keep))
+                _fold(agg, key, calls, total, lo, hi)
+        out[rollup.relation] = agg
+    return out
+
+
+def _fold(agg: Aggregates, key: Key, calls: int, total: int, lo: int, hi: int) -> None:
+    cur = agg.get(key)
+    if cur is None:
+        agg[key] = [calls, total, lo, hi]
+    else:
+        cur[0] += calls
+        cur[1] += total
+        cur[2] = min(cur[2], lo)
+        cur[3] = max(cur[3], hi)
+
+
+def _upsert_sql(rollup: Rollup) -> str:
+    # Identifiers come only from the declared rollups, never from input.
+    keys = rollup.key_columns
+    types = ["integer", "timestamptz", *(DIMENSION_TYPES[d] for d in rollup.dimensions)]
+    columns = [*keys, "calls", "sum_us", "min_us", "max_us"]
+    arrays = ", ".join(
+        f"${i}::{t}[]" for i, t in enumerate([*types, "bigint", "bigint", "bigint", "bigint"], 1)
+    )
+    return f"""
+        INSERT INTO {rollup.relation} AS r ({", ".join(columns)})
+        SELECT * FROM unnest({arrays})
+        ON CONFLICT ({", ".join(keys)}) DO UPDATE SET
+            calls = r.calls + EXCLUDED.calls,
+            sum_us = r.sum_us + EXCLUDED.sum_us,
+            min_us = least(r.min_us, EXCLUDED.min_us),
+            max_us = greatest(r.max_us, EXCLUDED.max_us)
+    """
+
+
+_UPSERT = {r.relation: _upsert_sql(r) for r in ROLLUPS}
 
 
 async def upkeep_in_transaction(conn: asyncpg.Connection, mode: str, rows: Sequence[Row]) -> None:
-    return None
+    """Apache mode: add the batch to every rollup, inside the batch's transaction."""
+    if mode != "apache" or not rows:
+        return
+    aggregates = aggregate(rows)
+    # Declaration order is finer rollup first: the same table order in every batch.
+    for rollup in ROLLUPS:
+        agg = aggregates[rollup.relation]
+        # Sorted keys are the lock order. The tuples sort like the primary key except
+        # that Python compares text by code point and PostgreSQL by collation; any
+        # order works as long as every batch uses the same one, and unnest() feeds
+        # the rows to the insert in array order.
+        keys = sorted(agg)
+        columns: list[list[object]] = [[] for _ in range(len(rollup.key_columns) + 4)]
+        for key in keys:
+            values = (*key, *agg[key])
+            for col, value in zip(columns, values, strict=True):
+                col.append(value)
+        columns[1] = [_at(cast(int, us)) for us in columns[1]]
+        await timed(conn.execute, _UPSERT[rollup.relation], columns, f"upsert {rollup.relation}")
 
 
 async def after_commit(db: Database, mode: str, rows: Sequence[Row]) -> None:
-    return None
+    """Community mode: refresh the buckets of events that real-time aggregation misses."""
+    if mode != "community" or not rows:
+        return
+    async with db.connection() as conn:
+        await refresh_behind_threshold(conn, rows)
+
+
+async def refresh_behind_threshold(conn: asyncpg.Connection, rows: Sequence[Row]) -> None:
+    """Refresh, rollup by rollup (finer first), the buckets of ``rows`` that lie below
+    the rollup's invalidation threshold, clamped to its source's horizon.
+
+    Events at or above the threshold need nothing: real-time aggregation reads them
+    now, and whichever refresh later moves the threshold past them materializes them.
+    The threshold is read after the commit and after the finer rollup's refresh, so a
+    policy run that moves it concurrently cannot slip between.
+    """
+    times = sorted({_unix_us(row[0]) for row in rows})
+    horizons = await retention.horizons(conn)
+    for rollup in ROLLUPS:
+        threshold = await _threshold_us(conn, rollup)
+        if threshold is None:
+            continue
+        width = rollup.width_s * _US
+        buckets = sorted({us - us % width for us in times if us - us % width < threshold})
+        for start, end in _windows(buckets, width, MAX_REFRESH_WINDOWS):
+            window = _clamp(start, end, width, horizons.get(rollup.built_from))
+            if window:
+                await _refresh(conn, rollup, *window)
+
+
+async def _threshold_us(conn: asyncpg.Connection, rollup: Rollup) -> int | None:
+    """The continuous aggregate's invalidation threshold in UNIX microseconds, or None
+    before its first refresh (then nothing is materialized and real-time reads all).
+
+    Changes below the threshold are logged as invalidations and stay unmaterialized
+    until a refresh covers them; it is at or above the watermark real-time queries
+    use, so "below the threshold" is the safe test for "needs a refresh".
+    """
+    value = await timed(
+        conn.fetchval,
+        """
+        SELECT t.watermark
+        FROM _timescaledb_catalog.continuous_agg ca
+        JOIN _timescaledb_catalog.continuous_aggs_invalidation_threshold t
+            ON t.hypertable_id = ca.raw_hypertable_id
+        WHERE ca.user_view_schema = current_schema() AND ca.user_view_name = $1
+        """,
+        (rollup.relation,),
+        f"threshold {rollup.relation}",
+    )
+    return None if value is None else int(value)
+
+
+def _windows(buckets: Sequence[int], width: int, limit: int) -> list[tuple[int, int]]:
+    """Sorted bucket starts as at most ``limit`` [start, end) windows, joining
+    adjacent buckets and then closing the smallest gaps."""
+    if not buckets:
+        return []
+    runs: list[list[int]] = []
+    for b in buckets:
+        if runs and runs[-1][1] == b:
+            runs[-1][1] = b + width
+        else:
+            runs.append([b, b + width])
+    if len(runs) > limit:
+        gaps = sorted(range(len(runs) - 1), key=lambda i: runs[i + 1][0] - runs[i][1])
+        close = set(gaps[: len(runs) - limit])
+        merged: list[list[int]] = [runs[0]]
+        for i in range(1, len(runs)):
+            if i - 1 in close:
+                merged[-1][1] = runs[i][1]
+            else:
+                merged.append(runs[i])
+        runs = merged
+    return [(s, e) for s, e in runs]
+
+
+def _clamp(start: int, end: int, width: int, horizon: float | None) -> tuple[int, int] | None:
+    """The window's whole buckets from the horizon on; None if nothing is left."""
+    if horizon is not None:
+        floor = math.ceil(horizon * _US / width) * width
+        start = max(start, floor)
+    return (start, end) if start < end else None
+
+
+async def _refresh(conn: asyncpg.Connection, rollup: Rollup, start_us: int, end_us: int) -> None:
+    await timed(
+        conn.execute,
+        "CALL refresh_continuous_aggregate($1, $2::timestamptz, $3::timestamptz)",
+        (rollup.relation, _at(start_us), _at(end_us)),
+        f"refresh {rollup.relation}",
+    )
+
+
+@asynccontextmanager
+async def _conn(target: Database | asyncpg.Connection) -> AsyncIterator[asyncpg.Connection]:
+    if isinstance(target, Database):
+        async with target.connection() as conn:
+            yield conn
+    else:
+        yield target
+
+
+async def rebuild(
+    target: Database | asyncpg.Connection, mode: str, start: float, end: float
+) -> tuple[int, int]:
+    """Recompute every rollup from the raw events for ``[start, end)`` (UNIX seconds).
+
+    For bulk loads that bypass the ingest path (COPY straight into ``events``) and for
+    repairs. The range is widened to whole buckets of the coarsest rollup and clamped
+    to the raw events' retention horizon (never recomputing from data that is gone);
+    returns the range actually rebuilt, in UNIX seconds (start == end: nothing).
+
+    Apache: per day, in one transaction that first locks both rollup tables against
+    the ingest path's upserts (batches wait, then add to the rebuilt rows), delete the
+    slice and insert it aggregated from ``events`` (minute) and from ``events_1m``
+    (hour). Community: per day, ``refresh_continuous_aggregate(..., force => true)``
+    of the minute aggregate, then of the hour one over the same slice.
+
+    Statements run without the statement timeout: a slice of a bulk load can take
+    longer than an API query may, and this is an operator's command, not a request.
+    """
+    coarsest = max(r.width_s for r in ROLLUPS)
+    lo = math.floor(start / coarsest) * coarsest
+    hi = math.ceil(end / coarsest) * coarsest
+    async with _conn(target) as conn:
+        horizon = (await retention.horizons(conn)).get(RAW)
+        if horizon is not None:
+            lo = max(lo, math.ceil(horizon / coarsest) * coarsest)
+        if lo >= hi:
+            return (lo, lo)
+        slices = [(s, min(s + REBUILD_SLICE_S, hi)) for s in range(lo, hi, REBUILD_SLICE_S)]
+        if mode == "apache":
+            for s, e in slices:
+                await _rebuild_tables(conn, s, e)
+        else:
+            await conn.execute("SET statement_timeout = 0")
+            try:
+                for s, e in slices:
+                    for rollup in ROLLUPS:
+                        await timed(
+                            conn.execute,
+                            "CALL refresh_continuous_aggregate($1, $2::timestamptz, "
+                            "$3::timestamptz, force => true)",
+                            (rollup.relation, _at(s * _US), _at(e * _US)),
+                            f"rebuild {rollup.relation}",
+                        )
+            finally:
+                await conn.execute("RESET statement_timeout")
+    log.info("rollups rebuilt", extra={"start": lo, "end": hi, "mode": mode})
+    return (lo, hi)
+
+
+def _rebuild_sql(rollup: Rollup) -> str:
+    dims = ", ".join(rollup.dimensions)
+    if rollup.built_from == RAW:
+        source_time, measures = (
+            "time",
+            "count(*), sum(response_us)::bigint, min(response_us), max(response_us)",
+        )
+    else:
+        source_time, measures = (
+            "bucket",
+            "sum(calls)::bigint, sum(sum_us)::bigint, min(min_us), max(max_us)",
+        )
+    bucket = f"time_bucket(make_interval(secs => {rollup.width_s}), {source_time})"
+    return f"""
+        INSERT INTO {rollup.relation}
+            (bucket, app_id, {dims}, calls, sum_us, min_us, max_us)
+        SELECT {bucket}, app_id, {dims}, {measures}
+        FROM {rollup.built_from}
+        WHERE {source_time} >= $1 AND {source_time} < $2
+        GROUP BY {bucket}, app_id, {dims}
+    """
+
+
+_REBUILD = {r.relation: _rebuild_sql(r) for r in ROLLUPS}
+
+
+async def _rebuild_tables(conn: asyncpg.Connection, start_s: int, end_s: int) -> None:
+    relations = ", ".join(r.relation for r in ROLLUPS)
+    bounds = (_at(start_s * _US), _at(end_s * _US))
+    async with conn.transaction():
+        await conn.execute("SET LOCAL statement_timeout = 0")
+        # SHARE ROW EXCLUSIVE conflicts with the upserts' ROW EXCLUSIVE: batches that
+        # already upserted have committed once we hold it, so the aggregate below sees
+        # their events; batches after it wait and add to the rebuilt rows. Ingest
+        # locks events before the rollups and this never writes events: no deadlock.
+        await conn.execute(f"LOCK TABLE {relations} IN SHARE ROW EXCLUSIVE MODE")
+        for rollup in ROLLUPS:
+            await timed(
+                conn.execute,
+                f"DELETE FROM {rollup.relation} WHERE bucket >= $1 AND bucket < $2",
+                bounds,
+                f"rebuild delete {rollup.relation}",
+            )
+            await timed(
+                conn.execute, _REBUILD[rollup.relation], bounds, f"rebuild {rollup.relation}"
+            )
