@@ -9,7 +9,7 @@ from collections.abc import AsyncIterator, Callable
 
 from aiohttp import web
 
-from . import dashboard, localdb, middleware, migrate
+from . import accounts, dashboard, export, localdb, middleware, migrate
 from .db import Database, create_pool
 from .ingest import handlers as ingest
 from .ingest.write import purge_idempotency_keys
@@ -27,15 +27,25 @@ DSN = web.AppKey("dsn", str)
 
 def create_app(settings: Settings, *, run_migrations: bool = True) -> web.Application:
     app = web.Application(
-        middlewares=[middleware.timing, middleware.cors_preflight, middleware.errors],
+        middlewares=[
+            middleware.timing,
+            middleware.cors_preflight,
+            middleware.errors,
+            *accounts.middlewares(settings),
+        ],
         # Ingest reads the body itself, with its own limit and a clear 413.
         client_max_size=settings.max_body_bytes + 1,
+        # Ingest gunzips itself, bounded by that limit: aiohttp's own decompression
+        # would answer a bad gzip body with a 500 and other encodings than the
+        # documented ones would get through.
+        handler_args={"auto_decompress": False},
     )
     app[SETTINGS] = settings
     app[METRICS] = Metrics()
     app.cleanup_ctx.append(_database(run_migrations))
     app.cleanup_ctx.append(_idempotency_purge)
     app.on_response_prepare.append(middleware.cors_headers)
+    accounts.setup_templates(app)
     add_routes(app)
     return app
 
@@ -46,9 +56,14 @@ def add_routes(app: web.Application) -> None:
             app.router.add_post(p, ingest.post_events)
     for p in ("/1/timeseries/{start}/{end}", "/1/timeseries/{start}/{end}/"):
         app.router.add_get(p, query.timeseries)
+    for path in ("/1/events/{start}/{end}", "/1/event/{start}/{end}"):
+        for p in (path, path + "/"):
+            app.router.add_get(p, export.export_events)
     app.router.add_get("/healthz", healthz)
     app.router.add_get("/readyz", readyz)
     app.router.add_get("/metrics", metrics_view)
+    # The landing page at "/", login, and the application and key pages.
+    accounts.add_routes(app)
     dashboard.add_routes(app)
 
 

@@ -2,6 +2,13 @@
 
 Unknown app or wrong key: 401. A valid key of the other kind: 403. Keys are never
 logged; only the app ID appears in logs.
+
+Reads may instead come from a logged-in session (the dashboard): ``X-Auth-User``
+without ``X-Auth-Key`` reads the app if the session's user owns it, and is a 404 if
+not. Sessions never authorize writes. This is safe to allow alongside the API's
+``Access-Control-Allow-Origin: *`` because that header never admits credentials: a
+browser does not expose a credentialed cross-origin response under it, and the
+SameSite=Lax cookie is not sent with other sites' fetches anyway.
 """
 
 from __future__ import annotations
@@ -9,6 +16,7 @@ from __future__ import annotations
 from aiohttp import web
 
 from . import apps
+from .accounts import sessions
 from .apps import Credentials, KeyKind
 from .errors import Forbidden, Unauthorized
 from .keys import DB, REQUEST_APP_ID
@@ -19,6 +27,11 @@ _WHAT_FOR = {KeyKind.WRITE: "sending events", KeyKind.READ: "reading data"}
 async def require(request: web.Request, kind: KeyKind) -> Credentials:
     app_id = request.headers.get("X-Auth-User", "")
     key = request.headers.get("X-Auth-Key", "")
+    if app_id and not key and kind is KeyKind.READ:
+        owned = await sessions.read_credentials(request, app_id)
+        if owned is not None:
+            request[REQUEST_APP_ID] = app_id
+            return owned
     if not app_id or not key:
         raise Unauthorized("Send the Application ID in X-Auth-User and a key in X-Auth-Key.")
     async with request.app[DB].connection() as conn:

@@ -59,6 +59,10 @@ class Settings(BaseSettings):
     session_secret: str | None = None
     # Mark the session cookie Secure (set when served over HTTPS).
     cookie_secure: bool = False
+    # A login lasts this long; the encrypted cookie is refused after it.
+    session_max_age_s: int = Field(default=14 * 86400, gt=0)
+    # Timeout of each call to GitHub (token exchange, user API) during login.
+    github_timeout_s: float = Field(default=10.0, gt=0)
 
     log_level: str = "INFO"
     # Log lines as JSON objects (structured); set false for plain text in a terminal.
