@@ -112,32 +112,69 @@ def parse(body: bytes, app: int, now: float, settings: Settings) -> list[Row]:
     problems: list[dict[str, Any]] = []
     earliest = now - settings.max_event_age_s
     latest = now + settings.max_event_future_s
+    # This loop is the hot path of ingest (see docs/benchmarks.md): the common case, an
+    # event with no problem, is decided by one expression over locals, exactly the
+    # conjunction of the rules in `_check`, and only an event that fails it goes
+    # through `_check` to name its problems. Methods are few: each is matched once.
+    max_string = settings.max_string_length
+    max_url = settings.max_url_length
+    methods: dict[str, str | None] = {}
     for i, ev in enumerate(events):
-        bad = _check(ev, settings, earliest, latest)
-        if bad:
-            problems.extend({"index": i, "field": f, "message": m} for f, m in bad)
+        method = ev.method
+        upper = methods.get(method, "")
+        if upper == "":
+            upper = methods[method] = method.upper() if _METHOD.match(method) else None
+        consumer, url, function, data = ev.consumer_id, ev.url, ev.function, ev.data
+        if (
+            earliest <= ev.timestamp <= latest
+            and upper is not None
+            and len(consumer) <= max_string
+            and len(url) <= max_url
+            and len(function) <= max_string
+            and "\x00" not in consumer
+            and "\x00" not in url
+            and "\x00" not in function
+            and (not data or _data_ok(data, settings))
+        ):
+            if not problems:
+                rows.append(_row(ev, app, upper))
             continue
-        if not problems:
-            rows.append(_row(ev, app))
+        bad = _check(ev, settings, earliest, latest)
+        problems.extend({"index": i, "field": f, "message": m} for f, m in bad)
     if problems:
         raise _rejected(problems, len(events))
     return rows
 
 
-def _row(ev: EventIn, app: int) -> Row:
+# json.dumps with these arguments builds this very encoder on every call.
+_encode_data = json.JSONEncoder(ensure_ascii=False, separators=(",", ":")).encode
+
+
+def _row(ev: EventIn, app: int, method: str) -> Row:
     # Rounded to the microsecond: the resolution SPEC promises and timestamptz holds.
-    t = EPOCH + timedelta(microseconds=round(ev.timestamp * 1_000_000))
-    data = json.dumps(ev.data, ensure_ascii=False, separators=(",", ":")) if ev.data else None
+    # (Positional timedelta: the same value as microseconds=..., a quarter cheaper.)
+    t = EPOCH + timedelta(0, 0, round(ev.timestamp * 1_000_000))
     return (
         t,
         app,
         ev.consumer_id,
-        ev.method.upper(),
+        method,
         ev.url,
         ev.function,
         ev.response_us,
         ev.status_code,
-        data,
+        _encode_data(ev.data) if ev.data else None,
+    )
+
+
+def _data_ok(data: dict[str, str], s: Settings) -> bool:
+    """Whether ``data`` passes every rule `_check` applies to it."""
+    if len(data) > s.max_data_keys:
+        return False
+    max_key, max_value = s.max_string_length, s.max_data_value_length
+    return all(
+        len(k) <= max_key and len(v) <= max_value and "\x00" not in k and "\x00" not in v
+        for k, v in data.items()
     )
 
 

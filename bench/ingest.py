@@ -1,0 +1,350 @@
+"""Ingest benchmark (issue "Foundation"): events/s through HTTP against the COPY ceiling.
+
+What runs where, on one machine:
+
+* the database: a fresh, non-durable local cluster in ``bench/data/ingest-<mode>``;
+* the service: ``python -m apinalytics serve`` in a child process (its own event
+  loop), default settings, logs at WARNING so no access log line is written;
+* the client: this process, an aiohttp ClientSession with ``--concurrency`` tasks
+  posting bodies serialized before the clock starts;
+* the ceilings: this process, asyncpg on one connection, the very rows the service
+  would store (``decode.parse`` of the same bodies, done before the clock starts).
+
+Every round runs each variant once on the same events, into an emptied ``events``
+table (and emptied rollup tables in the Apache mode), and checks the row count; the
+report is the median over rounds, because the machine is shared and noisy.
+
+    .venv/bin/python bench/ingest.py [--mode apache|community|all] [--events 100000]
+        [--rounds 3] [--concurrency 16] [--profile]
+
+``--profile`` also runs the service once under pyinstrument (batches of 1,000, with
+decoding kept on the event loop thread so the sampler sees it) and writes the report
+to ``bench/data/ingest-profile-<mode>.txt``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import contextlib
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from collections.abc import Awaitable, Callable, Sequence
+from pathlib import Path
+
+import aiohttp
+import asyncpg
+
+from apinalytics import apps, localdb, migrate
+from apinalytics.db import Database
+from apinalytics.ingest import decode, write
+from apinalytics.rollups import ROLLUPS
+from apinalytics.settings import Settings
+from common import DATA, EventMaker, as_json, machine, machine_line, median, modes_available
+from common import cluster as start_cluster
+from common import percentile as pct
+
+ROOT = Path(__file__).resolve().parents[1]
+# Bound on any single measured run; a stuck run fails loudly instead of hanging.
+RUN_TIMEOUT_S = 600
+START_TIMEOUT_S = 60
+
+
+async def main() -> None:
+    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    p.add_argument("--mode", default="all", choices=["apache", "community", "all"])
+    p.add_argument("--events", type=int, default=100_000)
+    p.add_argument("--rounds", type=int, default=3)
+    p.add_argument("--concurrency", type=int, default=16)
+    p.add_argument("--profile", action="store_true")
+    args = p.parse_args()
+    for mode in modes_available(args.mode):
+        await bench_mode(mode, args)
+
+
+async def bench_mode(mode: str, args: argparse.Namespace) -> None:
+    c = await asyncio.to_thread(start_cluster, f"ingest-{mode}", mode, fresh=True)
+    try:
+        result = await migrate.migrate(c.dsn)
+        assert result.mode == mode, result
+        conn = await asyncpg.connect(c.dsn)
+        try:
+            m = await machine(conn)
+            app = await apps.create(conn, "bench")
+            app_internal = await conn.fetchval("SELECT id FROM apps WHERE public_id=$1", app.app_id)
+        finally:
+            await conn.close()
+
+        # Live traffic: events of the last 50 minutes in time order, so concurrent
+        # batches land in the same minute and hour buckets, as they would in production.
+        n = args.events
+        now = time.time()
+        start = now - 3000
+        ts = [round(start + i * (2940 / n), 6) for i in range(n)]
+        events = [as_json(e) for e in EventMaker(seed=7).events(ts)]
+        bodies = {
+            size: [
+                json.dumps(events[i : i + size], separators=(",", ":")).encode()
+                for i in range(0, n, size)
+            ]
+            for size in (1000, 100)
+        }
+        settings = Settings()
+        batches = [decode.parse(b, app_internal, now, settings) for b in bodies[1000]]
+        rows = [r for b in batches for r in b]
+        decode_us = _decode_cost(bodies[1000][0], app_internal, settings)
+
+        runs: dict[str, list[float]] = {}
+        latencies: dict[str, list[float]] = {}
+
+        async def record(name: str, fn: Callable[[], Awaitable[float | tuple[float, list[float]]]]):
+            await _reset(c.dsn)
+            out = await asyncio.wait_for(fn(), RUN_TIMEOUT_S)
+            elapsed, lat = out if isinstance(out, tuple) else (out, [])
+            got = await _count(c.dsn)
+            if got != n:
+                raise RuntimeError(f"{name}: {got} rows stored, expected {n}")
+            runs.setdefault(name, []).append(n / elapsed)
+            latencies.setdefault(name, []).extend(lat)
+            print(f"  {name:<28} {n / elapsed:>10,.0f} events/s", flush=True)
+
+        port = localdb.free_port()
+        server = await _start_server(c.dsn, port)
+        url = f"http://127.0.0.1:{port}/1/events/"
+        headers = {
+            "X-Auth-User": app.app_id,
+            "X-Auth-Key": app.write_key or "",
+            "Content-Type": "application/json",
+        }
+        try:
+            for r in range(args.rounds):
+                print(f"[{mode}] round {r + 1}/{args.rounds}", flush=True)
+                await record("copy_all", lambda: _copy_all(c.dsn, rows))
+                await record("store_1000_seq", lambda: _store(c.dsn, batches, mode, 1))
+                await record(
+                    "store_1000_c16", lambda: _store(c.dsn, batches, mode, args.concurrency)
+                )
+                for size in (1000, 100):
+                    await record(
+                        f"http_{size}_c{args.concurrency}",
+                        lambda size=size: _http(url, headers, bodies[size], args.concurrency),  # type: ignore[misc]
+                    )
+        finally:
+            await _stop_server(server)
+
+        profile = None
+        if args.profile:
+            profile = await _profile(
+                c.dsn, mode, url_headers=headers, bodies=bodies[1000], args=args
+            )
+        _report(mode, m, args, runs, latencies, decode_us, profile)
+    finally:
+        await asyncio.to_thread(c.stop)
+
+
+def _decode_cost(body: bytes, app: int, settings: Settings) -> float:
+    """Microseconds per event to validate a 1,000-event body (median of 20 runs)."""
+    times = []
+    for _ in range(20):
+        t = time.perf_counter()
+        rows = decode.parse(body, app, time.time(), settings)
+        times.append((time.perf_counter() - t) / len(rows) * 1e6)
+    return median(times)
+
+
+async def _reset(dsn: str) -> None:
+    conn = await asyncpg.connect(dsn)
+    try:
+        tables = ["events", "idempotency_keys"]
+        for r in ROLLUPS:
+            kind = await conn.fetchval(
+                "SELECT relkind FROM pg_class WHERE oid = to_regclass($1)", r.relation
+            )
+            # Plain tables in the Apache mode; continuous aggregates are left alone.
+            if kind in (b"r", "r"):
+                tables.append(r.relation)
+        await conn.execute(f"TRUNCATE {', '.join(tables)}")
+        await conn.execute("CHECKPOINT")
+    finally:
+        await conn.close()
+
+
+async def _count(dsn: str) -> int:
+    conn = await asyncpg.connect(dsn)
+    try:
+        return int(await conn.fetchval("SELECT count(*) FROM events"))
+    finally:
+        await conn.close()
+
+
+async def _copy_all(dsn: str, rows: Sequence[decode.Row]) -> float:
+    """The ceiling: one COPY of every row, one statement, one connection."""
+    conn = await asyncpg.connect(dsn)
+    try:
+        t = time.perf_counter()
+        await conn.copy_records_to_table("events", records=rows, columns=decode.COLUMNS)
+        return time.perf_counter() - t
+    finally:
+        await conn.close()
+
+
+async def _store(dsn: str, batches: Sequence[Sequence[decode.Row]], mode: str, conc: int) -> float:
+    """The service's write path without HTTP: ``write.store`` per batch (one transaction
+    each: COPY plus, in the Apache mode, the rollup upkeep), on ``conc`` connections."""
+    pool = await asyncpg.create_pool(dsn, min_size=conc, max_size=conc)
+    db = Database(pool, 60, 60)
+    it = iter(batches)
+
+    async def worker() -> None:
+        for b in it:
+            await write.store(db, 0, b, mode=mode, idempotency_key=None, idempotency_ttl_s=60)
+
+    try:
+        t = time.perf_counter()
+        await asyncio.gather(*(worker() for _ in range(conc)))
+        return time.perf_counter() - t
+    finally:
+        await pool.close()
+
+
+async def _http(
+    url: str, headers: dict[str, str], bodies: Sequence[bytes], conc: int
+) -> tuple[float, list[float]]:
+    latencies: list[float] = []
+    it = iter(bodies)
+    timeout = aiohttp.ClientTimeout(total=120)
+    async with aiohttp.ClientSession(
+        connector=aiohttp.TCPConnector(limit=conc), timeout=timeout
+    ) as session:
+
+        async def worker() -> None:
+            for body in it:
+                t = time.perf_counter()
+                async with session.post(url, data=body, headers=headers) as resp:
+                    answer = await resp.read()
+                    if resp.status != 200:
+                        raise RuntimeError(f"HTTP {resp.status}: {answer[:300]!r}")
+                latencies.append(time.perf_counter() - t)
+
+        t = time.perf_counter()
+        await asyncio.gather(*(worker() for _ in range(conc)))
+        return time.perf_counter() - t, latencies
+
+
+async def _start_server(
+    dsn: str, port: int, argv_prefix: Sequence[str] = (), env: dict[str, str] | None = None
+) -> subprocess.Popen[bytes]:
+    environ = {
+        **os.environ,
+        "APINALYTICS_DATABASE_URL": dsn,
+        "APINALYTICS_PORT": str(port),
+        "APINALYTICS_HOST": "127.0.0.1",
+        "APINALYTICS_LOG_LEVEL": "WARNING",
+        "APINALYTICS_HOME": str(DATA / "home"),
+        **(env or {}),
+    }
+    argv = [sys.executable, *argv_prefix, "-m", "apinalytics", "serve", "--no-migrate"]
+    proc = subprocess.Popen(argv, env=environ, cwd=ROOT)
+    deadline = time.monotonic() + START_TIMEOUT_S
+    async with aiohttp.ClientSession() as session:
+        while time.monotonic() < deadline:
+            if proc.poll() is not None:
+                raise RuntimeError(f"the service exited with {proc.returncode}")
+            with contextlib.suppress(aiohttp.ClientError):
+                async with session.get(f"http://127.0.0.1:{port}/readyz") as resp:
+                    if resp.status == 200:
+                        return proc
+            await asyncio.sleep(0.2)
+    proc.kill()
+    raise RuntimeError("the service did not become ready")
+
+
+async def _stop_server(proc: subprocess.Popen[bytes]) -> None:
+    if proc.poll() is None:
+        proc.send_signal(signal.SIGINT)
+        try:
+            await asyncio.to_thread(proc.wait, 60)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            await asyncio.to_thread(proc.wait, 10)
+
+
+async def _profile(
+    dsn: str,
+    mode: str,
+    *,
+    url_headers: dict[str, str],
+    bodies: Sequence[bytes],
+    args: argparse.Namespace,
+) -> Path:
+    out = DATA / f"ingest-profile-{mode}.txt"
+    port = localdb.free_port()
+    prefix = ["-m", "pyinstrument", "-r", "text", "-o", str(out), "--show-all", "-i", "0.0005"]
+    # The sampler sees only the main thread: keep decoding there for the profile.
+    server = await _start_server(
+        dsn, port, prefix, env={"APINALYTICS_OFFLOAD_BODY_BYTES": str(1 << 40)}
+    )
+    try:
+        await _reset(dsn)
+        url = f"http://127.0.0.1:{port}/1/events/"
+        for _ in range(max(1, args.rounds)):
+            elapsed, _lat = await asyncio.wait_for(
+                _http(url, url_headers, bodies, args.concurrency), RUN_TIMEOUT_S
+            )
+            print(f"  profiled http_1000: {args.events / elapsed:,.0f} events/s", flush=True)
+    finally:
+        await _stop_server(server)
+    return out
+
+
+LABELS = {
+    "copy_all": "COPY ceiling: one `copy_records_to_table` of all rows, 1 connection",
+    "store_1000_seq": "`write.store` per 1,000 rows (txn, COPY, rollup upkeep), 1 connection",
+    "store_1000_c16": "`write.store` per 1,000 rows, 16 connections",
+    "http_1000_c16": "HTTP `POST /1/events/`, batches of 1,000, 16 concurrent",
+    "http_100_c16": "HTTP `POST /1/events/`, batches of 100, 16 concurrent",
+}
+
+
+def _report(
+    mode: str,
+    m: dict[str, str],
+    args: argparse.Namespace,
+    runs: dict[str, list[float]],
+    latencies: dict[str, list[float]],
+    decode_us: float,
+    profile: Path | None,
+) -> None:
+    ceiling = median(runs["copy_all"])
+    lines = [
+        f"### {mode} mode — {args.events:,} events, median of {args.rounds} rounds",
+        "",
+        f"Machine: {machine_line(m)}.",
+        "",
+        "| variant | events/s (median) | rounds | vs COPY ceiling | request p50 / p95 |",
+        "|---|---:|---|---:|---|",
+    ]
+    for name, values in runs.items():
+        lat = latencies.get(name) or []
+        lat_s = f"{pct(lat, 50) * 1000:.0f} / {pct(lat, 95) * 1000:.0f} ms" if lat else ""
+        rounds = ", ".join(f"{v:,.0f}" for v in values)
+        lines.append(
+            f"| {LABELS.get(name, name)} | {median(values):,.0f} | {rounds} | "
+            f"{median(values) / ceiling:.2f} | {lat_s} |"
+        )
+    lines += ["", f"Validation (`decode.parse`, 1,000-event body): {decode_us:.1f} µs per event."]
+    if profile:
+        lines.append(f"Profile: {profile.relative_to(ROOT)}")
+    text = "\n".join(lines)
+    print("\n" + text + "\n", flush=True)
+    out = DATA / f"ingest-results-{mode}.json"
+    out.write_text(json.dumps({"machine": m, "runs": runs, "decode_us": decode_us}, indent=1))
+    (DATA / f"ingest-results-{mode}.md").write_text(text + "\n")
+
+
+if __name__ == "__main__":
+    asyncio.run(main())
