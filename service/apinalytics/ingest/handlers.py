@@ -41,7 +41,7 @@ async def post_events(request: web.Request) -> web.Response:
     except UserError as exc:
         metrics.events_rejected.labels(reason=exc.code).inc(0)
         raise
-    accepted = await write.store(
+    result = await write.store(
         request.app[DB],
         creds.app,
         rows,
@@ -49,5 +49,5 @@ async def post_events(request: web.Request) -> web.Response:
         idempotency_key=idem,
         idempotency_ttl_s=settings.idempotency_ttl_s,
     )
-    metrics.events_accepted.inc(len(rows) if accepted == len(rows) else 0)
-    return web.json_response({"accepted": accepted})
+    metrics.events_accepted.inc(result.stored)
+    return web.json_response({"accepted": result.accepted})

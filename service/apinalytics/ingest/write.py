@@ -8,10 +8,27 @@ transaction, so a retry racing the first attempt waits for it and then sees it.
 from __future__ import annotations
 
 from collections.abc import Sequence
+from dataclasses import dataclass
 
 from ..db import Database, timed
 from . import rollups
 from .decode import COLUMNS, Row
+
+
+@dataclass(frozen=True)
+class Stored:
+    """What a POST answers (``accepted``) and what it newly stored (``stored``).
+
+    They differ on a replayed Idempotency-Key: the client hears the original count
+    again, but nothing new was written, so metrics must not count it twice.
+    """
+
+    accepted: int
+    replay: bool
+
+    @property
+    def stored(self) -> int:
+        return 0 if self.replay else self.accepted
 
 
 async def store(
@@ -22,8 +39,8 @@ async def store(
     mode: str,
     idempotency_key: str | None,
     idempotency_ttl_s: int,
-) -> int:
-    """Store a validated batch; returns the accepted count (the original one on a retry)."""
+) -> Stored:
+    """Store a validated batch, or recognise a retry of one already stored."""
     async with db.transaction() as conn:
         if idempotency_key is not None:
             claimed = await timed(
@@ -44,13 +61,13 @@ async def store(
                     app,
                     idempotency_key,
                 )
-                return original
+                return Stored(accepted=original, replay=True)
         if rows:
             await conn.copy_records_to_table("events", records=rows, columns=COLUMNS)
             await rollups.upkeep_in_transaction(conn, mode, rows)
     if rows:
         await rollups.after_commit(db, mode, rows)
-    return len(rows)
+    return Stored(accepted=len(rows), replay=False)
 
 
 async def purge_idempotency_keys(db: Database, ttl_s: int) -> int:
