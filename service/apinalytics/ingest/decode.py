@@ -230,7 +230,7 @@ def _from_pydantic(exc: ValidationError, body: bytes) -> UserError:
     errors = exc.errors(include_url=False, include_input=False)
     first = errors[0]
     if first["type"] == "json_invalid":
-        return UserError(
+        return _not_unicode(body) or UserError(
             f"The body is not valid JSON (or not valid UTF-8): {first['msg'].removeprefix('Invalid JSON: ')}.",
             code="invalid_json",
         )
@@ -244,6 +244,45 @@ def _from_pydantic(exc: ValidationError, body: bytes) -> UserError:
         message = _MESSAGES.get(e["type"], e["msg"][:1].lower() + e["msg"][1:])
         problems.append({"index": index, "field": field, "message": message})
     return _rejected(problems, _count_hint(body))
+
+
+_SURROGATE = re.compile("[\ud800-\udfff]")
+_NOT_UNICODE = "must be valid UTF-8 text (it holds an invalid byte or a lone surrogate)"
+
+
+def _not_unicode(body: bytes) -> BatchRejected | None:
+    """Invalid UTF-8 or lone surrogate escapes in strings, named per event and field.
+
+    The strict parser stops at the first one with only a line and column. Python's
+    json is lenient exactly where we need it: with invalid bytes decoded to lone
+    surrogates (surrogateescape) it parses the body and keeps lone surrogates, so a
+    walk over the strings finds every one of them.
+    """
+    try:
+        data = json.loads(body.decode("utf-8", "surrogateescape"))
+    except ValueError:
+        return None
+    if not isinstance(data, list):
+        return None
+    problems: list[dict[str, Any]] = []
+    for i, ev in enumerate(data):
+        if not isinstance(ev, dict):
+            continue
+        strings = [(f, f, v) for f, v in ev.items()]
+        if isinstance(ev.get("data"), dict):
+            strings += [("data", f"data.{k}", v) for k, v in ev["data"].items()]
+        for owner, field, value in strings:
+            if _SURROGATE.search(field):
+                problems.append(
+                    {
+                        "index": i,
+                        "field": None if owner == field else owner,
+                        "message": "has a field name that is not valid UTF-8 text",
+                    }
+                )
+            elif isinstance(value, str) and _SURROGATE.search(value):
+                problems.append({"index": i, "field": field, "message": _NOT_UNICODE})
+    return _rejected(problems, len(data)) if problems else None
 
 
 def _count_hint(body: bytes) -> int:
