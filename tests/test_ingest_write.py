@@ -1,0 +1,229 @@
+"""SPEC "Sending events": what ``POST /1/events/`` stores, and when it answers 200.
+
+- Success is 200 with ``{"accepted": N}``, sent after the batch is committed; a batch
+  is stored whole or not at all; an empty array is a valid batch (``{"accepted": 0}``).
+- Fields are stored as sent, except ``method`` (upper-case) and ``timestamp`` (kept to
+  the microsecond, UTC).
+- The trailing slash is optional and ``/1/event/`` is an alias.
+- ``Idempotency-Key``: a retry with the same key for the same app within 24 h is
+  answered 200 with the original count and stores nothing twice; another app's key of
+  the same text is its own; concurrent retries store once.
+- ``/metrics`` counts events accepted: only events newly stored, not replays.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import time
+from datetime import UTC, datetime
+from typing import Any
+
+import asyncpg
+import pytest
+from aiohttp.test_utils import TestClient
+from prometheus_client.parser import text_string_to_metric_families
+
+from apinalytics import apps
+from apinalytics.apps import NewApp
+
+from .helpers import assert_error, event, write_headers
+
+
+async def count(db: asyncpg.Connection) -> int:
+    n: int = await db.fetchval("SELECT count(*) FROM events")
+    return n
+
+
+async def accepted_metric(client: TestClient) -> float:
+    text = await (await client.get("/metrics")).text()
+    for family in text_string_to_metric_families(text):
+        if family.name == "apinalytics_events_accepted":
+            return sum(s.value for s in family.samples if s.name.endswith("_total"))
+    raise AssertionError("apinalytics_events_accepted not exported")
+
+
+async def test_event_is_stored_as_sent(
+    client: TestClient, app_keys: NewApp, db: asyncpg.Connection
+) -> None:
+    ts = int(time.time()) - 100 + 0.123456
+    sent = event(
+        timestamp=ts,
+        consumer_id="acme",
+        method="patch",
+        url="/v2/orders/17?expand=lines&x=%20",
+        function="update_order",
+        response_us=123_456_789,
+        status_code=418,
+        data={"plan": "gold", "region": "eu"},
+    )
+    resp = await client.post("/1/events/", json=[sent], headers=write_headers(app_keys))
+    assert resp.status == 200, await resp.text()
+    assert await resp.json() == {"accepted": 1}
+    row = await db.fetchrow("SELECT * FROM events")
+    assert row is not None
+    internal = await db.fetchval("SELECT id FROM apps WHERE public_id = $1", app_keys.app_id)
+    assert dict(row) == {
+        "time": datetime.fromtimestamp(int(ts), UTC).replace(microsecond=123456),
+        "app_id": internal,
+        "consumer_id": "acme",
+        "method": "PATCH",
+        "url": "/v2/orders/17?expand=lines&x=%20",
+        "function": "update_order",
+        "response_us": 123_456_789,
+        "status_code": 418,
+        "data": json.dumps({"plan": "gold", "region": "eu"}),
+    }
+
+
+METHODS = [
+    ("lower", "get", "GET"),
+    ("mixed", "Delete", "DELETE"),
+    ("extension", "m-search", "M-SEARCH"),
+]
+
+
+@pytest.mark.parametrize(("sent", "stored"), [m[1:] for m in METHODS], ids=[m[0] for m in METHODS])
+async def test_method_is_stored_upper_case(
+    client: TestClient, app_keys: NewApp, db: asyncpg.Connection, sent: str, stored: str
+) -> None:
+    resp = await client.post(
+        "/1/events/", json=[event(method=sent)], headers=write_headers(app_keys)
+    )
+    assert resp.status == 200, await resp.text()
+    assert await db.fetchval("SELECT method FROM events") == stored
+
+
+async def test_empty_batch(client: TestClient, app_keys: NewApp, db: asyncpg.Connection) -> None:
+    resp = await client.post("/1/events/", json=[], headers=write_headers(app_keys))
+    assert resp.status == 200, await resp.text()
+    assert await resp.json() == {"accepted": 0}
+    assert await count(db) == 0
+
+
+async def test_a_batch_is_stored_whole(
+    client: TestClient, app_keys: NewApp, db: asyncpg.Connection
+) -> None:
+    batch = [event(consumer_id=f"c{i}") for i in range(250)]
+    resp = await client.post("/1/events/", json=batch, headers=write_headers(app_keys))
+    assert await resp.json() == {"accepted": 250}
+    assert await count(db) == 250
+    consumers = await db.fetchval("SELECT count(DISTINCT consumer_id) FROM events")
+    assert consumers == 250
+
+
+async def test_one_bad_event_stores_nothing(
+    client: TestClient, app_keys: NewApp, db: asyncpg.Connection
+) -> None:
+    batch = [event() for _ in range(10)]
+    batch[9]["status_code"] = 600
+    resp = await client.post("/1/events/", json=batch, headers=write_headers(app_keys))
+    await assert_error(resp, 400, "invalid_events", "status_code")
+    assert await count(db) == 0
+
+
+PATHS = ["/1/events/", "/1/events", "/1/event/", "/1/event"]
+
+
+@pytest.mark.parametrize("path", PATHS, ids=["events_slash", "events", "event_slash", "event"])
+async def test_paths(
+    client: TestClient, app_keys: NewApp, db: asyncpg.Connection, path: str
+) -> None:
+    resp = await client.post(path, json=[event()], headers=write_headers(app_keys))
+    assert resp.status == 200, await resp.text()
+    assert await resp.json() == {"accepted": 1}
+    assert await count(db) == 1
+
+
+# -- Idempotency-Key ---------------------------------------------------------------------
+
+
+async def post_with_key(
+    client: TestClient, app: NewApp, batch: list[dict[str, Any]], key: str
+) -> Any:
+    headers = {**write_headers(app), "Idempotency-Key": key}
+    return await client.post("/1/events/", json=batch, headers=headers)
+
+
+async def test_retry_with_same_key_stores_once(
+    client: TestClient, app_keys: NewApp, db: asyncpg.Connection
+) -> None:
+    first = await post_with_key(client, app_keys, [event(), event()], "batch-1")
+    assert await first.json() == {"accepted": 2}
+    before = await accepted_metric(client)
+    # The retry answers the original count, even if its body differs.
+    retry = await post_with_key(client, app_keys, [event()], "batch-1")
+    assert retry.status == 200
+    assert await retry.json() == {"accepted": 2}
+    assert await count(db) == 2
+    assert await accepted_metric(client) == before, "a replay counted as accepted events"
+
+
+async def test_other_key_stores_again(
+    client: TestClient, app_keys: NewApp, db: asyncpg.Connection
+) -> None:
+    for key in ("batch-1", "batch-2"):
+        resp = await post_with_key(client, app_keys, [event()], key)
+        assert await resp.json() == {"accepted": 1}
+    assert await count(db) == 2
+
+
+async def test_same_key_from_another_app_is_independent(
+    client: TestClient, app_keys: NewApp, db: asyncpg.Connection
+) -> None:
+    other = await apps.create(db, "other-app")
+    a = await post_with_key(client, app_keys, [event()], "shared-key")
+    b = await post_with_key(client, other, [event(), event(), event()], "shared-key")
+    assert await a.json() == {"accepted": 1}
+    assert await b.json() == {"accepted": 3}
+    assert await count(db) == 4
+
+
+async def test_concurrent_retries_store_once(
+    client: TestClient, app_keys: NewApp, db: asyncpg.Connection
+) -> None:
+    batch = [event(consumer_id=f"c{i}") for i in range(50)]
+    responses = await asyncio.gather(
+        *(post_with_key(client, app_keys, batch, "racing") for _ in range(6))
+    )
+    assert [r.status for r in responses] == [200] * 6
+    assert [await r.json() for r in responses] == [{"accepted": 50}] * 6
+    assert await count(db) == 50
+    assert await accepted_metric(client) == 50
+
+
+async def test_key_of_a_refused_batch_is_not_spent(
+    client: TestClient, app_keys: NewApp, db: asyncpg.Connection
+) -> None:
+    bad = await post_with_key(client, app_keys, [event(status_code=99)], "k")
+    await assert_error(bad, 400, "invalid_events")
+    good = await post_with_key(client, app_keys, [event()], "k")
+    assert await good.json() == {"accepted": 1}
+    assert await count(db) == 1
+
+
+async def test_expired_key_stores_again(
+    client: TestClient, app_keys: NewApp, db: asyncpg.Connection
+) -> None:
+    await post_with_key(client, app_keys, [event()], "old")
+    await db.execute(
+        "UPDATE idempotency_keys SET created_at = now() - interval '24 hours 1 second'"
+    )
+    resp = await post_with_key(client, app_keys, [event(), event()], "old")
+    assert await resp.json() == {"accepted": 2}
+    assert await count(db) == 3
+
+
+KEYS = [("empty", "", 400), ("just_over_limit", "k" * 256, 400), ("at_limit", "k" * 255, 200)]
+
+
+@pytest.mark.parametrize(("key", "status"), [k[1:] for k in KEYS], ids=[k[0] for k in KEYS])
+async def test_idempotency_key_length(
+    client: TestClient, app_keys: NewApp, db: asyncpg.Connection, key: str, status: int
+) -> None:
+    resp = await post_with_key(client, app_keys, [event()], key)
+    if status == 200:
+        assert resp.status == 200, await resp.text()
+    else:
+        await assert_error(resp, 400, "invalid_idempotency_key", "Idempotency-Key")
+        assert await count(db) == 0
