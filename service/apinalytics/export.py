@@ -1,0 +1,178 @@
+"""``GET /1/events/<start>/<end>/``: the raw events of ``[start, end)``, streamed.
+
+NDJSON by default, CSV with ``?format=csv`` or ``Accept: text/csv``; in time order;
+the same ``include`` filters as queries. Each event has the fields ingest takes, so
+an NDJSON export, wrapped in a JSON array, can be sent back to ``POST /1/events/``.
+
+Memory stays flat whatever the range: a server-side cursor inside one transaction
+(one consistent snapshot) is read ``BATCH_ROWS`` at a time, and each batch is
+written before the next is fetched; ``StreamResponse.write`` waits while the
+client is slower than the database. Each fetch is its own statement, so the
+statement timeout bounds one batch, not the whole export.
+"""
+
+from __future__ import annotations
+
+import csv
+import io
+import json
+import logging
+from collections.abc import Callable, Sequence
+from datetime import UTC, datetime
+
+import asyncpg
+from aiohttp import web
+
+from . import auth, retention
+from .apps import KeyKind
+from .errors import ApiError, Gone, InvalidQuery
+from .keys import DB
+from .query import params
+from .query.sql import _Args, filters
+from .rollups import RAW
+
+log = logging.getLogger(__name__)
+
+# Rows per fetch and per write: ~100 kB of output for typical events, big enough
+# that per-batch overhead vanishes, small enough that memory does not grow.
+BATCH_ROWS = 1000
+FIELDS = (
+    "timestamp",
+    "consumer_id",
+    "method",
+    "url",
+    "function",
+    "response_us",
+    "status_code",
+    "data",
+)
+NDJSON = "application/x-ndjson"
+CSV = "text/csv"
+FORMATS = {"ndjson": NDJSON, "csv": CSV}
+
+
+def negotiate(request: web.Request) -> str:
+    """``?format=`` wins; else ``Accept: text/csv`` (without NDJSON) picks CSV."""
+    given = {v.lower() for v in request.query.getall("format", []) if v != ""}
+    if len(given) > 1:
+        raise InvalidQuery("format", "given more than once with different values")
+    if given:
+        fmt = given.pop()
+        if fmt not in FORMATS:
+            raise InvalidQuery("format", f"must be ndjson or csv, not {fmt!r}")
+        return fmt
+    accept = request.headers.get("Accept", "")
+    return "csv" if CSV in accept and NDJSON not in accept else "ndjson"
+
+
+def timestamp(us: int) -> str:
+    """UNIX seconds with exactly six decimals, as a JSON number: no float rounding."""
+    sign = "-" if us < 0 else ""
+    whole, frac = divmod(abs(us), 1_000_000)
+    return f"{sign}{whole}.{frac:06d}"
+
+
+def _str(value: str) -> str:
+    return json.dumps(value, ensure_ascii=False)
+
+
+def ndjson_lines(rows: Sequence[asyncpg.Record]) -> str:
+    # `data` is jsonb, which asyncpg hands over as its JSON text: spliced in as is.
+    return "".join(
+        f'{{"timestamp":{timestamp(r[0])},"consumer_id":{_str(r[1])},"method":{_str(r[2])},'
+        f'"url":{_str(r[3])},"function":{_str(r[4])},"response_us":{r[5]},'
+        f'"status_code":{r[6]},"data":{r[7] or "null"}}}\n'
+        for r in rows
+    )
+
+
+def csv_lines(rows: Sequence[asyncpg.Record]) -> str:
+    out = io.StringIO()
+    w = csv.writer(out, lineterminator="\n")
+    w.writerows((timestamp(r[0]), *r[1:7], r[7] or "") for r in rows)
+    return out.getvalue()
+
+
+def csv_header() -> str:
+    return ",".join(FIELDS) + "\n"
+
+
+ENCODERS: dict[str, Callable[[Sequence[asyncpg.Record]], str]] = {
+    "ndjson": ndjson_lines,
+    "csv": csv_lines,
+}
+
+
+def statement(
+    app: int, start: int, end: int, includes: dict[str, list[str]]
+) -> tuple[str, list[object]]:
+    args = _Args()
+    where = [
+        f"app_id = {args.add(app)}",
+        f"time >= {args.add(datetime.fromtimestamp(start, UTC))}",
+        f"time < {args.add(datetime.fromtimestamp(end, UTC))}",
+        *filters(includes, args),
+    ]
+    # The (app_id, time) index returns rows in time order: no sort, and the first
+    # batch arrives without reading the rest of the range.
+    text = (
+        "SELECT (extract(epoch FROM time) * 1000000)::bigint, consumer_id, method, url, "
+        "function, response_us, status_code, data FROM events "
+        f"WHERE {' AND '.join(where)} ORDER BY time"
+    )
+    return text, args.values
+
+
+def _check_retention(start: int, horizon: float | None) -> None:
+    """An export never silently misses events: a range reaching before the raw
+    events' horizon is refused, naming the earliest start that works."""
+    if horizon is not None and start < horizon:
+        earliest = -int(-horizon // 1)
+        when = datetime.fromtimestamp(earliest, UTC).strftime("%Y-%m-%d %H:%M:%S UTC")
+        raise Gone(
+            f"The raw events before {when} ({earliest}) are past retention, and the range "
+            f"starts at {start}: ask for a start of {earliest} or later."
+        )
+
+
+async def export_events(request: web.Request) -> web.StreamResponse:
+    creds = await auth.require(request, KeyKind.READ)
+    start, end = params.parse_range(request.match_info["start"], request.match_info["end"])
+    includes = params.parse_includes(request.query.getall("include", []))
+    fmt = negotiate(request)
+    encode = ENCODERS[fmt]
+    text, args = statement(creds.app, start, end, includes)
+    resp = web.StreamResponse(
+        headers={
+            "Content-Type": f"{FORMATS[fmt]}; charset=utf-8",
+            "Content-Disposition": f'attachment; filename="events-{start}-{end}.{fmt}"',
+        }
+    )
+    try:
+        async with request.app[DB].transaction() as conn:
+            _check_retention(start, (await retention.horizons(conn)).get(RAW))
+            cursor = await conn.cursor(text, *args)
+            # The first batch is read before the headers go out, so the errors most
+            # likely to happen (timeouts, an unreachable database) still get a JSON
+            # error response.
+            rows = await cursor.fetch(BATCH_ROWS)
+            await resp.prepare(request)
+            if fmt == "csv":
+                await resp.write(csv_header().encode())
+            while rows:
+                await resp.write(encode(rows).encode())
+                if len(rows) < BATCH_ROWS:
+                    break
+                rows = await cursor.fetch(BATCH_ROWS)
+    except (ApiError, ConnectionError):
+        if not resp.prepared:
+            raise
+        # The status line has gone out: no error body can follow. Closing the
+        # connection before the final chunk makes the client see an incomplete
+        # download instead of a short export that looks whole.
+        log.warning("export interrupted", extra={"start": start, "end": end})
+        if request.transport is not None:
+            request.transport.close()
+        return resp
+    await resp.write_eof()
+    return resp
