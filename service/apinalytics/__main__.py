@@ -16,7 +16,7 @@ from typing import Any
 
 import asyncpg
 
-from . import __version__, apps, localdb, logs, migrate
+from . import __version__, apps, localdb, logs, migrate, retention_cli
 from .settings import Settings
 
 Command = Callable[[argparse.Namespace, Settings], Coroutine[Any, Any, int]]
@@ -96,6 +96,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.set_defaults(func=cmd_db_start)
     p = db_sub.add_parser("stop", parents=[common], help="stop it")
     p.set_defaults(func=cmd_db_stop)
+    retention_cli.register(sub)
     return parser
 
 

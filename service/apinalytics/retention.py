@@ -112,7 +112,9 @@ def refusals(keep: Mapping[str, int | None], rules: Rules) -> list[str]:
        the relation it reads must be kept longer than that plus one bucket (windows
        are widened to whole buckets).
     3. Community edition: back-dated events up to the ingest window old are refreshed
-       into each rollup, so the relation it reads must be kept that long too.
+       into each rollup, but only where the relation it reads is complete (a refresh
+       over dropped data would delete rollup rows), so that relation must be kept as
+       long as the ingest window, or such events would be accepted and never counted.
     """
     out: list[str] = []
     for finer, coarser in pairwise(sorted(ROLLUPS, key=lambda r: r.width_s)):
@@ -151,9 +153,10 @@ def refusals(keep: Mapping[str, int | None], rules: Rules) -> list[str]:
         if kept < need:
             out.append(
                 f"{FLAGS[source]} {format_duration(kept)} is shorter than the ingest window "
-                f"(APINALYTICS_MAX_EVENT_AGE_S = {format_duration(rules.ingest_window_s)}): a "
-                f"back-dated event would refresh its {rollup.relation} bucket from {source} data "
-                f"that is gone and delete the rows already there; set {FLAGS[source]} to at "
+                f"(APINALYTICS_MAX_EVENT_AGE_S = {format_duration(rules.ingest_window_s)}): "
+                f"events back-dated by more than {format_duration(kept)} would be accepted but "
+                f"never reach {rollup.relation}, which is refreshed from {source} only where "
+                f"{source} is still complete; set {FLAGS[source]} to at "
                 f"least {_days_up(need)}, or lower APINALYTICS_MAX_EVENT_AGE_S (for the "
                 f"service too) to at most {_round_down(kept - rollup.width_s)}."
             )
@@ -340,6 +343,14 @@ async def run_policies(conn: asyncpg.Connection) -> list[Chunk]:
     return dropped
 
 
+async def check(
+    conn: asyncpg.Connection, keep: Mapping[str, int | None], *, mode: str, ingest_window_s: int
+) -> list[str]:
+    """``refusals`` of a whole retention, against this database's refresh policies."""
+    windows = await refresh_windows(conn) if mode == "community" else {}
+    return refusals(keep, Rules(mode, windows, ingest_window_s))
+
+
 async def set_retention(
     conn: asyncpg.Connection,
     changes: Mapping[str, int | None],
@@ -357,8 +368,7 @@ async def set_retention(
         await conn.execute("SELECT 1 FROM retention FOR UPDATE")
         old = await retention_in_force(conn)
         new = {**old, **changes}
-        windows = await refresh_windows(conn) if mode == "community" else {}
-        reasons = refusals(new, Rules(mode, windows, ingest_window_s))
+        reasons = await check(conn, new, mode=mode, ingest_window_s=ingest_window_s)
         if reasons:
             raise UnsafeRetention(reasons)
         for rel, keep in changes.items():

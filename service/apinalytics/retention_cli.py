@@ -1,0 +1,328 @@
+"""``apinalytics retention show|set|apply``: retention for DBAs, at a terminal or in cron.
+
+Exit codes (documented in docs/retention.md), stable for scripts:
+
+    0  done (also: nothing to drop)
+    1  the database failed or is unreachable, or is not migrated
+    2  usage error, or a destructive action without --yes and no terminal to ask at
+    3  set refused: the setting would lose data or exact answers (reasons on stderr)
+    4  not confirmed at the prompt: nothing changed
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from collections.abc import Sequence
+from datetime import UTC, datetime, timedelta
+from pathlib import Path
+from typing import Any
+
+import asyncpg
+
+from . import migrate, retention
+from .retention import FLAGS, RELATIONS, Chunk, format_duration
+from .settings import Settings
+
+OK, FAILED, USAGE, REFUSED, DECLINED = 0, 1, 2, 3, 4
+
+
+def register(sub: Any) -> None:
+    """Add ``retention`` and its commands to the ``apinalytics`` subparsers."""
+    common = argparse.ArgumentParser(add_help=False)
+    common.add_argument(
+        "--dsn",
+        "--database-url",
+        dest="database_url",
+        help="PostgreSQL URL (APINALYTICS_DATABASE_URL); default: the embedded local cluster",
+    )
+    common.add_argument(
+        "--home", type=Path, help="project-local state directory (APINALYTICS_HOME)"
+    )
+    p = sub.add_parser(
+        "retention",
+        help="show, set and apply retention of raw events and rollups",
+        description=__doc__,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    r = p.add_subparsers(dest="retention_command", required=True)
+
+    p = r.add_parser("show", parents=[common], help="retention, data and storage per relation")
+    p.add_argument("--json", action="store_true", help="print one JSON object")
+    p.set_defaults(func=cmd_show)
+
+    p = r.add_parser(
+        "set",
+        parents=[common],
+        help="change retention (durations like 30d, 12h, 5y, or forever)",
+    )
+    for rel, flag in FLAGS.items():
+        # SUPPRESS: an option not given is absent, while `forever` parses to None.
+        p.add_argument(
+            flag,
+            type=_duration,
+            default=argparse.SUPPRESS,
+            metavar="DURATION",
+            help=f"keep {rel} this long",
+        )
+    p.add_argument("--yes", action="store_true", help="do not ask before shortening a retention")
+    p.set_defaults(func=cmd_set)
+
+    p = r.add_parser("apply", parents=[common], help="drop what is past retention now")
+    p.add_argument("--dry-run", action="store_true", help="only print what would be dropped")
+    p.add_argument(
+        "--run",
+        action="store_true",
+        help="Community edition: run the retention policies now instead of at their schedule",
+    )
+    p.add_argument("--yes", action="store_true", help="do not ask before dropping")
+    p.set_defaults(func=cmd_apply)
+
+
+def _duration(text: str) -> int | None:
+    try:
+        return retention.parse_duration(text)
+    except ValueError as exc:
+        raise argparse.ArgumentTypeError(str(exc)) from exc
+
+
+async def _connect(settings: Settings) -> tuple[asyncpg.Connection, str]:
+    from .__main__ import dsn_for
+
+    conn: asyncpg.Connection = await asyncpg.connect(await dsn_for(settings))
+    mode = await migrate.rollup_mode(conn)
+    if mode is None or not await conn.fetchval("SELECT to_regclass('retention') IS NOT NULL"):
+        await conn.close()
+        raise OSError("the database is not migrated: run `apinalytics migrate` first")
+    return conn, mode
+
+
+def _confirm(question: str, yes: bool) -> int | None:
+    """None to go ahead, or the exit code to stop with."""
+    if yes:
+        return None
+    if not sys.stdin.isatty():
+        print("apinalytics: this drops data; pass --yes when not at a terminal", file=sys.stderr)
+        return USAGE
+    if input(f"{question} [y/N] ").strip().lower() in ("y", "yes"):
+        return None
+    print("nothing changed")
+    return DECLINED
+
+
+def _size(n: int) -> str:
+    size = float(n)
+    for unit in ("B", "kB", "MB", "GB", "TB"):
+        if size < 1024 or unit == "TB":
+            return f"{size:.0f} {unit}" if unit == "B" else f"{size:.1f} {unit}"
+        size /= 1024
+    raise AssertionError("unreachable")
+
+
+def _when(t: datetime | float | None) -> str:
+    if t is None:
+        return "-"
+    if isinstance(t, float):
+        t = datetime.fromtimestamp(t, UTC)
+    return t.astimezone(UTC).strftime("%Y-%m-%d %H:%M:%S")
+
+
+async def cmd_show(args: argparse.Namespace, settings: Settings) -> int:
+    conn, mode = await _connect(settings)
+    try:
+        rows = await retention.status(conn, mode)
+        windows = await retention.refresh_windows(conn) if mode == "community" else {}
+    finally:
+        await conn.close()
+    if args.json:
+        print(json.dumps(_show_json(mode, rows, windows)))
+        return OK
+    how = (
+        "continuous aggregates; TimescaleDB retention policies drop expired chunks"
+        if mode == "community"
+        else "tables kept by the ingest path; `apinalytics retention apply` drops expired chunks"
+    )
+    print(f"rollup mode: {mode} ({how})")
+    header = (
+        "relation",
+        "retention",
+        "complete from",
+        "oldest data",
+        "newest data",
+        "chunks",
+        "size",
+    )
+    table = [header]
+    for s in rows:
+        table.append(
+            (
+                s.relation,
+                format_duration(s.keep_s),
+                _when(s.horizon) if s.horizon is not None else "always",
+                _when(s.oldest),
+                _when(s.newest),
+                str(s.chunks),
+                _size(s.bytes),
+            )
+        )
+    widths = [max(len(r[i]) for r in table) for i in range(len(header))]
+    for r in table:
+        print("  ".join(v.ljust(w) for v, w in zip(r, widths, strict=True)).rstrip())
+    print("times in UTC; 'complete from': queries read the relation from then on")
+    if mode == "community":
+        for s in rows:
+            if s.policy:
+                print(
+                    f"{s.relation}: retention policy job {s.policy.job_id}, drop_after "
+                    f"{format_duration(s.policy.drop_after_s)}, every {_every(s.policy.schedule)}, "
+                    f"next run {_when(s.policy.next_start)}"
+                )
+            if (s.policy.drop_after_s if s.policy else None) != s.keep_s:
+                print(
+                    f"warning: {s.relation}'s retention policy does not match the retention "
+                    f"in force ({format_duration(s.keep_s)}); run `apinalytics retention set "
+                    f"{FLAGS[s.relation]} {format_duration(s.keep_s)}` to restore it",
+                    file=sys.stderr,
+                )
+        for rel, w in windows.items():
+            print(f"{rel}: refresh policy reaches back {format_duration(w)}")
+    return OK
+
+
+def _every(interval: timedelta) -> str:
+    return format_duration(int(interval.total_seconds()))
+
+
+def _show_json(
+    mode: str, rows: list[retention.RelationStatus], windows: dict[str, int | None]
+) -> dict[str, Any]:
+    def ts(t: datetime | None) -> float | None:
+        return t.timestamp() if t else None
+
+    return {
+        "mode": mode,
+        "relations": {
+            s.relation: {
+                "retention_s": s.keep_s,
+                "retention": format_duration(s.keep_s),
+                "complete_from": s.horizon,
+                "oldest": ts(s.oldest),
+                "newest": ts(s.newest),
+                "chunks": s.chunks,
+                "bytes": s.bytes,
+                "policy_job_id": s.policy.job_id if s.policy else None,
+                "refresh_window_s": windows.get(s.relation),
+            }
+            for s in rows
+        },
+    }
+
+
+async def cmd_set(args: argparse.Namespace, settings: Settings) -> int:
+    changes: dict[str, int | None] = {
+        rel: getattr(args, flag.lstrip("-"))
+        for rel, flag in FLAGS.items()
+        if hasattr(args, flag.lstrip("-"))
+    }
+    if not changes:
+        print("apinalytics: set needs at least one of --raw, --minute, --hour", file=sys.stderr)
+        return USAGE
+    conn, mode = await _connect(settings)
+    try:
+        old = await retention.retention_in_force(conn)
+        # Refusals first, so an unsafe setting says why before anyone is asked anything;
+        # set_retention checks again under its lock.
+        reasons = await retention.check(
+            conn, {**old, **changes}, mode=mode, ingest_window_s=settings.max_event_age_s
+        )
+        if reasons:
+            return _refused(reasons)
+        shorter = [rel for rel, keep in changes.items() if _shorter(keep, old[rel])]
+        if shorter:
+            stop = _confirm(
+                f"Shorten the retention of {', '.join(shorter)}? Older data will be dropped.",
+                args.yes,
+            )
+            if stop is not None:
+                return stop
+        try:
+            new = await retention.set_retention(
+                conn, changes, mode=mode, ingest_window_s=settings.max_event_age_s
+            )
+        except retention.UnsafeRetention as exc:
+            return _refused(exc.reasons)
+    finally:
+        await conn.close()
+    for rel in RELATIONS:
+        print(f"{rel}: keep {format_duration(new[rel])}")
+    if mode == "community":
+        print("retention policies updated; TimescaleDB runs them daily")
+    else:
+        print(
+            "run `apinalytics retention apply --yes` (daily, e.g. from cron) to drop expired data"
+        )
+    return OK
+
+
+def _refused(reasons: list[str]) -> int:
+    print("apinalytics: refused, nothing changed:", file=sys.stderr)
+    for reason in reasons:
+        print(f"  {reason}", file=sys.stderr)
+    return REFUSED
+
+
+def _shorter(new: int | None, old: int | None) -> bool:
+    return new is not None and (old is None or new < old)
+
+
+def _print_chunks(verb: str, found: Sequence[Chunk]) -> None:
+    for c in found:
+        print(
+            f"{verb} {c.relation}  {_when(c.start)} .. {_when(c.end)}  {c.name}  {_size(c.bytes)}"
+        )
+    if found:
+        total = sum(c.bytes for c in found)
+        print(f"{verb} {len(found)} chunk(s), {_size(total)} in all")
+    else:
+        print("nothing past retention")
+
+
+async def cmd_apply(args: argparse.Namespace, settings: Settings) -> int:
+    conn, mode = await _connect(settings)
+    try:
+        now: datetime = await conn.fetchval("SELECT now()")
+        if mode == "community":
+            return await _apply_community(conn, now, args)
+        expired = await retention.expired_chunks(conn, now)
+        if args.dry_run or not expired:
+            _print_chunks("would drop", expired)
+            return OK
+        stop = _confirm(f"Drop {len(expired)} chunk(s) past retention?", args.yes)
+        if stop is not None:
+            return stop
+        _print_chunks("dropped", await retention.drop_expired(conn, now))
+        return OK
+    finally:
+        await conn.close()
+
+
+async def _apply_community(
+    conn: asyncpg.Connection, now: datetime, args: argparse.Namespace
+) -> int:
+    jobs = await retention.retention_jobs(conn)
+    print(
+        "Community edition: TimescaleDB retention policies drop expired chunks on their "
+        "schedule" + ("" if args.run else "; pass --run to run them now")
+    )
+    for job in jobs.values():
+        print(f"  {job.relation}: job {job.job_id}, next run {_when(job.next_start)}")
+    expired = await retention.expired_chunks(conn, now)
+    if args.dry_run or not args.run or not expired:
+        _print_chunks("would drop", expired)
+        return OK
+    stop = _confirm(f"Run the retention policies now, dropping {len(expired)} chunk(s)?", args.yes)
+    if stop is not None:
+        return stop
+    _print_chunks("dropped", await retention.run_policies(conn))
+    return OK
