@@ -131,25 +131,21 @@ RESOURCES = [
     "images",
 ]
 VERBS = (("GET", "get", 6), ("GET", "list", 4), ("POST", "create", 2), ("PUT", "update", 1))
-# The ten status codes of a typical API, weighted like a healthy one.
-STATUSES = (
-    (200, 800),
-    (201, 60),
-    (204, 30),
-    (304, 40),
-    (400, 25),
-    (401, 10),
-    (404, 20),
-    (429, 5),
-    (500, 6),
-    (503, 4),
-)
+# The ten status codes of a typical API, distributed per kind of call: creates answer
+# 201 or a validation error, updates 204, reads 200 with some 304 and 404.
+STATUSES = {
+    "get": ((200, 850), (304, 60), (404, 50), (401, 10), (429, 10), (500, 15), (503, 5)),
+    "list": ((200, 930), (304, 30), (401, 10), (429, 15), (500, 10), (503, 5)),
+    "create": ((201, 850), (400, 80), (401, 20), (429, 20), (500, 20), (503, 10)),
+    "update": ((204, 700), (200, 150), (400, 80), (404, 30), (500, 30), (503, 10)),
+}
 REGIONS = ("eu-west-1", "us-east-1", "ap-south-1")
 
 
 @dataclass(frozen=True)
 class Function:
     name: str
+    verb: str
     method: str
     path: str
     median_us: float
@@ -162,8 +158,11 @@ def _zipf(n: int, s: float = 1.0) -> list[float]:
 
 class EventMaker:
     """Events with the cardinalities of a real API: ~50 consumers, ~30 functions, 10
-    status codes, skewed (a few consumers and functions carry most calls), response
-    times log-normal per function, one URL per call (ids in the path and query)."""
+    status codes. Skewed like real traffic: a few consumers and functions carry most
+    calls, and each consumer (an app, an integration) calls only its own 3 to 12
+    functions; the status code depends on the kind of call. Response times are
+    log-normal per function (slower on 5xx); every call has its own URL (ids in the
+    path and query); one event in ten carries a ``data`` dimension."""
 
     def __init__(self, seed: int = 1, consumers: int = 50, functions: int = 30) -> None:
         self.rng = random.Random(seed)
@@ -175,39 +174,69 @@ class EventMaker:
         self.functions = [
             Function(
                 name=f"{verb}_{res}",
+                verb=verb,
                 method=method,
                 path=f"/v1/{res}" + ("/{id}" if verb in ("get", "update") else ""),
                 median_us=rng.lognormvariate(math.log(20_000), 1.0),
-                weight=w,
+                weight=w * z,
             )
-            for (res, (method, verb, w)) in pairs[:functions]
+            for (res, (method, verb, w)), z in zip(
+                pairs[:functions], _zipf(functions, 0.8), strict=True
+            )
         ]
-        self.function_cum = list(
-            itertools.accumulate(
-                f.weight * z for f, z in zip(self.functions, _zipf(functions, 0.8), strict=True)
-            )
-        )
-        self.status_codes = [s for s, _ in STATUSES]
-        self.status_cum = list(itertools.accumulate(w for _, w in STATUSES))
+        # Each consumer's functions, drawn by global popularity, in its own preference.
+        self.calls: list[tuple[list[Function], list[float]]] = []
+        for _ in self.consumers:
+            k = rng.randint(3, 12)
+            mine: list[Function] = []
+            while len(mine) < k:
+                f = rng.choices(self.functions, weights=[f.weight for f in self.functions])[0]
+                if f not in mine:
+                    mine.append(f)
+            self.calls.append((mine, list(itertools.accumulate(_zipf(k, 1.0)))))
+        self.statuses = {
+            verb: ([c for c, _ in dist], list(itertools.accumulate(w for _, w in dist)))
+            for verb, dist in STATUSES.items()
+        }
 
     def events(self, timestamps: Sequence[float]) -> Iterator[tuple[Any, ...]]:
         """(timestamp, consumer_id, method, url, function, response_us, status_code, data)."""
         rng = self.rng
         n = len(timestamps)
-        consumers = rng.choices(self.consumers, cum_weights=self.consumer_cum, k=n)
-        functions = rng.choices(self.functions, cum_weights=self.function_cum, k=n)
-        statuses = rng.choices(self.status_codes, cum_weights=self.status_cum, k=n)
+        who = rng.choices(range(len(self.consumers)), cum_weights=self.consumer_cum, k=n)
+        # Drawn in bulk per consumer and per kind of call: a draw per event is slow.
+        by_consumer: dict[int, list[int]] = {}
+        for i, c in enumerate(who):
+            by_consumer.setdefault(c, []).append(i)
+        functions: list[Function] = [self.functions[0]] * n
+        for c, positions in by_consumer.items():
+            mine, cum = self.calls[c]
+            for i, f in zip(
+                positions, rng.choices(mine, cum_weights=cum, k=len(positions)), strict=True
+            ):
+                functions[i] = f
+        by_verb: dict[str, list[int]] = {}
+        for i, f in enumerate(functions):
+            by_verb.setdefault(f.verb, []).append(i)
+        statuses = [0] * n
+        for verb, positions in by_verb.items():
+            codes, cum = self.statuses[verb]
+            for i, code in zip(
+                positions, rng.choices(codes, cum_weights=cum, k=len(positions)), strict=True
+            ):
+                statuses[i] = code
         gauss = rng.gauss
         randrange = rng.randrange
         random_ = rng.random
-        for ts, consumer, f, status in zip(timestamps, consumers, functions, statuses, strict=True):
+        consumers = self.consumers
+        for ts, c, f, status in zip(timestamps, who, functions, statuses, strict=True):
             slow = 3.0 if status >= 500 else 1.0
             response_us = int(f.median_us * slow * math.exp(0.6 * gauss(0.0, 1.0)))
             url = "https://api.example.com" + f.path.replace("{id}", str(randrange(100_000)))
             if f.method == "GET":
                 url += f"?page={randrange(20)}&fields=id,name"
             data = {"region": REGIONS[randrange(3)]} if random_() < 0.1 else None
-            yield (ts, consumer, f.method, url, f.name, response_us, status, data)
+            yield (ts, consumers[c], f.method, url, f.name, response_us, status, data)
 
 
 def as_json(event: tuple[Any, ...]) -> dict[str, Any]:

@@ -1,0 +1,188 @@
+"""Benchmark data: realistic events COPYed straight into ``events``, then the rollups rebuilt.
+
+10 million events over the 30 days up to now (minute-aligned), across 10 apps whose
+traffic is skewed like real tenants (the busiest has about a third of all events);
+within an app ~50 consumers, ~30 functions and 10 status codes, a daily rhythm and
+quieter weekends (see ``common.EventMaker``). The events bypass the HTTP path (COPY
+in big batches), so the rollups are then recomputed from them with
+``apinalytics.ingest.rollups.rebuild``, day by day, exactly as an operator would
+after a bulk load.
+
+The cluster lives in ``bench/data/query-<mode>`` with a ``manifest.json`` beside it
+(the apps' keys, the range, how long generation took); a later run with the same
+parameters reuses it.
+
+    .venv/bin/python bench/generate.py [--mode apache|community] [--events 10000000]
+        [--days 30] [--apps 10] [--force]
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import random
+import time
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+import asyncpg
+from tqdm import tqdm
+
+from apinalytics import apps, migrate
+from apinalytics.ingest import decode, rollups
+from common import DATA, EventMaker, as_row, diurnal_minutes, timestamps
+from common import cluster as start_cluster
+
+DAY = 86400
+# Rows per COPY statement: big enough that per-statement costs vanish, small enough
+# that the next batch is generated while the database writes this one.
+COPY_ROWS = 50_000
+SEED = 20141015
+# Bumped whenever the event model in common.py changes, so old data is not reused.
+DATA_VERSION = 2
+
+
+def manifest_path(mode: str) -> Path:
+    return DATA / f"query-{mode}" / "manifest.json"
+
+
+async def ensure(
+    mode: str, *, events: int, days: int, n_apps: int, force: bool = False
+) -> dict[str, Any]:
+    """The dataset for ``mode``, generated unless an identical one is already there."""
+    wanted = {
+        "mode": mode,
+        "events": events,
+        "days": days,
+        "apps": n_apps,
+        "seed": SEED,
+        "version": DATA_VERSION,
+    }
+    path = manifest_path(mode)
+    if not force and path.exists():
+        manifest: dict[str, Any] = json.loads(path.read_text())
+        if {k: manifest.get(k) for k in wanted} == wanted:
+            c = await asyncio.to_thread(start_cluster, f"query-{mode}", mode, fresh=False)
+            manifest["dsn"] = c.dsn
+            print(f"[{mode}] reusing {events:,} events in {c.datadir}", flush=True)
+            return manifest
+    c = await asyncio.to_thread(start_cluster, f"query-{mode}", mode, fresh=True)
+    # The manifest goes only once the data is complete: an interrupted run starts over.
+    result = await migrate.migrate(c.dsn)
+    assert result.mode == mode, result
+    manifest = {**wanted, **await generate(c.dsn, mode, events=events, days=days, n_apps=n_apps)}
+    path.write_text(json.dumps(manifest, indent=1))
+    manifest["dsn"] = c.dsn
+    return manifest
+
+
+async def generate(dsn: str, mode: str, *, events: int, days: int, n_apps: int) -> dict[str, Any]:
+    end = int(time.time()) // 60 * 60
+    start = end - days * DAY
+    conn = await asyncpg.connect(dsn)
+    try:
+        created = []
+        for i in range(n_apps):
+            new = await apps.create(conn, f"bench-{i}")
+            internal = await conn.fetchval("SELECT id FROM apps WHERE public_id = $1", new.app_id)
+            created.append({"app_id": new.app_id, "read_key": new.read_key, "id": internal})
+    finally:
+        await conn.close()
+
+    # Tenants' shares of the traffic: 1/1, 1/2, ... 1/n, normalised.
+    weights = [1 / (i + 1) for i in range(n_apps)]
+    shares = [w / sum(weights) for w in weights]
+    day_cums = [diurnal_minutes(start + d * DAY, 1440) for d in range(days)]
+    total_weight = sum(c[-1] for c in day_cums)
+    rng = random.Random(SEED)
+    makers = [EventMaker(seed=SEED + i) for i in range(n_apps)]
+
+    def day_rows(d: int) -> list[tuple[Any, ...]]:
+        cum = day_cums[d]
+        out: list[tuple[Any, ...]] = []
+        for a, app in enumerate(created):
+            n = round(events * shares[a] * cum[-1] / total_weight)
+            ts = timestamps(rng, start + d * DAY, cum, n)
+            out.extend(as_row(e, app["id"]) for e in makers[a].events(ts))
+        out.sort(key=lambda r: r[0])
+        return out
+
+    t0 = time.perf_counter()
+    stored = 0
+    pool = await asyncpg.create_pool(dsn, min_size=2, max_size=2)
+    try:
+        with tqdm(total=events, unit="ev", unit_scale=True, desc=f"events ({mode})") as bar:
+            pending: asyncio.Task[None] | None = None
+            for d in range(days):
+                rows = await asyncio.to_thread(day_rows, d)
+                for i in range(0, len(rows), COPY_ROWS):
+                    chunk = rows[i : i + COPY_ROWS]
+                    if pending:
+                        await pending
+                    pending = asyncio.create_task(_copy(pool, chunk, bar))
+                    stored += len(chunk)
+            if pending:
+                await pending
+    finally:
+        await pool.close()
+    copy_s = time.perf_counter() - t0
+
+    t0 = time.perf_counter()
+    conn = await asyncpg.connect(dsn)
+    try:
+        for d in tqdm(range(days), desc=f"rollups ({mode})", unit="day"):
+            await rollups.rebuild(conn, mode, start + d * DAY, start + (d + 1) * DAY)
+        await conn.execute("VACUUM ANALYZE")
+    finally:
+        await conn.close()
+    rebuild_s = time.perf_counter() - t0
+    per_app = await _per_app(dsn)
+    for app in created:
+        app["events"] = per_app.get(app["id"], 0)
+    return {
+        "start": start,
+        "end": end,
+        "stored": stored,
+        "app_list": created,
+        "copy_s": round(copy_s, 1),
+        "rebuild_s": round(rebuild_s, 1),
+    }
+
+
+async def _copy(pool: asyncpg.Pool, rows: Sequence[tuple[Any, ...]], bar: tqdm[Any]) -> None:
+    async with pool.acquire() as conn:
+        await conn.copy_records_to_table("events", records=rows, columns=decode.COLUMNS)
+    bar.update(len(rows))
+
+
+async def _per_app(dsn: str) -> dict[int, int]:
+    conn = await asyncpg.connect(dsn)
+    try:
+        rows = await conn.fetch("SELECT app_id, count(*) AS n FROM events GROUP BY app_id")
+        return {r["app_id"]: r["n"] for r in rows}
+    finally:
+        await conn.close()
+
+
+def main() -> None:
+    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    p.add_argument("--mode", default="apache", choices=["apache", "community"])
+    p.add_argument("--events", type=int, default=10_000_000)
+    p.add_argument("--days", type=int, default=30)
+    p.add_argument("--apps", type=int, default=10)
+    p.add_argument("--force", action="store_true", help="regenerate even if the data exists")
+    args = p.parse_args()
+    manifest = asyncio.run(
+        ensure(args.mode, events=args.events, days=args.days, n_apps=args.apps, force=args.force)
+    )
+    print(
+        f"{manifest['stored']:,} events from {manifest['start']} to {manifest['end']}; "
+        f"COPY {manifest['copy_s']} s, rollup rebuild {manifest['rebuild_s']} s; "
+        f"database at {manifest['dsn']}"
+    )
+
+
+if __name__ == "__main__":
+    main()
