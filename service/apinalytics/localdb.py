@@ -168,6 +168,9 @@ class LocalCluster:
         if not self.background_jobs:
             opts.append("-c timescaledb.max_background_workers=0")
         log = self.datadir / "server.log"
+        # Repairs data directories that earlier versions left open to others (0701),
+        # which PostgreSQL refuses to start on.
+        self.datadir.chmod(self.datadir.stat().st_mode & 0o750)
         self._run_pg(
             [
                 "pg_ctl",
@@ -245,8 +248,11 @@ class LocalCluster:
         if user:
             pw = pwd.getpwnam(user)
             os.chown(path, pw.pw_uid, pw.pw_gid)
-            # Every parent must be traversable by that user.
+            # Every parent must be traversable by that user, except the data directory
+            # and what is inside it: PostgreSQL refuses a data directory others can enter.
             for parent in path.parents:
+                if parent == self.datadir or self.datadir in parent.parents:
+                    continue
                 mode = parent.stat().st_mode
                 if not mode & 0o001:
                     os.chmod(parent, mode | 0o001)
