@@ -1,0 +1,121 @@
+"""SPEC "Sending events": when the database is unavailable the service answers ``503``
+with ``Retry-After``, never 200 for events it did not store, and recovers by itself
+when the database comes back.
+
+The test runs its own PostgreSQL cluster so that it can stop and restart it on the
+same port while the service keeps running: once between requests, once in the middle
+of a batch's write. Neither time is anything half-written, and an Idempotency-Key of a
+failed attempt is not spent.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import shutil
+import tempfile
+from collections.abc import AsyncIterator, Callable
+from pathlib import Path
+from typing import Any
+
+import asyncpg
+import pytest
+from aiohttp.test_utils import TestClient
+
+from apinalytics import apps, migrate
+from apinalytics.localdb import LocalCluster, find_bindir
+from apinalytics.settings import Settings
+
+from .helpers import assert_error, event, read_headers, write_headers
+
+
+@pytest.fixture
+async def cluster() -> AsyncIterator[LocalCluster]:
+    # Not under tmp_path: every pytest run makes /tmp/pytest-of-<user> private again,
+    # which would lock the postgres OS user out of a cluster of ours kept there.
+    root = Path(tempfile.mkdtemp(prefix="apinalytics-outage-"))
+    c = LocalCluster(root / "pgdata", find_bindir(), license="apache", durable=False)
+    try:
+        await asyncio.to_thread(c.ensure_running)
+        await migrate.migrate(c.dsn)
+        yield c
+    finally:
+        await asyncio.to_thread(c.stop)
+        shutil.rmtree(root, ignore_errors=True)
+
+
+async def test_database_outage_is_503_then_recovers(
+    cluster: LocalCluster, tmp_path: Path, make_client: Callable[[Settings], Any]
+) -> None:
+    conn = await asyncpg.connect(cluster.dsn)
+    try:
+        app = await apps.create(conn, "outage")
+    finally:
+        await conn.close()
+    settings = Settings(database_url=cluster.dsn, home=tmp_path / "home", db_connect_timeout_s=2.0)
+    client: TestClient = await make_client(settings)
+
+    async def post(n: int, key: str) -> Any:
+        headers = {**write_headers(app), "Idempotency-Key": key}
+        return await client.post("/1/events/", json=[event()] * n, headers=headers)
+
+    before = await post(2, "before")
+    assert await before.json() == {"accepted": 2}  # the pool holds a live connection now
+
+    port = cluster.port
+    await asyncio.to_thread(cluster.stop)
+
+    during = await post(3, "during")
+    await assert_error(during, 503, "database_unavailable", "nothing was stored")
+    assert int(during.headers["Retry-After"]) > 0
+    query = await client.get("/1/timeseries/0/60/", headers=read_headers(app))
+    await assert_error(query, 503, "database_unavailable")
+    assert int(query.headers["Retry-After"]) > 0
+    ready = await client.get("/readyz")
+    assert ready.status == 503
+
+    await asyncio.to_thread(cluster.ensure_running)
+    assert cluster.port == port
+
+    # The same batch again: its key was not spent by the failed attempt.
+    after = await post(3, "during")
+    assert after.status == 200, await after.text()
+    assert await after.json() == {"accepted": 3}
+    assert (await client.get("/readyz")).status == 200
+
+    # Down in the middle of a write: the batch is held at its COPY by a lock, then the
+    # server shuts down under it.
+    blocker = await asyncpg.connect(cluster.dsn)
+    blocked = await blocker.fetchval("SELECT count(*) FROM events")
+    tx = blocker.transaction()
+    await tx.start()
+    await blocker.execute("LOCK TABLE events IN ACCESS EXCLUSIVE MODE")
+    mid = asyncio.create_task(post(4, "mid-write"))
+    await wait_for_lock_waiter(blocker)
+    await asyncio.to_thread(cluster.stop)
+    await assert_error(await mid, 503, "database_unavailable")
+    blocker.terminate()
+    await asyncio.to_thread(cluster.ensure_running)
+
+    conn = await asyncpg.connect(cluster.dsn)
+    try:
+        assert await conn.fetchval("SELECT count(*) FROM events") == blocked == 5
+        keys = await conn.fetch("SELECT key, accepted FROM idempotency_keys ORDER BY key")
+        assert [tuple(k) for k in keys] == [("before", 2), ("during", 3)]
+        again = await post(4, "mid-write")
+        assert await again.json() == {"accepted": 4}
+        assert await conn.fetchval("SELECT count(*) FROM events") == 9
+    finally:
+        await conn.close()
+
+
+async def wait_for_lock_waiter(conn: asyncpg.Connection) -> None:
+    """Until another backend of the service waits for a lock (the service's COPY)."""
+    for _ in range(200):
+        waiting = await conn.fetchval(
+            "SELECT count(*) FROM pg_stat_activity "
+            "WHERE application_name = 'apinalytics' AND wait_event_type = 'Lock'"
+        )
+        if waiting:
+            return
+        await asyncio.sleep(0.05)
+    raise AssertionError("the ingest never reached the locked table")
