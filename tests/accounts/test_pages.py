@@ -10,6 +10,7 @@ or changes another user's applications: those are 404, like missing ones.
 
 from __future__ import annotations
 
+import logging
 import time
 from collections.abc import Callable
 
@@ -79,8 +80,9 @@ async def test_static_assets_are_served(new_browser: Callable[[], Browser]) -> N
 
 
 async def test_create_shows_keys_once_and_they_work(
-    alice: Browser, client: TestClient, db: asyncpg.Connection
+    alice: Browser, client: TestClient, db: asyncpg.Connection, caplog: pytest.LogCaptureFixture
 ) -> None:
+    caplog.set_level(logging.DEBUG)
     empty = await alice.get("/apps")
     assert 'id="no-apps"' in await empty.text()
     token = await csrf_token(alice)
@@ -121,6 +123,11 @@ async def test_create_shows_keys_once_and_they_work(
     assert keys["write-key"] not in listing + detail
     assert keys["read-key"] not in listing + detail
     assert 'id="rotate-write"' in detail and 'id="rotate-read"' in detail
+    assert f'href="/dashboard/?app={keys["app-id"]}"' in detail
+    # Key material is never logged, at any level.
+    assert caplog.records
+    logged = caplog.text + "".join(str(vars(r)) for r in caplog.records)
+    assert keys["write-key"] not in logged and keys["read-key"] not in logged
 
 
 @pytest.mark.parametrize(
