@@ -180,13 +180,15 @@ async def _threshold_us(conn: asyncpg.Connection, rollup: Rollup) -> int | None:
     before its first refresh (then nothing is materialized and real-time reads all).
 
     Changes below the threshold are logged as invalidations and stay unmaterialized
-    until a refresh covers them; it is at or above the watermark real-time queries
-    use, so "below the threshold" is the safe test for "needs a refresh".
+    until a refresh covers them. The watermark real-time queries start from (the end
+    of the last materialized bucket) is normally at or below it; taking the greater
+    of the two keeps "below it" the safe test for "needs a refresh" either way.
     """
     value = await timed(
         conn.fetchval,
         """
-        SELECT t.watermark
+        SELECT greatest(
+            t.watermark, _timescaledb_functions.cagg_watermark(ca.mat_hypertable_id))
         FROM _timescaledb_catalog.continuous_agg ca
         JOIN _timescaledb_catalog.continuous_aggs_invalidation_threshold t
             ON t.hypertable_id = ca.raw_hypertable_id
@@ -250,19 +252,29 @@ async def _conn(target: Database | asyncpg.Connection) -> AsyncIterator[asyncpg.
 
 async def rebuild(
     target: Database | asyncpg.Connection, mode: str, start: float, end: float
-) -> tuple[int, int]:
-    """Recompute every rollup from the raw events for ``[start, end)`` (UNIX seconds).
+) -> dict[str, tuple[int, int]]:
+    """Recompute every rollup from its source for ``[start, end)`` (UNIX seconds).
 
     For bulk loads that bypass the ingest path (COPY straight into ``events``) and for
-    repairs. The range is widened to whole buckets of the coarsest rollup and clamped
-    to the raw events' retention horizon (never recomputing from data that is gone);
-    returns the range actually rebuilt, in UNIX seconds (start == end: nothing).
+    repairs. The range is widened to whole buckets of the coarsest rollup; each rollup
+    is then clamped to its source's retention horizon, so nothing is recomputed from
+    data that is gone. Returns, per rollup, the range actually rebuilt in UNIX seconds
+    (start == end: nothing).
 
     Apache: per day, in one transaction that first locks both rollup tables against
     the ingest path's upserts (batches wait, then add to the rebuilt rows), delete the
     slice and insert it aggregated from ``events`` (minute) and from ``events_1m``
-    (hour). Community: per day, ``refresh_continuous_aggregate(..., force => true)``
-    of the minute aggregate, then of the hour one over the same slice.
+    (hour). Community: per day, ``refresh_continuous_aggregate`` of the minute
+    aggregate, then of the hour one over the same slice. Every change to ``events``
+    below an aggregate's threshold is in its invalidation log, and everything above
+    is materialized when the threshold moves, so a plain refresh recomputes exactly
+    what a bulk load changed. Not ``force => true``: on TimescaleDB 2.19 a forced
+    refresh of the hour aggregate materializes the bucket after its window too, from
+    a minute aggregate that does not hold all of it yet, and moves its watermark past
+    events that real-time aggregation then no longer reads. Windows end at the start
+    of the current bucket: a refresh into the future would move the threshold ahead of
+    the clock and make every live batch refresh until the clock caught up (the
+    current bucket stays with real-time aggregation).
 
     Statements run without the statement timeout: a slice of a bulk load can take
     longer than an API query may, and this is an operator's command, not a request.
@@ -271,31 +283,46 @@ async def rebuild(
     lo = math.floor(start / coarsest) * coarsest
     hi = math.ceil(end / coarsest) * coarsest
     async with _conn(target) as conn:
-        horizon = (await retention.horizons(conn)).get(RAW)
-        if horizon is not None:
-            lo = max(lo, math.ceil(horizon / coarsest) * coarsest)
-        if lo >= hi:
-            return (lo, lo)
-        slices = [(s, min(s + REBUILD_SLICE_S, hi)) for s in range(lo, hi, REBUILD_SLICE_S)]
+        horizons = await retention.horizons(conn)
+        now = float(await conn.fetchval("SELECT extract(epoch FROM now())"))
+        windows: dict[str, tuple[int, int]] = {}
+        for rollup in ROLLUPS:
+            r_lo, r_hi = lo, hi
+            horizon = horizons.get(rollup.built_from)
+            if horizon is not None:
+                r_lo = max(r_lo, math.ceil(horizon / coarsest) * coarsest)
+            if mode == "community":
+                r_hi = min(r_hi, math.floor(now / rollup.width_s) * rollup.width_s)
+            windows[rollup.relation] = (r_lo, max(r_lo, r_hi))
+        first = min(w[0] for w in windows.values())
+        last = max(w[1] for w in windows.values())
+        slices = [(s, min(s + REBUILD_SLICE_S, last)) for s in range(first, last, REBUILD_SLICE_S)]
         if mode == "apache":
             for s, e in slices:
-                await _rebuild_tables(conn, s, e)
+                await _rebuild_tables(conn, s, e, windows)
         else:
             await conn.execute("SET statement_timeout = 0")
             try:
                 for s, e in slices:
-                    for rollup in ROLLUPS:
-                        await timed(
-                            conn.execute,
-                            "CALL refresh_continuous_aggregate($1, $2::timestamptz, "
-                            "$3::timestamptz, force => true)",
-                            (rollup.relation, _at(s * _US), _at(e * _US)),
-                            f"rebuild {rollup.relation}",
-                        )
+                    for rollup, (a, b) in _parts(s, e, windows):
+                        await _refresh(conn, rollup, a * _US, b * _US)
             finally:
                 await conn.execute("RESET statement_timeout")
-    log.info("rollups rebuilt", extra={"start": lo, "end": hi, "mode": mode})
-    return (lo, hi)
+    log.info("rollups rebuilt", extra={"windows": windows, "mode": mode})
+    return windows
+
+
+def _parts(
+    start: int, end: int, windows: dict[str, tuple[int, int]]
+) -> list[tuple[Rollup, tuple[int, int]]]:
+    """The slice ``[start, end)`` cut to each rollup's window, finer rollups first."""
+    out = []
+    for rollup in ROLLUPS:
+        lo, hi = windows[rollup.relation]
+        a, b = max(start, lo), min(end, hi)
+        if a < b:
+            out.append((rollup, (a, b)))
+    return out
 
 
 def _rebuild_sql(rollup: Rollup) -> str:
@@ -324,9 +351,10 @@ def _rebuild_sql(rollup: Rollup) -> str:
 _REBUILD = {r.relation: _rebuild_sql(r) for r in ROLLUPS}
 
 
-async def _rebuild_tables(conn: asyncpg.Connection, start_s: int, end_s: int) -> None:
+async def _rebuild_tables(
+    conn: asyncpg.Connection, start_s: int, end_s: int, windows: dict[str, tuple[int, int]]
+) -> None:
     relations = ", ".join(r.relation for r in ROLLUPS)
-    bounds = (_at(start_s * _US), _at(end_s * _US))
     async with conn.transaction():
         await conn.execute("SET LOCAL statement_timeout = 0")
         # SHARE ROW EXCLUSIVE conflicts with the upserts' ROW EXCLUSIVE: batches that
@@ -334,7 +362,8 @@ async def _rebuild_tables(conn: asyncpg.Connection, start_s: int, end_s: int) ->
         # their events; batches after it wait and add to the rebuilt rows. Ingest
         # locks events before the rollups and this never writes events: no deadlock.
         await conn.execute(f"LOCK TABLE {relations} IN SHARE ROW EXCLUSIVE MODE")
-        for rollup in ROLLUPS:
+        for rollup, (a, b) in _parts(start_s, end_s, windows):
+            bounds = (_at(a * _US), _at(b * _US))
             await timed(
                 conn.execute,
                 f"DELETE FROM {rollup.relation} WHERE bucket >= $1 AND bucket < $2",

@@ -1,0 +1,513 @@
+"""The rollups events_1m and events_1h, in both rollup modes.
+
+Spec (SPEC "Storage", docs/rollups.md): per bucket (one minute, one hour, aligned to
+the UNIX epoch), app, consumer_id, method, function and status_code, the rollups hold
+calls, sum_us, min_us and max_us of response_us, and equal what a brute-force
+aggregation of the events gives. Once ingest answered 200 the rollups reflect the
+batch, back-dated events included (read-your-writes); concurrent batches all succeed
+with exact totals; deleting an app removes its rollup rows and only its.
+
+Every test runs in the Apache mode (tables kept by the ingest path) and the Community
+mode (continuous aggregates). The test clusters run no job scheduler, so Community
+tests run the refresh policies themselves, as the scheduler would, to move the
+aggregates' thresholds and exercise the materialized path.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import random
+import subprocess
+import sys
+import time
+from collections.abc import Iterable
+from datetime import UTC, datetime, timedelta
+from typing import Any
+
+import asyncpg
+import pytest
+from aiohttp.test_utils import TestClient
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from apinalytics import apps
+from apinalytics.apps import NewApp
+from apinalytics.ingest import rollups as upkeep
+from apinalytics.ingest.decode import COLUMNS
+from apinalytics.rollups import ROLLUPS
+
+from .conftest import ALL_MODES
+from .dbs import Servers
+from .helpers import event, write_headers
+
+EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
+SHAPE = [
+    ("bucket", "timestamp with time zone"),
+    ("app_id", "integer"),
+    ("consumer_id", "text"),
+    ("method", "text"),
+    ("function", "text"),
+    ("status_code", "smallint"),
+    ("calls", "bigint"),
+    ("sum_us", "bigint"),
+    ("min_us", "bigint"),
+    ("max_us", "bigint"),
+]
+Key = tuple[Any, ...]
+Totals = dict[Key, tuple[int, int, int, int]]
+
+all_modes = pytest.mark.parametrize("mode", ALL_MODES, indirect=True)
+
+
+# -- the oracle and what the database holds ------------------------------------------
+
+
+def oracle(events: Iterable[dict[str, Any]], app: int, width_s: int) -> Totals:
+    """Brute force: bucket each event (its timestamp rounded to the microsecond, as
+    SPEC keeps it) and aggregate per key."""
+    groups: dict[Key, list[int]] = {}
+    for e in events:
+        us = round(e["timestamp"] * 1_000_000)
+        bucket = EPOCH + timedelta(microseconds=us - us % (width_s * 1_000_000))
+        key = (app, bucket, e["consumer_id"], e["method"].upper(), e["function"], e["status_code"])
+        groups.setdefault(key, []).append(e["response_us"])
+    return {k: (len(v), sum(v), min(v), max(v)) for k, v in groups.items()}
+
+
+async def held(db: asyncpg.Connection, relation: str, app: int | None = None) -> Totals:
+    rows = await db.fetch(
+        f"""
+        SELECT app_id, bucket, consumer_id, method, function, status_code,
+               calls, sum_us, min_us, max_us
+        FROM {relation} WHERE $1::integer IS NULL OR app_id = $1
+        """,
+        app,
+    )
+    out: Totals = {}
+    for r in rows:
+        key = tuple(r)[:6]
+        assert key not in out, f"{relation} holds {key} twice"
+        out[key] = (r["calls"], r["sum_us"], r["min_us"], r["max_us"])
+    return out
+
+
+async def assert_rollups_match(
+    db: asyncpg.Connection, sent: dict[int, list[dict[str, Any]]]
+) -> None:
+    """Both rollups equal the oracle, app by app, and hold no other app's rows."""
+    for rollup in ROLLUPS:
+        want: Totals = {}
+        for app, events in sent.items():
+            want.update(oracle(events, app, rollup.width_s))
+        got = await held(db, rollup.relation)
+        assert got == want, rollup.relation
+
+
+async def internal_id(db: asyncpg.Connection, app: NewApp) -> int:
+    value: int = await db.fetchval("SELECT id FROM apps WHERE public_id = $1", app.app_id)
+    return value
+
+
+async def post(client: TestClient, app: NewApp, events: list[dict[str, Any]]) -> None:
+    resp = await client.post("/1/events/", json=events, headers=write_headers(app))
+    assert resp.status == 200, await resp.text()
+    assert await resp.json() == {"accepted": len(events)}
+
+
+async def run_policies(db: asyncpg.Connection, mode: str) -> None:
+    """Community: one run of each refresh policy, minute first, as the scheduler would."""
+    if mode != "community":
+        return
+    jobs = await db.fetch(
+        """
+        SELECT j.job_id FROM timescaledb_information.jobs j
+        JOIN timescaledb_information.continuous_aggregates ca
+          ON ca.materialization_hypertable_name = j.hypertable_name
+        WHERE j.proc_name = 'policy_refresh_continuous_aggregate'
+        ORDER BY ca.view_name = 'events_1h', j.job_id
+        """
+    )
+    assert len(jobs) == len(ROLLUPS)
+    for job in jobs:
+        await db.execute("CALL run_job($1)", job["job_id"])
+
+
+async def thresholds(db: asyncpg.Connection) -> dict[str, float]:
+    """Community: per aggregate, the time below which changes need a refresh."""
+    rows = await db.fetch(
+        """
+        SELECT ca.user_view_name AS relation, t.watermark / 1e6 AS threshold
+        FROM _timescaledb_catalog.continuous_agg ca
+        JOIN _timescaledb_catalog.continuous_aggs_invalidation_threshold t
+          ON t.hypertable_id = ca.raw_hypertable_id
+        """
+    )
+    return {r["relation"]: float(r["threshold"]) for r in rows}
+
+
+def hour_floor(t: float) -> int:
+    return int(t // 3600 * 3600)
+
+
+# -- boundaries -------------------------------------------------------------------------
+
+# (offset from an hour H in seconds, expected minute bucket and hour bucket as offsets
+# from H). The function name of each event is its id, so each lands in its own row.
+BOUNDARIES = [
+    pytest.param(0.0, 0, 0, id="on_hour"),
+    pytest.param(-0.000001, -60, -3600, id="just_before_hour"),
+    pytest.param(60.0, 60, 0, id="on_minute"),
+    pytest.param(119.999999, 60, 0, id="just_before_minute"),
+    # 0.1 microsecond before the minute rounds up onto it.
+    pytest.param(120 - 1e-7, 120, 0, id="rounds_up_onto_minute"),
+    pytest.param(300.5, 300, 0, id="half_second"),
+    pytest.param(3599.999999, 3540, 0, id="last_microsecond_of_hour"),
+    pytest.param(3600.0, 3600, 3600, id="next_hour"),
+]
+
+
+@all_modes
+async def test_boundaries_land_in_their_buckets(
+    mode: str, client: TestClient, app_keys: NewApp, db: asyncpg.Connection
+) -> None:
+    app = await internal_id(db, app_keys)
+    # Four hours back: inside both policies' windows, below both thresholds once run.
+    base = hour_floor(time.time()) - 4 * 3600
+    events = [
+        event(timestamp=base + p.values[0], function=p.id, response_us=i * 10)
+        for i, p in enumerate(BOUNDARIES)
+    ]
+    await post(client, app_keys, events)
+    for p in BOUNDARIES:
+        _, minute, hour = p.values
+        for relation, expected in (("events_1m", minute), ("events_1h", hour)):
+            buckets = await db.fetch(
+                f"SELECT extract(epoch FROM bucket)::bigint AS b FROM {relation} "
+                "WHERE function = $1",
+                p.id,
+            )
+            assert [r["b"] - base for r in buckets] == [expected], (p.id, relation)
+    await assert_rollups_match(db, {app: events})
+
+    # Community: the above came from real-time aggregation; now the policies
+    # materialize it, and the same events again take the ingest path's refresh.
+    await run_policies(db, mode)
+    await assert_rollups_match(db, {app: events})
+    await post(client, app_keys, events)
+    await assert_rollups_match(db, {app: events + events})
+
+
+# -- read-your-writes ---------------------------------------------------------------
+
+
+def mixed_events(rng: random.Random, n: int, start: float, span_s: float) -> list[dict[str, Any]]:
+    return [
+        event(
+            timestamp=round(start + rng.random() * span_s, 6),
+            consumer_id=rng.choice(["", "alice", "bob", "carol"]),
+            method=rng.choice(["GET", "post", "Delete"]),
+            function=rng.choice(["", "list", "show"]),
+            status_code=rng.choice([200, 201, 404, 500]),
+            response_us=rng.randrange(0, 5_000_000),
+            url=f"/v1/things/{rng.randrange(10**6)}",
+        )
+        for _ in range(n)
+    ]
+
+
+@all_modes
+async def test_back_dated_events_are_reflected_at_once(
+    mode: str, client: TestClient, app_keys: NewApp, db: asyncpg.Connection
+) -> None:
+    rng = random.Random(7)
+    now = time.time()
+    app = await internal_id(db, app_keys)
+    await run_policies(db, mode)
+    recent = mixed_events(rng, 50, now - 6 * 3600, 6 * 3600 - 5)
+    await post(client, app_keys, recent)
+    # The scheduler's runs move the thresholds to now - 15 minutes and now - 1 hour.
+    await run_policies(db, mode)
+    await assert_rollups_match(db, {app: recent})
+
+    two_days_ago = mixed_events(rng, 20, now - 2 * 86400, 300)
+    half_hour_ago = mixed_events(rng, 20, now - 1800, 60)
+    if mode == "community":
+        # Below the minute rollup's threshold (the two-day-old ones below both):
+        # real-time aggregation alone would not show them.
+        assert max(e["timestamp"] for e in half_hour_ago) < (await thresholds(db))["events_1m"]
+    await post(client, app_keys, two_days_ago)
+    await assert_rollups_match(db, {app: recent + two_days_ago})
+    # One batch mixing a back-dated stretch and live events.
+    live = mixed_events(rng, 20, now - 30, 25)
+    await post(client, app_keys, half_hour_ago + live)
+    await assert_rollups_match(db, {app: recent + two_days_ago + half_hour_ago + live})
+
+
+@all_modes
+async def test_concurrent_batches_all_succeed_with_exact_totals(
+    mode: str, client: TestClient, app_keys: NewApp, db: asyncpg.Connection
+) -> None:
+    rng = random.Random(11)
+    now = time.time()
+    app = await internal_id(db, app_keys)
+    await run_policies(db, mode)
+    first = mixed_events(rng, 5, now - 3600, 60)
+    await post(client, app_keys, first)
+    await run_policies(db, mode)
+    # Few keys, so batches overlap; each batch in its own order; live and back-dated
+    # events, so Community batches refresh concurrently.
+    pool = mixed_events(rng, 60, now - 5 * 60, 5 * 60 - 5) + mixed_events(rng, 60, now - 86400, 120)
+    batches = []
+    for _ in range(8):
+        batch = rng.sample(pool, 80)
+        rng.shuffle(batch)
+        batches.append(batch)
+    await asyncio.wait_for(asyncio.gather(*(post(client, app_keys, b) for b in batches)), 120)
+    sent = first + [e for b in batches for e in b]
+    assert await db.fetchval("SELECT count(*) FROM events") == len(sent)
+    await assert_rollups_match(db, {app: sent})
+
+
+# -- deleting an app ------------------------------------------------------------------
+
+
+@all_modes
+async def test_deleting_an_app_removes_its_rollup_rows_only(
+    mode: str, client: TestClient, app_keys: NewApp, db: asyncpg.Connection
+) -> None:
+    rng = random.Random(3)
+    now = time.time()
+    other = await apps.create(db, "other-app")
+    doomed_id, other_id = await internal_id(db, app_keys), await internal_id(db, other)
+    await run_policies(db, mode)
+    sent: dict[int, list[dict[str, Any]]] = {}
+    for keys, app in ((app_keys, doomed_id), (other, other_id)):
+        sent[app] = mixed_events(rng, 40, now - 5 * 3600, 5 * 3600 - 5)
+        await post(client, keys, sent[app])
+    await run_policies(db, mode)
+    # Back-dated after the policies ran: materialized by the ingest path's refresh.
+    for keys, app in ((app_keys, doomed_id), (other, other_id)):
+        back = mixed_events(rng, 10, now - 3 * 86400, 600)
+        sent[app] += back
+        await post(client, keys, back)
+    await assert_rollups_match(db, sent)
+
+    async with db.transaction():
+        assert await apps.delete(db, app_keys.app_id)
+    del sent[doomed_id]
+    await assert_rollups_match(db, sent)
+    for relation in await apps.deletable_relations(db):
+        left = await db.fetchval(f"SELECT count(*) FROM {relation} WHERE app_id = $1", doomed_id)
+        assert left == 0, relation
+    # Later refreshes (the policies, a rebuild) agree: nothing comes back, nothing else goes.
+    await run_policies(db, mode)
+    await upkeep.rebuild(db, mode, now - 4 * 86400, now)
+    await assert_rollups_match(db, sent)
+
+
+# -- rebuild --------------------------------------------------------------------------
+
+
+def as_row(e: dict[str, Any], app: int) -> tuple[Any, ...]:
+    t = EPOCH + timedelta(microseconds=round(e["timestamp"] * 1_000_000))
+    values = {**e, "time": t, "app_id": app, "method": e["method"].upper(), "data": None}
+    return tuple(values[c] for c in COLUMNS)
+
+
+@all_modes
+async def test_rebuild_recomputes_bulk_loaded_events(
+    mode: str, client: TestClient, app_keys: NewApp, db: asyncpg.Connection
+) -> None:
+    rng = random.Random(5)
+    now = time.time()
+    app = await internal_id(db, app_keys)
+    await run_policies(db, mode)
+    via_api = mixed_events(rng, 30, now - 2 * 86400, 86400)
+    await post(client, app_keys, via_api)
+    # A bulk load straight into events, bypassing the ingest path.
+    bulk = mixed_events(rng, 500, now - 3 * 86400, 3 * 86400 - 5)
+    await db.copy_records_to_table(
+        "events", records=[as_row(e, app) for e in bulk], columns=COLUMNS
+    )
+    windows = await upkeep.rebuild(db, mode, now - 3 * 86400, now)
+    assert set(windows) == {r.relation for r in ROLLUPS}
+    await assert_rollups_match(db, {app: via_api + bulk})
+    # Rebuilding again changes nothing (Apache: delete + insert; Community: refresh).
+    await upkeep.rebuild(db, mode, now - 3 * 86400, now)
+    await assert_rollups_match(db, {app: via_api + bulk})
+    # Ingest keeps working on top of a rebuild.
+    live = mixed_events(rng, 10, now - 60, 50)
+    await post(client, app_keys, live)
+    await assert_rollups_match(db, {app: via_api + bulk + live})
+
+
+@all_modes
+async def test_rebuild_and_refreshes_stay_inside_the_raw_horizon(
+    mode: str, client: TestClient, app_keys: NewApp, db: asyncpg.Connection
+) -> None:
+    """Raw events older than their retention are dropped; the rollups keep their rows
+    there, and neither a rebuild nor the ingest path's refreshes recompute them from
+    the nothing that is left."""
+    rng = random.Random(9)
+    now = time.time()
+    app = await internal_id(db, app_keys)
+    await run_policies(db, mode)
+    old = mixed_events(rng, 30, now - 4 * 86400, 3600)
+    recent = mixed_events(rng, 30, now - 3600, 3000)
+    await post(client, app_keys, old)
+    await post(client, app_keys, recent)
+    await run_policies(db, mode)
+    await assert_rollups_match(db, {app: old + recent})
+
+    # Keep raw events 2 days, and drop what is older, as the retention job does.
+    await db.execute("UPDATE retention SET keep_s = 2 * 86400 WHERE relation = 'events'")
+    dropped = await db.fetch("SELECT drop_chunks('events', now() - interval '2 days')")
+    assert dropped, "the old events' chunk should have been dropped"
+    assert (
+        await db.fetchval("SELECT count(*) FROM events WHERE time < now() - '3 days'::interval")
+        == 0
+    )
+
+    windows = await upkeep.rebuild(db, mode, now - 5 * 86400, now)
+    await assert_rollups_match(db, {app: old + recent})
+    assert windows["events_1m"][0] >= now - 2 * 86400
+    # A batch that reaches back across the horizon refreshes only inside it.
+    back = mixed_events(rng, 5, now - 86400, 60)
+    await post(client, app_keys, back)
+    await run_policies(db, mode)
+    await assert_rollups_match(db, {app: old + recent + back})
+
+    # An event older than the horizon, in the same minute as stored ones: whatever
+    # becomes of it, the rollup rows already there are not recomputed away (only it
+    # would be left in a refresh of that minute).
+    await post(client, app_keys, [dict(old[0], function="elsewhere", response_us=1)])
+    for rollup in ROLLUPS:
+        got = await held(db, rollup.relation, app)
+        for key, (calls, *_) in oracle(old, app, rollup.width_s).items():
+            assert got.get(key, (0,))[0] >= calls, (rollup.relation, key)
+
+
+# -- refresh windows (pure) ---------------------------------------------------------
+
+M = 60 * 1_000_000
+
+
+@pytest.mark.parametrize(
+    ("buckets", "limit", "windows"),
+    [
+        pytest.param([], 8, [], id="none"),
+        pytest.param([0], 8, [(0, M)], id="one_bucket"),
+        pytest.param([0, M, 2 * M], 8, [(0, 3 * M)], id="adjacent_join"),
+        pytest.param([0, 5 * M], 8, [(0, M), (5 * M, 6 * M)], id="gap_kept"),
+        pytest.param(
+            [0, 2 * M, 10 * M, 11 * M], 2, [(0, 3 * M), (10 * M, 12 * M)], id="smallest_gap_closed"
+        ),
+        pytest.param([0, 2 * M, 10 * M], 1, [(0, 11 * M)], id="all_closed"),
+    ],
+)
+def test_refresh_windows(buckets: list[int], limit: int, windows: list[tuple[int, int]]) -> None:
+    assert upkeep._windows(buckets, M, limit) == windows
+
+
+@pytest.mark.parametrize(
+    ("start", "end", "horizon", "window"),
+    [
+        pytest.param(0, 10 * M, None, (0, 10 * M), id="no_horizon"),
+        pytest.param(0, 10 * M, 120.0, (2 * M, 10 * M), id="horizon_on_bucket"),
+        pytest.param(0, 10 * M, 120.5, (3 * M, 10 * M), id="horizon_inside_bucket_skips_it"),
+        pytest.param(0, 2 * M, 120.0, None, id="all_before_horizon"),
+    ],
+)
+def test_refresh_window_clamped_to_horizon(
+    start: int, end: int, horizon: float | None, window: tuple[int, int] | None
+) -> None:
+    assert upkeep._clamp(start, end, M, horizon) == window
+
+
+# -- the batch aggregation (pure, property) -------------------------------------------
+
+_events = st.lists(
+    st.fixed_dictionaries(
+        {
+            "timestamp": st.floats(min_value=1.6e9, max_value=1.6e9 + 3 * 86400),
+            "consumer_id": st.sampled_from(["", "a", "b"]),
+            "method": st.sampled_from(["GET", "post"]),
+            "function": st.sampled_from(["", "f"]),
+            "status_code": st.sampled_from([200, 500]),
+            "response_us": st.integers(min_value=0, max_value=2**40),
+        }
+    ),
+    max_size=40,
+)
+
+
+@settings(max_examples=60, deadline=None)
+@given(events=_events)
+def test_batch_aggregate_matches_oracle(events: list[dict[str, Any]]) -> None:
+    rows = [as_row({**e, "url": "/"}, 1) for e in events]
+    got = upkeep.aggregate(rows)
+    for rollup in ROLLUPS:
+        as_totals = {
+            (k[0], EPOCH + timedelta(microseconds=int(k[1])), *k[2:]): tuple(v)
+            for k, v in got[rollup.relation].items()
+        }
+        assert as_totals == oracle(events, 1, rollup.width_s), rollup.relation
+
+
+# -- migrations -----------------------------------------------------------------------
+
+
+@all_modes
+async def test_migrate_on_an_empty_database_reports_the_mode_and_builds_the_shape(
+    mode: str, servers: Servers
+) -> None:
+    server = servers.servers[mode]
+    name = f"empty_{os.getpid()}_{mode}"
+    admin = await asyncpg.connect(server.admin_dsn)
+    try:
+        await admin.execute(f"DROP DATABASE IF EXISTS {name}")
+        await admin.execute(f"CREATE DATABASE {name}")
+    finally:
+        await admin.close()
+    try:
+        env = {**os.environ, "APINALYTICS_DATABASE_URL": server.dsn(name)}
+        out = await asyncio.to_thread(
+            subprocess.run,
+            [sys.executable, "-m", "apinalytics", "migrate"],
+            env=env,
+            capture_output=True,
+            text=True,
+            timeout=120,
+        )
+        assert out.returncode == 0, out.stderr
+        assert f"rollup mode: {mode}" in out.stdout
+        assert "0002_rollups." + mode + ".sql" in out.stdout
+        conn = await asyncpg.connect(server.dsn(name))
+        try:
+            for rollup in ROLLUPS:
+                columns = await conn.fetch(
+                    "SELECT attname, format_type(atttypid, atttypmod) AS type FROM pg_attribute "
+                    "WHERE attrelid = $1::regclass AND attnum > 0 AND NOT attisdropped "
+                    "ORDER BY attnum",
+                    rollup.relation,
+                )
+                assert [(c["attname"], c["type"]) for c in columns] == SHAPE, rollup.relation
+            caggs = await conn.fetch(
+                "SELECT view_name, materialized_only FROM timescaledb_information.continuous_aggregates"
+            )
+            if mode == "community":
+                assert {(r["view_name"], r["materialized_only"]) for r in caggs} == {
+                    ("events_1m", False),
+                    ("events_1h", False),
+                }
+            else:
+                assert caggs == []
+        finally:
+            await conn.close()
+    finally:
+        admin = await asyncpg.connect(server.admin_dsn)
+        try:
+            await admin.execute(f"DROP DATABASE IF EXISTS {name} WITH (FORCE)")
+        finally:
+            await admin.close()
