@@ -120,6 +120,19 @@ class DatabaseUnavailable(SystemFault):
         )
 
 
+class NotReady(SystemFault):
+    """The database answers but the schema is behind: ``apinalytics migrate`` fixes it."""
+
+    status = 503
+    code = "not_ready"
+
+    def __init__(self, pending: list[str]) -> None:
+        super().__init__(
+            f"Migrations not applied yet: {', '.join(pending)}; run `apinalytics migrate`.",
+            details=[{"pending_migration": name} for name in pending],
+        )
+
+
 class QueryTimeout(SystemFault):
     status = 503
     code = "query_timeout"

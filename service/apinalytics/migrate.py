@@ -132,9 +132,13 @@ async def rollup_mode(conn: asyncpg.Connection) -> str | None:
 async def pending(conn: asyncpg.Connection, directory: Path | None = None) -> list[str]:
     """Migration files not yet applied (for /readyz)."""
     mode = await rollup_mode(conn)
+    done: set[int] = set()
     if mode is None:
-        return ["schema_migrations"]
-    done = {r["version"] for r in await conn.fetch("SELECT version FROM schema_migrations")}
+        # Never migrated: the files the first run would apply, in the mode it would pick.
+        license = await conn.fetchval("SELECT current_setting('timescaledb.license', true)")
+        mode = mode_for_license(str(license or "apache"))
+    else:
+        done = {r["version"] for r in await conn.fetch("SELECT version FROM schema_migrations")}
     return [
         m.path.name for m in discover(directory or migrations_dir(), mode) if m.version not in done
     ]

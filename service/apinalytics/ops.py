@@ -6,7 +6,7 @@ from aiohttp import web
 from prometheus_client import CONTENT_TYPE_LATEST
 
 from . import migrate
-from .errors import DatabaseUnavailable
+from .errors import NotReady
 from .keys import DB, METRICS
 
 
@@ -15,15 +15,12 @@ async def healthz(request: web.Request) -> web.Response:
 
 
 async def readyz(request: web.Request) -> web.Response:
-    try:
-        async with request.app[DB].connection() as conn:
-            pending = await migrate.pending(conn)
-    except DatabaseUnavailable:
-        return web.json_response({"status": "unavailable", "database": "unreachable"}, status=503)
+    """200 when the database answers and every migration is applied; else a 503 error
+    (``database_unavailable`` or ``not_ready`` naming the pending migrations)."""
+    async with request.app[DB].connection() as conn:
+        pending = await migrate.pending(conn)
     if pending:
-        return web.json_response(
-            {"status": "unavailable", "pending_migrations": pending}, status=503
-        )
+        raise NotReady(pending)
     return web.json_response({"status": "ready"})
 
 
