@@ -44,9 +44,12 @@ async def errors(request: web.Request, handler: Handler) -> web.StreamResponse:
     except web.HTTPNotFound:
         return render(NotFound(f"No such resource: {request.path}"))
     except web.HTTPMethodNotAllowed as exc:
+        allowed = ", ".join(sorted(exc.allowed_methods))
+        # RFC 9110: a 405 carries Allow.
         return render(
             MethodNotAllowed(
-                f"{request.method} is not allowed here; use {', '.join(sorted(exc.allowed_methods))}."
+                f"{request.method} is not allowed here; use {allowed}.",
+                headers={"Allow": allowed},
             )
         )
     except web.HTTPException as exc:
