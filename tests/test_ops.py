@@ -1,0 +1,129 @@
+"""SPEC "Operations" and "Errors".
+
+- ``/healthz``: the process is alive (even with the database down: see test_outage).
+- ``/readyz``: 200 when the database is reachable and migrated (pending migrations:
+  see test_migrate).
+- ``/metrics``: Prometheus text format with events accepted and rejected and request
+  latencies.
+- Every error body is JSON ``{"error": {"code", "message", "details"?}}``, also for an
+  unknown route (404) and a wrong method (405).
+"""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+from aiohttp.test_utils import TestClient
+from prometheus_client.parser import text_string_to_metric_families
+
+from apinalytics.apps import NewApp
+
+from .helpers import assert_error, event, write_headers
+
+
+async def test_healthz(client: TestClient) -> None:
+    resp = await client.get("/healthz")
+    assert resp.status == 200
+    assert await resp.json() == {"status": "ok"}
+
+
+async def test_readyz_when_migrated(client: TestClient) -> None:
+    resp = await client.get("/readyz")
+    assert resp.status == 200, await resp.text()
+    assert await resp.json() == {"status": "ready"}
+
+
+def samples(text: str) -> dict[tuple[str, tuple[tuple[str, str], ...]], float]:
+    out = {}
+    for family in text_string_to_metric_families(text):
+        for s in family.samples:
+            out[(s.name, tuple(sorted(s.labels.items())))] = s.value
+    return out
+
+
+async def test_metrics_count_accepted_and_rejected_events(
+    client: TestClient, app_keys: NewApp
+) -> None:
+    h = write_headers(app_keys)
+    assert (await client.post("/1/events/", json=[event()] * 3, headers=h)).status == 200
+    assert (await client.post("/1/events", json=[event()] * 2, headers=h)).status == 200
+    bad_batch = [event(), event(), event(response_us=-1), event()]
+    assert (await client.post("/1/events/", json=bad_batch, headers=h)).status == 400
+    not_json = await client.post(
+        "/1/events/", data=b"{", headers={**h, "Content-Type": "application/json"}
+    )
+    assert not_json.status == 400
+
+    resp = await client.get("/metrics")
+    assert resp.status == 200
+    assert resp.content_type == "text/plain"
+    got = samples(await resp.text())
+    assert got[("apinalytics_events_accepted_total", ())] == 5
+    assert got[("apinalytics_events_rejected_total", (("reason", "invalid_events"),))] == 4
+    # A body that is not JSON has no events to count; the reason still shows.
+    assert ("apinalytics_events_rejected_total", (("reason", "invalid_json"),)) in got
+    ok_posts = [
+        v
+        for (name, labels), v in got.items()
+        if name == "apinalytics_request_seconds_count"
+        and dict(labels).get("method") == "POST"
+        and dict(labels).get("status") == "200"
+    ]
+    assert sum(ok_posts) == 2
+
+
+async def test_metrics_of_one_instance_are_its_own(
+    client: TestClient, app_keys: NewApp, make_client: object, settings: object
+) -> None:
+    """No global registry: a second app in the same process starts from zero."""
+    h = write_headers(app_keys)
+    await client.post("/1/events/", json=[event()], headers=h)
+    other: TestClient = await make_client(settings)  # type: ignore[operator]
+    got = samples(await (await other.get("/metrics")).text())
+    assert got[("apinalytics_events_accepted_total", ())] == 0
+
+
+# -- the error shape everywhere ------------------------------------------------------------
+
+NOT_FOUND = [
+    ("api_unknown_route", "/1/nothing/here"),
+    ("api_version_2", "/2/events/"),
+    ("timeseries_missing_end", "/1/timeseries/100/"),
+    ("unknown_top_level", "/no-such-page.php"),
+]
+
+
+@pytest.mark.parametrize("path", [n[1] for n in NOT_FOUND], ids=[n[0] for n in NOT_FOUND])
+async def test_unknown_route_is_json_404(client: TestClient, path: str) -> None:
+    resp = await client.get(path)
+    await assert_error(resp, 404, "not_found", path)
+
+
+WRONG_METHOD = [
+    ("get_ingest", "GET", "/1/events/", "POST"),
+    ("put_ingest", "PUT", "/1/event", "POST"),
+    ("delete_ingest", "DELETE", "/1/events", "POST"),
+    ("post_timeseries", "POST", "/1/timeseries/0/60/", "GET"),
+    ("post_healthz", "POST", "/healthz", "GET"),
+]
+
+
+@pytest.mark.parametrize(("method", "path", "allowed"), [w[1:] for w in WRONG_METHOD],
+                         ids=[w[0] for w in WRONG_METHOD])  # fmt: skip
+async def test_wrong_method_is_json_405(
+    client: TestClient, method: str, path: str, allowed: str
+) -> None:
+    resp = await client.request(method, path)
+    await assert_error(resp, 405, "method_not_allowed", method, allowed)
+    assert allowed in resp.headers["Allow"]
+
+
+async def test_error_bodies_are_json_with_the_error_content_type(
+    client: TestClient, app_keys: NewApp
+) -> None:
+    resp = await client.post(
+        "/1/events/", data=b"[1]", headers={**write_headers(app_keys), "Content-Type": "x/y"}
+    )
+    err = await assert_error(resp, 415, "unsupported_media_type")
+    assert json.loads(await resp.read()) == {"error": err}
