@@ -10,6 +10,7 @@ ID the login page says how to configure it, and the CLI path still works.
 from __future__ import annotations
 
 import json
+import logging
 import os
 import stat
 from collections.abc import Callable
@@ -49,8 +50,12 @@ async def assert_login_failed(resp: aiohttp.ClientResponse, status: int, *mentio
 
 
 async def test_first_login_creates_the_user_and_a_session(
-    new_browser: Callable[[], Browser], github: FakeGitHub, db: asyncpg.Connection
+    new_browser: Callable[[], Browser],
+    github: FakeGitHub,
+    db: asyncpg.Connection,
+    caplog: pytest.LogCaptureFixture,
 ) -> None:
+    caplog.set_level(logging.DEBUG)
     browser = new_browser()
     assert not await logged_in(browser)
 
@@ -76,6 +81,10 @@ async def test_first_login_creates_the_user_and_a_session(
     row = await db.fetchrow("SELECT * FROM users")
     assert (row["github_id"], row["login"], row["name"]) == (1001, "alice", "Alice Example")
     assert row["last_login_at"] is not None
+    # Neither the access token nor the client secret reaches the logs, at any level.
+    (access_token,) = github.tokens
+    logged = caplog.text + "".join(str(vars(r)) for r in caplog.records)
+    assert access_token not in logged and "test-client-secret" not in logged
 
 
 async def test_session_cookie_is_httponly_lax_and_not_secure_over_http(
