@@ -1,7 +1,7 @@
 -- 0002 (Apache edition): the rollups events_1m and events_1h as plain hypertables
 -- that the ingest path keeps up to date in the same transaction as the events.
 --
--- Reversible: yes, by dropping both tables; `apinalytics.rollups.rebuild` recomputes
+-- Reversible: yes, by dropping both tables; `apinalytics.ingest.rollups.rebuild` recomputes
 -- them from the raw events for any range the raw events still cover.
 --
 -- Shape (identical to the Community edition's continuous aggregates, so the query

@@ -3,7 +3,7 @@
 --
 -- Reversible: yes, by dropping both views (events_1h first); they are recomputed
 -- from the raw events by re-running this migration's statements and
--- `apinalytics.rollups.rebuild` for the range the raw events still cover.
+-- `apinalytics.ingest.rollups.rebuild` for the range the raw events still cover.
 --
 -- Shape (identical to the Apache edition's tables, so the query planner reads either
 -- without knowing which): per bucket, app and combination of consumer_id, method,
@@ -18,8 +18,9 @@
 -- 2.13 and later). A query reads the materialized buckets below the aggregate's
 -- watermark and aggregates the rest on the fly (events_1m from events, events_1h
 -- from events_1m), so events newer than the last refresh are visible at once.
--- Back-dated events below a watermark are made visible by the ingest path, which
--- refreshes exactly their buckets after COMMIT (service/apinalytics/ingest/rollups.py).
+-- Events below an aggregate's invalidation threshold (back-dated, or later than the
+-- end_offset below) are made visible by the ingest path, which refreshes exactly
+-- their buckets after COMMIT (service/apinalytics/ingest/rollups.py).
 --
 -- create_group_indexes = false, then one index (app_id, bucket): every read is "one
 -- app, a bucket range"; the default one-index-per-grouping-column would only slow
