@@ -125,6 +125,10 @@ class LocalCluster:
                 self.port = int(state["port"])
                 self.license = state.get("license")
             return self
+        if state and self.license is None:
+            # A restart keeps the license it was first started with (the rollup mode
+            # recorded in its databases depends on it).
+            self.license = state.get("license")
         if not self.port:
             wanted = int(state["port"]) if state else 0
             self.port = wanted if wanted and _port_free(wanted) else free_port()
