@@ -134,7 +134,9 @@ async def pending(conn: asyncpg.Connection, directory: Path | None = None) -> li
     mode = await rollup_mode(conn)
     done: set[int] = set()
     if mode is None:
-        # Never migrated: the files the first run would apply, in the mode it would pick.
+        # Never migrated: the files the first run would apply, in the mode it would pick
+        # (the license is unknown until the extension exists in this database, and
+        # then the Apache variants are named: same numbers, same names).
         license = await conn.fetchval("SELECT current_setting('timescaledb.license', true)")
         mode = mode_for_license(str(license or "apache"))
     else:
