@@ -281,7 +281,9 @@ async def drop_expired(conn: asyncpg.Connection, now: datetime) -> list[Chunk]:
             expected = await chunks(conn, rel, cutoff)
             if not expected:
                 continue
-            await conn.fetch("SELECT drop_chunks($1::regclass, older_than => $2)", rel, cutoff)
+            await conn.fetch(
+                "SELECT drop_chunks($1::regclass, older_than => $2::timestamptz)", rel, cutoff
+            )
             await _record_dropped(conn, rel, max(c.end for c in expected))
             dropped += expected
     return dropped
