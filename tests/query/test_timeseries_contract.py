@@ -361,3 +361,48 @@ async def test_statement_timeout(
             headers={**read_headers(app_keys), "X-Apinalytics-Planner": "raw"},
         )
         await assert_error(resp, 503, "query_timeout", "statement timeout")
+
+
+PAST_RAW = [
+    pytest.param({"aggregation": "percentile_95"}, id="percentile"),
+    pytest.param({"group": "url"}, id="group_url"),
+    pytest.param({"include": "url:/v1/things?id=7"}, id="include_url"),
+    pytest.param({"granularity": "30"}, id="sub_minute_granularity"),
+]
+
+
+@pytest.mark.parametrize("params", PAST_RAW)
+async def test_past_raw_retention_is_gone(
+    client: TestClient, app_keys: NewApp, db: asyncpg.Connection, params: dict[str, str]
+) -> None:
+    await post(client, app_keys, [event(timestamp=T + 5)])
+    # Raw events are kept a week: the horizon moves, whether or not chunks were dropped.
+    await db.execute("UPDATE retention SET keep_s = $1 WHERE relation = 'events'", WEEK)
+    resp = await client.get(
+        f"/1/timeseries/{T}/{T + HOUR}", params=params, headers=read_headers(app_keys)
+    )
+    await assert_error(resp, 410, "past_retention", "raw data for that period is past retention")
+
+
+async def test_past_raw_retention_answered_from_rollups(
+    client: TestClient, app_keys: NewApp, db: asyncpg.Connection
+) -> None:
+    await post(
+        client, app_keys, [event(timestamp=T + 5 + 60 * i, response_us=i) for i in range(90)]
+    )
+    await db.execute("UPDATE retention SET keep_s = $1 WHERE relation = 'events'", WEEK)
+    path = f"/1/timeseries/{T}/{T + 2 * HOUR}"
+    resp = await client.get(
+        path, params={"granularity": "hour", "aggregation": "sum"}, headers=read_headers(app_keys)
+    )
+    assert resp.status == 200, await resp.text()
+    assert resp.headers["X-Apinalytics-Sources"] == "events_1h"
+    assert (await resp.json())["groups"] == {
+        app_keys.app_id: [[T, sum(range(60))], [T + HOUR, sum(range(60, 90))]]
+    }
+    resp = await client.get(
+        f"/1/timeseries/{T}/{T + 90}",
+        params={"granularity": "minute"},
+        headers=read_headers(app_keys),
+    )
+    await assert_error(resp, 410, "past_retention")
