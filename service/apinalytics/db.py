@@ -29,8 +29,12 @@ _UNAVAILABLE = (
     asyncpg.PostgresConnectionError,
     asyncpg.CannotConnectNowError,
     asyncpg.InterfaceError,  # connection closed under us
+    # A pooled connection whose backend was terminated while idle (pg_terminate_backend,
+    # a failover) fails its next statement with this: MagicStack/asyncpg#1069.
+    asyncpg.InternalClientError,
     asyncpg.AdminShutdownError,
     asyncpg.CrashShutdownError,
+    asyncpg.TooManyConnectionsError,  # max_connections or the role's limit reached
 )
 
 
