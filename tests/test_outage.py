@@ -5,17 +5,20 @@ when the database comes back.
 The test runs its own PostgreSQL cluster so that it can stop and restart it on the
 same port while the service keeps running: once between requests, once in the middle
 of a batch's write. Neither time is anything half-written, and an Idempotency-Key of a
-failed attempt is not spent.
+failed attempt is not spent. The same holds when the server is up but refuses new
+connections (connection limit reached) and its old ones were terminated.
 """
 
 from __future__ import annotations
 
 import asyncio
+import os
 import shutil
 import tempfile
 from collections.abc import AsyncIterator, Callable
 from pathlib import Path
 from typing import Any
+from urllib.parse import urlsplit, urlunsplit
 
 import asyncpg
 import pytest
@@ -119,3 +122,45 @@ async def wait_for_lock_waiter(conn: asyncpg.Connection) -> None:
             return
         await asyncio.sleep(0.05)
     raise AssertionError("the ingest never reached the locked table")
+
+
+async def test_too_many_connections_is_503_then_recovers(
+    database_url: str,
+    db: asyncpg.Connection,
+    app_keys: apps.NewApp,
+    make_client: Callable[[Settings], Any],
+    tmp_path: Path,
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    """The server refusing new connections is the database being unavailable too."""
+    # A role of its own: superusers are exempt from connection limits.
+    role = f"limited_{os.getpid()}"
+    await db.execute(f"CREATE ROLE {role} LOGIN")
+    try:
+        await db.execute(f"GRANT SELECT ON apps, apinalytics_meta TO {role}")
+        url = urlsplit(database_url)
+        dsn = urlunsplit(url._replace(netloc=f"{role}@{url.hostname}:{url.port}"))
+        settings = Settings(database_url=dsn, home=tmp_path / "home", db_connect_timeout_s=2.0)
+        client: TestClient = await make_client(settings)
+        h = write_headers(app_keys)
+        assert (await client.post("/1/events/", json=[], headers=h)).status == 200
+
+        await db.execute(f"ALTER ROLE {role} CONNECTION LIMIT 0")
+        await db.execute(
+            "SELECT pg_terminate_backend(pid) FROM pg_stat_activity WHERE usename = $1", role
+        )
+        # The first may still meet the terminated connection; the second must connect anew.
+        for _ in range(2):
+            resp = await client.post("/1/events/", json=[], headers=h)
+            await assert_error(resp, 503, "database_unavailable")
+            assert int(resp.headers["Retry-After"]) > 0
+        assert "TooManyConnectionsError" in caplog.text
+
+        await db.execute(f"ALTER ROLE {role} CONNECTION LIMIT -1")
+        assert (await client.post("/1/events/", json=[], headers=h)).status == 200
+    finally:
+        await db.execute(
+            "SELECT pg_terminate_backend(pid) FROM pg_stat_activity WHERE usename = $1", role
+        )
+        await db.execute(f"DROP OWNED BY {role}")
+        await db.execute(f"DROP ROLE {role}")
