@@ -7,7 +7,8 @@
   new one works, the other kind is unchanged.
 - ``apps delete APP --yes`` deletes the app together with all of its data; without
   ``--yes`` away from a terminal it refuses.
-- ``apps list`` shows apps without keys; ``migrate`` on a migrated database applies
+- ``serve`` runs the service (structured logs, no keys in them) until SIGTERM;
+  ``apps list`` shows apps without keys; ``migrate`` on a migrated database applies
   nothing. Failures exit non-zero with a one-line message, not a traceback.
 
 Only creation goes through the CLI twice; the other tests arrange their apps directly,
@@ -19,18 +20,21 @@ from __future__ import annotations
 import asyncio
 import json
 import os
+import signal
 import sys
 import time
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+import aiohttp
 import asyncpg
 import pytest
 from aiohttp.test_utils import TestClient
 
 from apinalytics import apps
 from apinalytics.apps import NewApp
+from apinalytics.localdb import free_port
 
 from .helpers import assert_error, event, read_headers, write_headers
 
@@ -49,12 +53,17 @@ class Run:
 
 
 @pytest.fixture
-def cli(database_url: str, tmp_path: Path) -> Any:
-    env = {
+def cli_env(database_url: str, tmp_path: Path) -> dict[str, str]:
+    return {
         **os.environ,
         "APINALYTICS_DATABASE_URL": database_url,
         "APINALYTICS_HOME": str(tmp_path / "home"),
     }
+
+
+@pytest.fixture
+def cli(cli_env: dict[str, str], tmp_path: Path) -> Any:
+    env = cli_env
 
     async def run(*argv: str) -> Run:
         proc = await asyncio.create_subprocess_exec(
@@ -221,3 +230,51 @@ async def test_unreachable_database_is_a_one_line_error(cli: Any) -> None:
     assert r.code == 1
     assert r.err.startswith("apinalytics: ")
     assert "Traceback" not in r.err
+
+
+async def test_serve_answers_then_stops_on_sigterm(
+    cli_env: dict[str, str], tmp_path: Path, db: asyncpg.Connection
+) -> None:
+    """`serve` is the whole service: ready, ingests, logs JSON lines without keys, and
+    exits 0 on SIGTERM."""
+    app = await apps.create(db, "served")
+    port = free_port()
+    proc = await asyncio.create_subprocess_exec(
+        sys.executable,
+        *("-m", "apinalytics", "serve", "--port", str(port)),
+        env=cli_env,
+        cwd=tmp_path,
+        stdin=asyncio.subprocess.DEVNULL,
+        stdout=asyncio.subprocess.PIPE,
+        stderr=asyncio.subprocess.PIPE,
+    )
+    base = f"http://127.0.0.1:{port}"
+    try:
+        async with aiohttp.ClientSession() as http:
+            await wait_until_ready(http, base, proc)
+            resp = await http.post(f"{base}/1/events/", json=[event()], headers=write_headers(app))
+            assert resp.status == 200, await resp.text()
+    finally:
+        proc.send_signal(signal.SIGTERM)
+        out, err = await asyncio.wait_for(proc.communicate(), timeout=30)
+    assert proc.returncode == 0, err.decode()
+    lines = [json.loads(line) for line in err.decode().splitlines() if line.startswith("{")]
+    requests = [r for r in lines if r.get("msg") == "request" and r.get("path") == "/1/events/"]
+    assert requests and requests[0]["status"] == 200 and requests[0]["app_id"] == app.app_id
+    assert app.write_key and app.write_key not in err.decode() + out.decode()
+
+
+async def wait_until_ready(
+    http: aiohttp.ClientSession, base: str, proc: asyncio.subprocess.Process
+) -> None:
+    for _ in range(300):
+        if proc.returncode is not None:
+            raise AssertionError(f"serve exited with {proc.returncode}")
+        try:
+            async with http.get(f"{base}/readyz") as resp:
+                if resp.status == 200:
+                    return
+        except aiohttp.ClientConnectionError:
+            pass
+        await asyncio.sleep(0.1)
+    raise AssertionError("serve never became ready")
