@@ -1,0 +1,273 @@
+"""Export benchmark: the server's memory stays flat however large the export.
+
+Generates realistic events (``common.EventMaker``) into a fresh non-durable cluster
+in ``bench/data/export-<mode>`` (COPY, then the rollups rebuilt), then, per format
+and export size, starts the service in a child process, streams
+``GET /1/events/<start>/<end>/`` to a client that discards the bytes, and samples
+the server's resident memory (VmRSS) every 10 ms. Reported: the resident size
+after a warm-up export, the peak during the export, their difference, and
+throughput. Also reports the on-disk bytes per event of each relation, for
+sizing storage (docs/retention.md).
+
+    .venv/bin/python bench/export_memory.py [--mode apache|community] [--events 1000000]
+        [--days 7] [--sizes 10000,100000,1000000]
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import contextlib
+import os
+import random
+import signal
+import socket
+import subprocess
+import sys
+import time
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any
+
+import aiohttp
+import asyncpg
+
+from apinalytics import apps, migrate
+from apinalytics.ingest import rollups
+from common import (
+    DATA,
+    EventMaker,
+    as_row,
+    cluster,
+    diurnal_minutes,
+    machine,
+    machine_line,
+    timestamps,
+)
+
+ROOT = Path(__file__).resolve().parents[1]
+DAY = 86400
+COPY_ROWS = 50_000
+SEED = 20141015
+COLUMNS = (
+    "time",
+    "app_id",
+    "consumer_id",
+    "method",
+    "url",
+    "function",
+    "response_us",
+    "status_code",
+    "data",
+)
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+def rss_kib(pid: int, field: str = "VmRSS") -> int:
+    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+        if line.startswith(field + ":"):
+            return int(line.split()[1])
+    raise RuntimeError(f"{field} not found for {pid}")
+
+
+async def load(dsn: str, mode: str, n: int, days: int) -> tuple[apps.NewApp, int, int, float]:
+    """n events over ``days`` days up to now, for one app; returns the app and range."""
+    conn = await asyncpg.connect(dsn)
+    try:
+        app = await apps.create(conn, "export-bench")
+        internal = await conn.fetchval("SELECT id FROM apps WHERE public_id = $1", app.app_id)
+        end = int(time.time()) // 60 * 60
+        start = end - days * DAY
+        maker = EventMaker(seed=SEED)
+        stamps = timestamps(random.Random(SEED), start, diurnal_minutes(start, days * 1440), n)
+        t = time.perf_counter()
+        for i in range(0, n, COPY_ROWS):
+            rows = [as_row(e, internal) for e in maker.events(stamps[i : i + COPY_ROWS])]
+            await conn.copy_records_to_table("events", records=rows, columns=COLUMNS)
+        copy_s = time.perf_counter() - t
+        await rollups.rebuild(conn, mode, start, end)
+        await conn.execute("VACUUM ANALYZE")
+        return app, start, end, copy_s
+    finally:
+        await conn.close()
+
+
+async def sizes(dsn: str) -> list[dict[str, Any]]:
+    conn = await asyncpg.connect(dsn)
+    try:
+        events = int(await conn.fetchval("SELECT count(*) FROM events"))
+        out = []
+        for rel in ("events", "events_1m", "events_1h"):
+            table = await conn.fetchval(
+                """
+                SELECT coalesce(
+                    (SELECT format('%I.%I', materialization_hypertable_schema,
+                                   materialization_hypertable_name)
+                     FROM timescaledb_information.continuous_aggregates WHERE view_name = $1),
+                    $1)
+                """,
+                rel,
+            )
+            size = int(await conn.fetchval("SELECT hypertable_size($1::regclass)", table))
+            rows = int(await conn.fetchval(f"SELECT count(*) FROM {table}"))
+            out.append({"relation": rel, "bytes": size, "rows": rows, "per_event": size / events})
+        return out
+    finally:
+        await conn.close()
+
+
+async def nth_time(dsn: str, n: int) -> int:
+    """The first whole second after the n-th event: [start, that) holds ~n events."""
+    conn = await asyncpg.connect(dsn)
+    try:
+        t = await conn.fetchval("SELECT time FROM events ORDER BY time OFFSET $1 LIMIT 1", n - 1)
+        return int(t.timestamp()) + 1
+    finally:
+        await conn.close()
+
+
+async def start_server(dsn: str, port: int) -> subprocess.Popen[bytes]:
+    env = {
+        **os.environ,
+        "APINALYTICS_DATABASE_URL": dsn,
+        "APINALYTICS_PORT": str(port),
+        "APINALYTICS_LOG_LEVEL": "WARNING",
+        "APINALYTICS_HOME": str(DATA / "home"),
+    }
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "apinalytics", "serve", "--no-migrate"], env=env, cwd=ROOT
+    )
+    async with aiohttp.ClientSession() as session:
+        for _ in range(150):
+            with contextlib.suppress(aiohttp.ClientError):
+                async with session.get(f"http://127.0.0.1:{port}/readyz") as resp:
+                    if resp.status == 200:
+                        return proc
+            await asyncio.sleep(0.2)
+    proc.kill()
+    raise RuntimeError("the service did not become ready")
+
+
+async def export_once(
+    port: int, app: apps.NewApp, start: int, end: int, fmt: str, pid: int
+) -> dict[str, Any]:
+    assert app.read_key
+    headers = {"X-Auth-User": app.app_id, "X-Auth-Key": app.read_key}
+    peak = rss_kib(pid)
+    done = asyncio.Event()
+
+    async def sample() -> None:
+        nonlocal peak
+        while not done.is_set():
+            peak = max(peak, rss_kib(pid))
+            await asyncio.sleep(0.01)
+
+    sampler = asyncio.create_task(sample())
+    nbytes = lines = 0
+    t = time.perf_counter()
+    url = f"http://127.0.0.1:{port}/1/events/{start}/{end}/?format={fmt}"
+    async with aiohttp.ClientSession() as session, session.get(url, headers=headers) as resp:
+        assert resp.status == 200, await resp.text()
+        async for chunk in resp.content.iter_chunked(1 << 16):
+            nbytes += len(chunk)
+            lines += chunk.count(b"\n")
+    elapsed = time.perf_counter() - t
+    done.set()
+    await sampler
+    events = lines - (1 if fmt == "csv" else 0)
+    return {"events": events, "bytes": nbytes, "seconds": elapsed, "peak_kib": peak}
+
+
+async def bench(mode: str, args: argparse.Namespace) -> str:
+    c = cluster(f"export-{mode}", mode, fresh=True)
+    await migrate.migrate(c.dsn)
+    app, start, _end, copy_s = await load(c.dsn, mode, args.events, args.days)
+    conn = await asyncpg.connect(c.dsn)
+    try:
+        m = await machine(conn)
+    finally:
+        await conn.close()
+    results = []
+    for n in args.sizes:
+        end = await nth_time(c.dsn, min(n, args.events))
+        for fmt in ("ndjson", "csv"):
+            port = free_port()
+            proc = await start_server(c.dsn, port)
+            try:
+                # Warm-up: code paths, pool connection, prepared statements.
+                await export_once(port, app, start, start + 60, fmt, proc.pid)
+                base = rss_kib(proc.pid)
+                r = await export_once(port, app, start, end, fmt, proc.pid)
+                r |= {"format": fmt, "base_kib": base}
+                results.append(r)
+                print(r, file=sys.stderr, flush=True)
+            finally:
+                proc.send_signal(signal.SIGINT)
+                proc.wait(60)
+    sized = await sizes(c.dsn)
+    c.stop()
+    return report(mode, args, m, results, sized, copy_s)
+
+
+def report(
+    mode: str,
+    args: argparse.Namespace,
+    m: dict[str, str],
+    results: list[dict[str, Any]],
+    sized: list[dict[str, Any]],
+    copy_s: float,
+) -> str:
+    when = datetime.now(UTC).strftime("%Y-%m-%d")
+    lines = [
+        f"### {mode} mode — {args.events:,} events over {args.days} days, one app ({when})",
+        "",
+        f"Machine: {machine_line(m)}.",
+        "",
+        "| format | events exported | bytes | seconds | events/s | server RSS after warm-up | peak RSS during export | growth |",
+        "|---|---:|---:|---:|---:|---:|---:|---:|",
+    ]
+    for r in results:
+        lines.append(
+            f"| {r['format']} | {r['events']:,} | {r['bytes'] / 2**20:.1f} MiB | {r['seconds']:.2f} | "
+            f"{r['events'] / r['seconds']:,.0f} | {r['base_kib'] / 1024:.1f} MiB | "
+            f"{r['peak_kib'] / 1024:.1f} MiB | {(r['peak_kib'] - r['base_kib']) / 1024:+.1f} MiB |"
+        )
+    lines += [
+        "",
+        "| relation | size on disk | rows | bytes per event |",
+        "|---|---:|---:|---:|",
+    ]
+    for s in sized:
+        lines.append(
+            f"| {s['relation']} | {s['bytes'] / 2**20:.1f} MiB | {s['rows']:,} | {s['per_event']:.1f} |"
+        )
+    lines += ["", f"Load: COPY {copy_s:.1f} s."]
+    return "\n".join(lines) + "\n"
+
+
+def main() -> None:
+    from common import modes_available
+
+    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    p.add_argument("--mode", default="apache", choices=["apache", "community", "all"])
+    p.add_argument("--events", type=int, default=1_000_000)
+    p.add_argument("--days", type=int, default=7)
+    p.add_argument(
+        "--sizes",
+        type=lambda s: [int(x) for x in s.split(",")],
+        default=[10_000, 100_000, 1_000_000],
+    )
+    args = p.parse_args()
+    for mode in modes_available(args.mode):
+        text = asyncio.run(bench(mode, args))
+        (DATA / f"export-results-{mode}.md").write_text(text)
+        print(text)
+
+
+if __name__ == "__main__":
+    main()
