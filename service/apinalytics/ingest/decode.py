@@ -51,6 +51,14 @@ class BatchRejected(InvalidEvents):
         self.events = events
 
 
+class BatchTooLarge(PayloadTooLarge):
+    """More events than the batch limit; ``events`` is how many."""
+
+    def __init__(self, message: str, events: int) -> None:
+        super().__init__(message)
+        self.events = events
+
+
 async def read_body(request: web.Request, settings: Settings) -> bytes:
     """The request body, gunzipped, within the size limit."""
     ctype = request.content_type
@@ -105,8 +113,9 @@ def parse(body: bytes, app: int, now: float, settings: Settings) -> list[Row]:
     except ValidationError as exc:
         raise _from_pydantic(exc, body) from None
     if len(events) > settings.max_batch_events:
-        raise PayloadTooLarge(
-            f"The batch has {len(events)} events; the limit is {settings.max_batch_events}."
+        raise BatchTooLarge(
+            f"The batch has {len(events)} events; the limit is {settings.max_batch_events}.",
+            events=len(events),
         )
     rows: list[Row] = []
     problems: list[dict[str, Any]] = []

@@ -35,7 +35,7 @@ async def post_events(request: web.Request) -> web.Response:
             rows = await loop.run_in_executor(None, decode.parse, body, creds.app, now, settings)
         else:
             rows = decode.parse(body, creds.app, now, settings)
-    except decode.BatchRejected as exc:
+    except (decode.BatchRejected, decode.BatchTooLarge) as exc:
         metrics.events_rejected.labels(reason=exc.code).inc(exc.events)
         raise
     except UserError as exc:
