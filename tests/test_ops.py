@@ -12,12 +12,15 @@
 from __future__ import annotations
 
 import json
+from collections.abc import Callable
+from typing import Any
 
 import pytest
 from aiohttp.test_utils import TestClient
 from prometheus_client.parser import text_string_to_metric_families
 
 from apinalytics.apps import NewApp
+from apinalytics.settings import Settings
 
 from .helpers import assert_error, event, write_headers
 
@@ -71,6 +74,17 @@ async def test_metrics_count_accepted_and_rejected_events(
         and dict(labels).get("status") == "200"
     ]
     assert sum(ok_posts) == 2
+
+
+async def test_metrics_count_the_events_of_a_batch_over_the_limit(
+    app_keys: NewApp, make_client: Callable[[Settings], Any], settings: Settings
+) -> None:
+    client: TestClient = await make_client(settings.model_copy(update={"max_batch_events": 5}))
+    resp = await client.post("/1/events/", json=[event()] * 6, headers=write_headers(app_keys))
+    await assert_error(resp, 413, "payload_too_large")
+    got = samples(await (await client.get("/metrics")).text())
+    assert got[("apinalytics_events_rejected_total", (("reason", "payload_too_large"),))] == 6
+    assert got[("apinalytics_events_accepted_total", ())] == 0
 
 
 async def test_metrics_of_one_instance_are_its_own(
