@@ -73,6 +73,8 @@ MATRIX: list[tuple[str, str, str, Headers, int]] = [
     ("ingest_read_key", "POST", INGEST, lambda a, o: read_headers(a), 403),
     ("ingest_write_key", "POST", INGEST, lambda a, o: write_headers(a), 200),
     ("query_no_headers", "GET", QUERY, lambda a, o: {}, 401),
+    # Without a key, only a logged-in owner's session may read; there is none here.
+    ("query_app_id_only_no_session", "GET", QUERY, lambda a, o: {"X-Auth-User": a.app_id}, 401),
     (
         "query_wrong_key",
         "GET",
