@@ -559,3 +559,20 @@ def test_script_without_database_fails_with_1(tmp_path: Path) -> None:
     )
     assert out.returncode == 1
     assert "apinalytics:" in out.stderr
+
+
+@pytest.mark.parametrize("mode", ALL_MODES, indirect=True)
+async def test_longer_retention_keeps_the_old_horizon_where_data_may_be_gone(
+    mode: str, settings: Settings, db: asyncpg.Connection
+) -> None:
+    """Community: the old policy may already have dropped up to now - old retention, so
+    lengthening it must not claim that data back. Apache: only `apply` drops, and it
+    records what it dropped, so the new retention is the horizon at once."""
+    assert await cli(settings, "set", "--raw", "10d", "--yes") == 0
+    assert await cli(settings, "set", "--raw", "20d") == 0
+    now = float(await db.fetchval("SELECT extract(epoch FROM now())"))
+    kept_back = 10 if mode == "community" else 20
+    assert (await retention.horizons(db))["events"] == pytest.approx(now - kept_back * DAY, abs=60)
+    assert await cli(settings, "set", "--raw", "forever") == 0
+    hz = (await retention.horizons(db))["events"]
+    assert (hz is None) == (mode == "apache")
