@@ -7,7 +7,8 @@
   new one works, the other kind is unchanged.
 - ``apps delete APP --yes`` deletes the app together with all of its data; without
   ``--yes`` away from a terminal it refuses.
-- ``serve`` runs the service (structured logs, no keys in them) until SIGTERM;
+- ``serve`` runs the service (structured logs, no keys in them) until SIGTERM, and
+  lets in-flight requests finish first (SPEC "Operations");
   ``apps list`` shows apps without keys; ``migrate`` on a migrated database applies
   nothing. Failures exit non-zero with a one-line message, not a traceback.
 
@@ -278,3 +279,71 @@ async def wait_until_ready(
             pass
         await asyncio.sleep(0.1)
     raise AssertionError("serve never became ready")
+
+
+async def test_sigterm_lets_an_in_flight_request_finish(
+    cli_env: dict[str, str], tmp_path: Path, db: asyncpg.Connection, database_url: str
+) -> None:
+    """SPEC "Operations": graceful shutdown finishes in-flight requests. The request is
+    held at its write by a lock until the server has stopped listening."""
+    app = await apps.create(db, "draining")
+    port = free_port()
+    proc = await asyncio.create_subprocess_exec(
+        sys.executable,
+        *("-m", "apinalytics", "serve", "--port", str(port), "--no-migrate"),
+        env=cli_env,
+        cwd=tmp_path,
+        stdin=asyncio.subprocess.DEVNULL,
+        stdout=asyncio.subprocess.PIPE,
+        stderr=asyncio.subprocess.PIPE,
+    )
+    base = f"http://127.0.0.1:{port}"
+    blocker = await asyncpg.connect(database_url)
+    try:
+        async with aiohttp.ClientSession() as http:
+            await wait_until_ready(http, base, proc)
+            tx = blocker.transaction()
+            await tx.start()
+            await blocker.execute("LOCK TABLE events IN ACCESS EXCLUSIVE MODE")
+            in_flight = asyncio.create_task(
+                http.post(f"{base}/1/events/", json=[event()] * 3, headers=write_headers(app))
+            )
+            await wait_for_lock_waiter(blocker)
+            proc.send_signal(signal.SIGTERM)
+            await wait_until_not_listening(port)
+            await tx.rollback()
+            resp = await in_flight
+            assert resp.status == 200, await resp.text()
+            assert await resp.json() == {"accepted": 3}
+        _, err = await asyncio.wait_for(proc.communicate(), timeout=30)
+        assert proc.returncode == 0, err.decode()
+        assert await db.fetchval("SELECT count(*) FROM events") == 3
+    finally:
+        await blocker.close()
+        if proc.returncode is None:
+            proc.kill()
+            await proc.wait()
+
+
+async def wait_for_lock_waiter(conn: asyncpg.Connection) -> None:
+    for _ in range(300):
+        waiting = await conn.fetchval(
+            "SELECT count(*) FROM pg_stat_activity "
+            "WHERE application_name = 'apinalytics' AND wait_event_type = 'Lock'"
+        )
+        if waiting:
+            return
+        await asyncio.sleep(0.05)
+    raise AssertionError("the request never reached the locked table")
+
+
+async def wait_until_not_listening(port: int) -> None:
+    for _ in range(300):
+        try:
+            _, writer = await asyncio.open_connection("127.0.0.1", port)
+        except OSError:
+            return
+        writer.close()
+        await writer.wait_closed()
+        await asyncio.sleep(0.05)
+    raise AssertionError("the server kept listening after SIGTERM")
