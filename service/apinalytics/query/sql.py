@@ -12,12 +12,12 @@ from request text; every value is a ``$n`` parameter.
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
-from ..rollups import RAW
+from ..rollups import RAW, ROLLUPS, Rollup
 from .model import DATA_PREFIX, Kind, Query
 from .planner import Plan
 
@@ -47,6 +47,9 @@ _FINAL: dict[Kind, tuple[tuple[str, ...], str]] = {
     Kind.MIN: (("min_us",), "min(min_us)::bigint"),
     Kind.MAX: (("max_us",), "max(max_us)::bigint"),
 }
+
+
+_SECONDS = "extract(epoch FROM bt)::bigint"
 
 
 def timestamp(t: int) -> datetime:
@@ -82,33 +85,55 @@ def filters(includes: dict[str, tuple[str, ...]] | Any, args: _Args) -> list[str
     return out
 
 
-def _bucketing(query: Query, args: _Args) -> Callable[[str], str]:
-    """The bucket-start expression (UNIX seconds) of a time column."""
+def _bucketing(query: Query, args: _Args, rollups: Sequence[Rollup]) -> Callable[[str, str], str]:
+    """The bucket-start expression (timestamptz) of a source's time column.
+
+    Parts group by timestamps; only the merged rows are turned into UNIX seconds,
+    because ``extract(epoch ...)`` on every scanned row costs more than the scan.
+    """
     g = query.granularity
     if g is None:
         # The whole range is one bucket, stamped with its start.
-        whole = args.add(query.start, "::bigint")
-        return lambda column: whole
-    width = args.add(timedelta(seconds=g.width_s), "::interval")
-    # An explicit origin: time_bucket's default one is not the epoch.
-    origin = args.add(timestamp(g.origin_s), "::timestamptz")
-    return lambda column: f"extract(epoch FROM time_bucket({width}, {column}, {origin}))::bigint"
+        whole = args.add(timestamp(query.start), "::timestamptz")
+        return lambda source, column: whole
+    same = {r.relation for r in rollups if r.width_s == g.width_s and g.origin_s % r.width_s == 0}
+    params: list[str] = []
+
+    def bucket(source: str, column: str) -> str:
+        # A rollup whose buckets are the query's needs no re-bucketing.
+        if source in same:
+            return column
+        if not params:
+            # Added on first use: PostgreSQL refuses parameters a statement never uses.
+            params.append(args.add(timedelta(seconds=g.width_s), "::interval"))
+            # An explicit origin: time_bucket's default one is not the epoch.
+            params.append(args.add(timestamp(g.origin_s), "::timestamptz"))
+        width, origin = params
+        return f"time_bucket({width}, {column}, {origin})"
+
+    return bucket
 
 
-def statement(query: Query, plan: Plan, app: int, group_key: str) -> tuple[str, list[Any]]:
+def statement(
+    query: Query,
+    plan: Plan,
+    app: int,
+    group_key: str,
+    rollups: Sequence[Rollup] = ROLLUPS,
+) -> tuple[str, list[Any]]:
     """SQL and arguments; rows are ``(b, g, v)``: bucket start (UNIX s), group, value.
 
     ``group_key`` is the one group's key when the query has no ``group``.
     """
     args = _Args()
     app_param = args.add(app)
-    bucket_of = _bucketing(query, args)
+    bucket_of = _bucketing(query, args, rollups)
     group = field_expr(query.group, args) if query.group else args.add(group_key, "::text")
     where = filters(dict(query.includes), args)
 
     def select(source: str, start: int, end: int, aggregates: list[str]) -> str:
         column = "time" if source == RAW else "bucket"
-        bucket = bucket_of(column)
+        bucket = bucket_of(source, column)
         conditions = [
             f"app_id = {app_param}",
             f"{column} >= {args.add(timestamp(start))}",
@@ -116,7 +141,7 @@ def statement(query: Query, plan: Plan, app: int, group_key: str) -> tuple[str, 
             *where,
         ]
         return (
-            f"SELECT {bucket} AS b, {group} AS g, {', '.join(aggregates)} "
+            f"SELECT {bucket} AS bt, {group} AS g, {', '.join(aggregates)} "
             f"FROM {source} WHERE {' AND '.join(conditions)} GROUP BY 1, 2"
         )
 
@@ -133,7 +158,11 @@ def statement(query: Query, plan: Plan, app: int, group_key: str) -> tuple[str, 
             )
             for p in plan.parts
         ]
-        return f"{' UNION ALL '.join(parts)} ORDER BY g, b", args.values
+        union = "\n UNION ALL ".join(parts)
+        return (
+            f"SELECT {_SECONDS} AS b, g, v FROM (\n {union}\n) parts ORDER BY g, b",
+            args.values,
+        )
 
     needs, final = _FINAL[agg.kind]
     parts = []
@@ -141,5 +170,8 @@ def statement(query: Query, plan: Plan, app: int, group_key: str) -> tuple[str, 
         i = 0 if p.source == RAW else 1
         parts.append(select(p.source, p.start, p.end, [f"{_PARTIAL[n][i]} AS {n}" for n in needs]))
     union = "\n UNION ALL ".join(parts)
-    sql = f"SELECT b, g, {final} AS v FROM (\n {union}\n) parts GROUP BY b, g ORDER BY g, b"
+    sql = (
+        f"SELECT {_SECONDS} AS b, g, {final} AS v FROM (\n {union}\n) parts "
+        "GROUP BY bt, g ORDER BY g, b"
+    )
     return sql, args.values
