@@ -27,6 +27,10 @@ _WHAT_FOR = {KeyKind.WRITE: "sending events", KeyKind.READ: "reading data"}
 async def require(request: web.Request, kind: KeyKind) -> Credentials:
     app_id = request.headers.get("X-Auth-User", "")
     key = request.headers.get("X-Auth-Key", "")
+    if not app_id.isascii():
+        # Application IDs are URL-safe ASCII. Other bytes reach us as lone surrogates
+        # (aiohttp's surrogateescape), which no query parameter can carry.
+        raise Unauthorized("Unknown Application ID or wrong key.")
     if app_id and not key and kind is KeyKind.READ:
         owned = await sessions.read_credentials(request, app_id)
         if owned is not None:

@@ -21,9 +21,9 @@ async def post_events(request: web.Request) -> web.Response:
     settings = request.app[SETTINGS]
     metrics = request.app[METRICS]
     idem = request.headers.get("Idempotency-Key")
-    if idem is not None and not 0 < len(idem) <= MAX_IDEMPOTENCY_KEY:
+    if idem is not None and not (0 < len(idem) <= MAX_IDEMPOTENCY_KEY and _is_text(idem)):
         raise UserError(
-            f"Idempotency-Key must be 1 to {MAX_IDEMPOTENCY_KEY} characters.",
+            f"Idempotency-Key must be 1 to {MAX_IDEMPOTENCY_KEY} characters of UTF-8 text.",
             code="invalid_idempotency_key",
         )
     try:
@@ -51,3 +51,12 @@ async def post_events(request: web.Request) -> web.Response:
     )
     metrics.events_accepted.inc(result.stored)
     return web.json_response({"accepted": result.accepted})
+
+
+def _is_text(header: str) -> bool:
+    """False for a header with invalid UTF-8 (kept by aiohttp as lone surrogates)."""
+    try:
+        header.encode()
+    except UnicodeEncodeError:
+        return False
+    return True
