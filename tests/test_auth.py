@@ -10,7 +10,9 @@
 
 from __future__ import annotations
 
+import asyncio
 import hashlib
+import json
 import logging
 import time
 from collections.abc import Callable
@@ -226,3 +228,39 @@ async def test_cors_headers_on_answers_and_errors(client: TestClient, app_keys: 
     for resp in (ok, denied):
         assert resp.headers["Access-Control-Allow-Origin"] == "*"
         assert "Retry-After" in resp.headers["Access-Control-Expose-Headers"]
+
+
+async def raw_post(client: TestClient, headers: bytes, body: bytes = b"[]") -> tuple[int, Any]:
+    """A request with header bytes no HTTP client library would send."""
+    reader, writer = await asyncio.open_connection("127.0.0.1", client.port)
+    writer.write(
+        b"POST /1/events/ HTTP/1.1\r\nHost: test\r\nConnection: close\r\n"
+        b"Content-Type: application/json\r\n" + headers
+        + b"Content-Length: " + str(len(body)).encode() + b"\r\n\r\n" + body
+    )  # fmt: skip
+    response = await reader.read()
+    writer.close()
+    await writer.wait_closed()
+    head, _, payload = response.partition(b"\r\n\r\n")
+    return int(head.split()[1]), json.loads(payload)
+
+
+RAW_HEADERS: list[tuple[str, Callable[[NewApp], bytes]]] = [
+    ("app_id_invalid_utf8", lambda a: b"X-Auth-User: \xff\xfe\r\nX-Auth-Key: k\r\n"),
+    (
+        "app_id_latin1",
+        lambda a: b"X-Auth-User: caf\xe9\r\nX-Auth-Key: " + (a.write_key or "").encode() + b"\r\n",
+    ),
+    (
+        "key_invalid_utf8",
+        lambda a: b"X-Auth-User: " + a.app_id.encode() + b"\r\nX-Auth-Key: \xff\xfe\r\n",
+    ),
+]
+
+
+@pytest.mark.parametrize("headers", [r[1] for r in RAW_HEADERS], ids=[r[0] for r in RAW_HEADERS])
+async def test_header_bytes_that_are_not_utf8_are_401(
+    client: TestClient, app_keys: NewApp, headers: Callable[[NewApp], bytes]
+) -> None:
+    status, body = await raw_post(client, headers(app_keys))
+    assert (status, body["error"]["code"]) == (401, "unauthorized"), body

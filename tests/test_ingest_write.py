@@ -227,3 +227,24 @@ async def test_idempotency_key_length(
     else:
         await assert_error(resp, 400, "invalid_idempotency_key", "Idempotency-Key")
         assert await count(db) == 0
+
+
+async def test_idempotency_key_not_utf8_is_400(
+    client: TestClient, app_keys: NewApp, db: asyncpg.Connection
+) -> None:
+    assert app_keys.write_key
+    reader, writer = await asyncio.open_connection("127.0.0.1", client.port)
+    writer.write(
+        b"POST /1/events/ HTTP/1.1\r\nHost: test\r\nConnection: close\r\n"
+        b"Content-Type: application/json\r\nContent-Length: 2\r\n"
+        b"X-Auth-User: " + app_keys.app_id.encode() + b"\r\n"
+        b"X-Auth-Key: " + app_keys.write_key.encode() + b"\r\n"
+        b"Idempotency-Key: \xff\xfe\r\n\r\n[]"
+    )  # fmt: skip
+    response = await reader.read()
+    writer.close()
+    await writer.wait_closed()
+    head, _, payload = response.partition(b"\r\n\r\n")
+    assert head.split()[1] == b"400", response
+    assert json.loads(payload)["error"]["code"] == "invalid_idempotency_key"
+    assert await count(db) == 0
