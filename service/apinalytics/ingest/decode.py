@@ -269,7 +269,7 @@ def _not_unicode(body: bytes) -> BatchRejected | None:
     """
     try:
         data = json.loads(body.decode("utf-8", "surrogateescape"))
-    except ValueError:
+    except (ValueError, RecursionError):  # nesting the strict parser refused is deeper still
         return None
     if not isinstance(data, list):
         return None
@@ -297,7 +297,7 @@ def _not_unicode(body: bytes) -> BatchRejected | None:
 def _count_hint(body: bytes) -> int:
     try:
         data = json.loads(body)
-    except ValueError:
+    except (ValueError, RecursionError):
         return 0
     return len(data) if isinstance(data, list) else 0
 
