@@ -4,7 +4,9 @@
 * ``set`` refuses what would lose data or exact answers, one sentence per reason that
   names the option to change: a finer rollup kept longer than a coarser one; on the
   Community edition a relation kept shorter than the refresh window (plus a bucket)
-  of a rollup built on it, or than the ingest window (back-dated events).
+  of a rollup built on it.
+* Ingest refuses events older than the raw retention (400 naming index and field),
+  so back-dated events never land where no refresh may reach them.
 * ``apply`` drops exactly the chunks entirely past retention in each relation, and
   nothing with ``--dry-run``; destructive actions need ``--yes`` away from a terminal.
   On the Community edition the retention policies do the dropping; ``--run`` runs them.
@@ -35,7 +37,7 @@ from apinalytics.retention import Rules, format_duration, parse_duration, refusa
 from apinalytics.settings import Settings
 
 from .conftest import ALL_MODES
-from .helpers import assert_error, read_headers
+from .helpers import assert_error, event, read_headers, write_headers
 
 ROOT = Path(__file__).resolve().parents[1]
 MIN, HOUR, DAY = 60, 3600, 86400
@@ -43,8 +45,6 @@ SPAN_DAYS = 40
 EVERY_S = 900
 # What the data-lifecycle tests set: raw 10 days, minute 20 days, hour forever.
 KEEP = {"events": 10 * DAY, "events_1m": 20 * DAY, "events_1h": None}
-# The Community rules need an ingest window shorter than the raw retention.
-INGEST_WINDOW = 5 * DAY
 
 
 @pytest.fixture
@@ -53,7 +53,6 @@ def settings(database_url: str, tmp_path: Path) -> Settings:
         database_url=database_url,
         home=tmp_path / "home",
         db_connect_timeout_s=2.0,
-        max_event_age_s=INGEST_WINDOW,
         log_json=True,
     )
 
@@ -121,8 +120,8 @@ def test_format_duration(seconds: int | None, text: str) -> None:
 # -- the safety rules (pure) ------------------------------------------------------
 
 WINDOWS = {"events_1m": DAY, "events_1h": 3 * DAY}
-APACHE = Rules("apache", {}, 366 * DAY)
-COMMUNITY = Rules("community", WINDOWS, 5 * DAY)
+APACHE = Rules("apache", {})
+COMMUNITY = Rules("community", WINDOWS)
 
 
 def keep(raw: int | None, minute: int | None, hour: int | None) -> dict[str, int | None]:
@@ -142,7 +141,7 @@ def keep(raw: int | None, minute: int | None, hour: int | None) -> dict[str, int
         ),
         (APACHE, keep(30 * DAY, None, 5 * 365 * DAY), ["--hour to at least forever"]),
         (COMMUNITY, keep(30 * DAY, 180 * DAY, None), []),
-        (Rules("community", WINDOWS, DAY), keep(DAY + MIN, 3 * DAY + HOUR, None), []),
+        (COMMUNITY, keep(DAY + MIN, 3 * DAY + HOUR, None), []),
         (
             COMMUNITY,
             keep(DAY + MIN - 1, 10 * DAY, None),
@@ -153,17 +152,13 @@ def keep(raw: int | None, minute: int | None, hour: int | None) -> dict[str, int
             keep(30 * DAY, 3 * DAY + HOUR - 1, None),
             ["--minute to at least 4d", "refresh window"],
         ),
+        (COMMUNITY, keep(3 * DAY, 30 * DAY, None), []),
         (
-            COMMUNITY,
-            keep(3 * DAY, 30 * DAY, None),
-            ["--raw to at least 6d", "lower APINALYTICS_MAX_EVENT_AGE_S", "at most 2d"],
-        ),
-        (
-            Rules("community", {"events_1m": None, "events_1h": 3 * DAY}, 5 * DAY),
+            Rules("community", {"events_1m": None, "events_1h": 3 * DAY}),
             keep(30 * DAY, None, None),
             ["no start_offset", "--raw forever"],
         ),
-        (Rules("community", {"events_1m": None}, 5 * DAY), keep(None, None, None), []),
+        (Rules("community", {"events_1m": None}), keep(None, None, None), []),
     ],
     ids=[
         "apache_forever_default",
@@ -175,7 +170,7 @@ def keep(raw: int | None, minute: int | None, hour: int | None) -> dict[str, int
         "community_at_the_windows_plus_one_bucket",
         "community_raw_one_second_inside_refresh_window",
         "community_minute_inside_hour_refresh_window",
-        "community_raw_shorter_than_ingest_window",
+        "community_raw_shorter_than_ingest_window_is_safe",
         "community_refresh_without_start",
         "community_forever_ignores_unbounded_refresh",
     ],
@@ -362,7 +357,6 @@ async def test_community_refusals_name_the_windows(
     assert await cli(settings, "set", "--raw", "1d", "--yes") == 3
     err = capsys.readouterr().err
     assert "refresh window" in err and "--raw to at least 2d" in err
-    assert "APINALYTICS_MAX_EVENT_AGE_S" in err
     # Accepted settings become retention policies with the same drop_after.
     assert await cli(settings, "set", "--raw", "10d", "--minute", "20d", "--yes") == 0
     jobs = await retention.retention_jobs(db)
@@ -576,3 +570,28 @@ async def test_longer_retention_keeps_the_old_horizon_where_data_may_be_gone(
     assert await cli(settings, "set", "--raw", "forever") == 0
     hz = (await retention.horizons(db))["events"]
     assert (hz is None) == (mode == "apache")
+
+
+@pytest.mark.parametrize("mode", ALL_MODES, indirect=True)
+async def test_ingest_refuses_events_past_raw_retention(
+    mode: str,
+    settings: Settings,
+    client: TestClient,
+    app_keys: NewApp,
+    db: asyncpg.Connection,
+) -> None:
+    assert await cli(settings, "set", "--raw", "10d", "--yes") == 0
+    now = datetime.now().timestamp()
+    inside = event(timestamp=now - 10 * DAY + HOUR)
+    outside = event(timestamp=now - 10 * DAY - HOUR)
+
+    resp = await client.post("/1/events/", json=[inside, outside], headers=write_headers(app_keys))
+    err = await assert_error(resp, 400, "invalid_events", "event 1, field timestamp", "retention")
+    assert err["details"] == [
+        {"index": 1, "field": "timestamp", "message": err["details"][0]["message"]}
+    ]
+    assert await db.fetchval("SELECT count(*) FROM events") == 0
+
+    resp = await client.post("/1/events/", json=[inside], headers=write_headers(app_keys))
+    assert resp.status == 200, await resp.text()
+    assert await db.fetchval("SELECT count(*) FROM events") == 1

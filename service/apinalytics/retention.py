@@ -80,14 +80,6 @@ def _days_up(seconds: int) -> str:
     return f"{-(-seconds // DAY)}d"
 
 
-def _round_down(seconds: int) -> str:
-    """A round duration at most ``seconds`` long (whole days, else hours, else minutes)."""
-    for unit in ("d", "h", "m"):
-        if seconds >= _UNITS[unit]:
-            return format_duration(seconds // _UNITS[unit] * _UNITS[unit])
-    return format_duration(max(seconds, 1))
-
-
 @dataclass(frozen=True)
 class Rules:
     """What the safety rules need to know besides the retention itself."""
@@ -96,9 +88,6 @@ class Rules:
     # Community: per rollup, how far back its refresh policy reaches (start_offset, s);
     # None means it has no start, i.e. refreshes from the beginning of time.
     refresh_windows: Mapping[str, int | None]
-    # How old an accepted event may be (settings.max_event_age_s): on the Community
-    # edition the ingest path refreshes back-dated events' buckets that far back.
-    ingest_window_s: int
 
 
 def refusals(keep: Mapping[str, int | None], rules: Rules) -> list[str]:
@@ -111,10 +100,9 @@ def refusals(keep: Mapping[str, int | None], rules: Rules) -> list[str]:
     2. Community edition: each rollup's refresh policy reaches back ``start_offset``;
        the relation it reads must be kept longer than that plus one bucket (windows
        are widened to whole buckets).
-    3. Community edition: back-dated events up to the ingest window old are refreshed
-       into each rollup, but only where the relation it reads is complete (a refresh
-       over dropped data would delete rollup rows), so that relation must be kept as
-       long as the ingest window, or such events would be accepted and never counted.
+
+    Events older than the raw horizon are refused at ingest (ingest/write.py), so a
+    raw retention shorter than the ingest window loses nothing either.
     """
     out: list[str] = []
     for finer, coarser in pairwise(sorted(ROLLUPS, key=lambda r: r.width_s)):
@@ -148,17 +136,6 @@ def refusals(keep: Mapping[str, int | None], rules: Rules) -> list[str]:
                 f"bucket): a refresh would read {source} data that is gone and delete "
                 f"{rollup.relation} rows; set {FLAGS[source]} to at least "
                 f"{_days_up(window + rollup.width_s)}."
-            )
-        need = rules.ingest_window_s + rollup.width_s
-        if kept < need:
-            out.append(
-                f"{FLAGS[source]} {format_duration(kept)} is shorter than the ingest window "
-                f"(APINALYTICS_MAX_EVENT_AGE_S = {format_duration(rules.ingest_window_s)}): "
-                f"events back-dated by more than {format_duration(kept)} would be accepted but "
-                f"never reach {rollup.relation}, which is refreshed from {source} only where "
-                f"{source} is still complete; set {FLAGS[source]} to at "
-                f"least {_days_up(need)}, or lower APINALYTICS_MAX_EVENT_AGE_S (for the "
-                f"service too) to at most {_round_down(kept - rollup.width_s)}."
             )
     return out
 
@@ -346,11 +323,11 @@ async def run_policies(conn: asyncpg.Connection) -> list[Chunk]:
 
 
 async def check(
-    conn: asyncpg.Connection, keep: Mapping[str, int | None], *, mode: str, ingest_window_s: int
+    conn: asyncpg.Connection, keep: Mapping[str, int | None], *, mode: str
 ) -> list[str]:
     """``refusals`` of a whole retention, against this database's refresh policies."""
     windows = await refresh_windows(conn) if mode == "community" else {}
-    return refusals(keep, Rules(mode, windows, ingest_window_s))
+    return refusals(keep, Rules(mode, windows))
 
 
 async def set_retention(
@@ -358,7 +335,6 @@ async def set_retention(
     changes: Mapping[str, int | None],
     *,
     mode: str,
-    ingest_window_s: int,
 ) -> dict[str, int | None]:
     """Change the retention of some relations; raises UnsafeRetention, changing nothing.
 
@@ -370,7 +346,7 @@ async def set_retention(
         await conn.execute("SELECT 1 FROM retention FOR UPDATE")
         old = await retention_in_force(conn)
         new = {**old, **changes}
-        reasons = await check(conn, new, mode=mode, ingest_window_s=ingest_window_s)
+        reasons = await check(conn, new, mode=mode)
         if reasons:
             raise UnsafeRetention(reasons)
         for rel, keep in changes.items():

@@ -233,9 +233,7 @@ async def cmd_set(args: argparse.Namespace, settings: Settings) -> int:
         old = await retention.retention_in_force(conn)
         # Refusals first, so an unsafe setting says why before anyone is asked anything;
         # set_retention checks again under its lock.
-        reasons = await retention.check(
-            conn, {**old, **changes}, mode=mode, ingest_window_s=settings.max_event_age_s
-        )
+        reasons = await retention.check(conn, {**old, **changes}, mode=mode)
         if reasons:
             return _refused(reasons)
         shorter = [rel for rel, keep in changes.items() if _shorter(keep, old[rel])]
@@ -247,9 +245,7 @@ async def cmd_set(args: argparse.Namespace, settings: Settings) -> int:
             if stop is not None:
                 return stop
         try:
-            new = await retention.set_retention(
-                conn, changes, mode=mode, ingest_window_s=settings.max_event_age_s
-            )
+            new = await retention.set_retention(conn, changes, mode=mode)
         except retention.UnsafeRetention as exc:
             return _refused(exc.reasons)
     finally:

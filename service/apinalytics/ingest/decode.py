@@ -12,6 +12,7 @@ from __future__ import annotations
 import json
 import re
 import zlib
+from collections.abc import Sequence
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
@@ -221,6 +222,22 @@ def _window_message(ts: float, earliest: float, latest: float) -> str:
 
     when = "too old" if ts < earliest else "in the future"
     return f"is {when}: accepted from {iso(earliest)} to {iso(latest)} (UNIX seconds, UTC)"
+
+
+def past_horizon(rows: Sequence[Row], horizon: float) -> BatchRejected:
+    """The events of a batch older than the raw events' retention horizon."""
+    cutoff = EPOCH + timedelta(seconds=horizon)
+    since = cutoff.isoformat(timespec="seconds")
+    problems: list[dict[str, Any]] = [
+        {
+            "index": i,
+            "field": "timestamp",
+            "message": f"is older than the raw events' retention: accepted from {since}",
+        }
+        for i, row in enumerate(rows)
+        if row[0] < cutoff
+    ]
+    return _rejected(problems, len(rows))
 
 
 _MESSAGES = {

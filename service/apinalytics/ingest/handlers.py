@@ -35,20 +35,20 @@ async def post_events(request: web.Request) -> web.Response:
             rows = await loop.run_in_executor(None, decode.parse, body, creds.app, now, settings)
         else:
             rows = decode.parse(body, creds.app, now, settings)
+        result = await write.store(
+            request.app[DB],
+            creds.app,
+            rows,
+            mode=request.app[ROLLUP_MODE],
+            idempotency_key=idem,
+            idempotency_ttl_s=settings.idempotency_ttl_s,
+        )
     except (decode.BatchRejected, decode.BatchTooLarge) as exc:
         metrics.events_rejected.labels(reason=exc.code).inc(exc.events)
         raise
     except UserError as exc:
         metrics.events_rejected.labels(reason=exc.code).inc(0)
         raise
-    result = await write.store(
-        request.app[DB],
-        creds.app,
-        rows,
-        mode=request.app[ROLLUP_MODE],
-        idempotency_key=idem,
-        idempotency_ttl_s=settings.idempotency_ttl_s,
-    )
     metrics.events_accepted.inc(result.stored)
     return web.json_response({"accepted": result.accepted})
 

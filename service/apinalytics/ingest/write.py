@@ -3,6 +3,10 @@
 The caller answers 200 only after ``store`` returns, i.e. after COMMIT: a batch is
 stored whole or not at all. An Idempotency-Key is claimed inside the same
 transaction, so a retry racing the first attempt waits for it and then sees it.
+
+Events older than the raw events' retention horizon are refused: they would be
+dropped at the next retention run, and on the Community edition they could never be
+refreshed into the rollups (a refresh over dropped raw data deletes rollup rows).
 """
 
 from __future__ import annotations
@@ -11,8 +15,9 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 
 from ..db import Database, timed
+from ..rollups import RAW
 from . import rollups
-from .decode import COLUMNS, Row
+from .decode import COLUMNS, EPOCH, Row, past_horizon
 
 
 @dataclass(frozen=True)
@@ -42,6 +47,20 @@ async def store(
 ) -> Stored:
     """Store a validated batch, or recognise a retry of one already stored."""
     async with db.transaction() as conn:
+        if rows:
+            # Read in the batch's transaction: a retention change commits before or after.
+            horizon = await timed(
+                conn.fetchval,
+                """
+                SELECT extract(epoch FROM greatest(
+                    dropped_before, now() - make_interval(secs => keep_s)))::float8
+                FROM retention WHERE relation = $1
+                """,
+                (RAW,),
+                "raw horizon",
+            )
+            if horizon is not None and (min(r[0] for r in rows) - EPOCH).total_seconds() < horizon:
+                raise past_horizon(rows, horizon)
         if idempotency_key is not None:
             claimed = await timed(
                 conn.fetchval,
