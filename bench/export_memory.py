@@ -34,6 +34,7 @@ import asyncpg
 
 from apinalytics import apps, migrate
 from apinalytics.ingest import rollups
+from apinalytics.ingest.decode import COLUMNS
 from common import (
     DATA,
     EventMaker,
@@ -49,17 +50,6 @@ ROOT = Path(__file__).resolve().parents[1]
 DAY = 86400
 COPY_ROWS = 50_000
 SEED = 20141015
-COLUMNS = (
-    "time",
-    "app_id",
-    "consumer_id",
-    "method",
-    "url",
-    "function",
-    "response_us",
-    "status_code",
-    "data",
-)
 
 
 def free_port() -> int:

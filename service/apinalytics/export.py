@@ -26,9 +26,10 @@ from aiohttp import web
 from . import auth, retention
 from .apps import KeyKind
 from .errors import ApiError, Gone, InvalidQuery
+from .ingest.model import FIELDS as EVENT_FIELDS
 from .keys import DB
 from .query import params
-from .query.sql import _Args, filters
+from .query.sql import Params, filters
 from .rollups import RAW
 
 log = logging.getLogger(__name__)
@@ -36,16 +37,8 @@ log = logging.getLogger(__name__)
 # Rows per fetch and per write: ~100 kB of output for typical events, big enough
 # that per-batch overhead vanishes, small enough that memory does not grow.
 BATCH_ROWS = 1000
-FIELDS = (
-    "timestamp",
-    "consumer_id",
-    "method",
-    "url",
-    "function",
-    "response_us",
-    "status_code",
-    "data",
-)
+# The fields of an exported event are those of an ingested one, in the same order.
+FIELDS = EVENT_FIELDS
 NDJSON = "application/x-ndjson"
 CSV = "text/csv"
 FORMATS = {"ndjson": NDJSON, "csv": CSV}
@@ -107,7 +100,7 @@ ENCODERS: dict[str, Callable[[Sequence[asyncpg.Record]], str]] = {
 def statement(
     app: int, start: int, end: int, includes: dict[str, list[str]]
 ) -> tuple[str, list[object]]:
-    args = _Args()
+    args = Params()
     where = [
         f"app_id = {args.add(app)}",
         f"time >= {args.add(datetime.fromtimestamp(start, UTC))}",

@@ -57,7 +57,9 @@ def timestamp(t: int) -> datetime:
 
 
 @dataclass
-class _Args:
+class Params:
+    """The $n parameters of one statement: values never enter the SQL text."""
+
     values: list[Any] = field(default_factory=list)
 
     def add(self, value: Any, cast: str = "") -> str:
@@ -65,7 +67,7 @@ class _Args:
         return f"${len(self.values)}{cast}"
 
 
-def field_expr(name: str, args: _Args) -> str:
+def field_expr(name: str, args: Params) -> str:
     """The SQL expression of a field, as text (group keys are always strings)."""
     if name.startswith(DATA_PREFIX):
         # A missing key groups (and matches) as the empty string.
@@ -74,7 +76,7 @@ def field_expr(name: str, args: _Args) -> str:
     return f"{column}::text" if column == "status_code" else column
 
 
-def filters(includes: dict[str, tuple[str, ...]] | Any, args: _Args) -> list[str]:
+def filters(includes: dict[str, tuple[str, ...]] | Any, args: Params) -> list[str]:
     """``field = ANY(values)`` per field: OR within a field, AND across fields."""
     out = []
     for name, values in includes.items():
@@ -85,7 +87,7 @@ def filters(includes: dict[str, tuple[str, ...]] | Any, args: _Args) -> list[str
     return out
 
 
-def _bucketing(query: Query, args: _Args, rollups: Sequence[Rollup]) -> Callable[[str, str], str]:
+def _bucketing(query: Query, args: Params, rollups: Sequence[Rollup]) -> Callable[[str, str], str]:
     """The bucket-start expression (timestamptz) of a source's time column.
 
     Parts group by timestamps; only the merged rows are turned into UNIX seconds,
@@ -125,7 +127,7 @@ def statement(
 
     ``group_key`` is the one group's key when the query has no ``group``.
     """
-    args = _Args()
+    args = Params()
     app_param = args.add(app)
     bucket_of = _bucketing(query, args, rollups)
     group = field_expr(query.group, args) if query.group else args.add(group_key, "::text")
