@@ -21,6 +21,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import json
+import logging
 import random
 import time
 from collections.abc import Sequence
@@ -167,6 +168,8 @@ async def _per_app(dsn: str) -> dict[int, int]:
 
 
 def main() -> None:
+    # Bulk loads and rebuilds run statements for seconds by design: not worth a warning.
+    logging.getLogger("apinalytics.db").setLevel(logging.ERROR)
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--mode", default="apache", choices=["apache", "community"])
     p.add_argument("--events", type=int, default=10_000_000)
