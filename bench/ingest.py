@@ -15,7 +15,7 @@ table (and emptied rollup tables in the Apache mode), and checks the row count; 
 report is the median over rounds, because the machine is shared and noisy.
 
     .venv/bin/python bench/ingest.py [--mode apache|community|all] [--events 100000]
-        [--rounds 3] [--concurrency 16] [--profile]
+        [--rounds 3] [--concurrency 16] [--profile] [--server-env NAME=VALUE ...]
 
 ``--profile`` also runs the service once under pyinstrument (batches of 1,000, with
 decoding kept on the event loop thread so the sampler sees it) and writes the report
@@ -61,6 +61,13 @@ async def main() -> None:
     p.add_argument("--rounds", type=int, default=3)
     p.add_argument("--concurrency", type=int, default=16)
     p.add_argument("--profile", action="store_true")
+    p.add_argument(
+        "--server-env",
+        action="append",
+        default=[],
+        metavar="NAME=VALUE",
+        help="an APINALYTICS_* setting for the service, e.g. APINALYTICS_DB_POOL_MAX=16",
+    )
     args = p.parse_args()
     for mode in modes_available(args.mode):
         await bench_mode(mode, args)
@@ -113,7 +120,8 @@ async def bench_mode(mode: str, args: argparse.Namespace) -> None:
             print(f"  {name:<28} {n / elapsed:>10,.0f} events/s", flush=True)
 
         port = localdb.free_port()
-        server = await _start_server(c.dsn, port)
+        server_env = dict(kv.split("=", 1) for kv in args.server_env)
+        server = await _start_server(c.dsn, port, env=server_env)
         url = f"http://127.0.0.1:{port}/1/events/"
         headers = {
             "X-Auth-User": app.app_id,
@@ -321,7 +329,8 @@ def _report(
 ) -> None:
     ceiling = median(runs["copy_all"])
     lines = [
-        f"### {mode} mode — {args.events:,} events, median of {args.rounds} rounds",
+        f"### {mode} mode — {args.events:,} events, median of {args.rounds} rounds"
+        + (f" (service with {', '.join(args.server_env)})" if args.server_env else ""),
         "",
         f"Machine: {machine_line(m)}.",
         "",
@@ -341,9 +350,13 @@ def _report(
         lines.append(f"Profile: {profile.relative_to(ROOT)}")
     text = "\n".join(lines)
     print("\n" + text + "\n", flush=True)
-    out = DATA / f"ingest-results-{mode}.json"
-    out.write_text(json.dumps({"machine": m, "runs": runs, "decode_us": decode_us}, indent=1))
-    (DATA / f"ingest-results-{mode}.md").write_text(text + "\n")
+    # Runs with service settings changed keep their own files.
+    tag = "".join(f"-{kv.split('=', 1)[0].removeprefix('APINALYTICS_')}" for kv in args.server_env)
+    out = DATA / f"ingest-results-{mode}{tag.lower()}"
+    out.with_suffix(".json").write_text(
+        json.dumps({"machine": m, "runs": runs, "decode_us": decode_us}, indent=1)
+    )
+    out.with_suffix(".md").write_text(text + "\n")
 
 
 if __name__ == "__main__":
