@@ -180,10 +180,11 @@ def main() -> None:
     manifest = asyncio.run(
         ensure(args.mode, events=args.events, days=args.days, n_apps=args.apps, force=args.force)
     )
+    start_cluster(f"query-{args.mode}", args.mode, fresh=False).stop()
     print(
         f"{manifest['stored']:,} events from {manifest['start']} to {manifest['end']}; "
         f"COPY {manifest['copy_s']} s, rollup rebuild {manifest['rebuild_s']} s; "
-        f"database at {manifest['dsn']}"
+        f"in bench/data/query-{args.mode} (stopped; bench/query.py starts it)"
     )
 
 

@@ -98,6 +98,7 @@ async def main() -> None:
         for dim in ("app", "function", "consumer_id"):
             await conn.execute(f"DROP TABLE IF EXISTS scratch_1h_{dim}")
         await conn.close()
+        await asyncio.to_thread(c.stop)
 
 
 if __name__ == "__main__":

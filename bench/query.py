@@ -42,7 +42,7 @@ from apinalytics import localdb
 from apinalytics.app import create_app
 from apinalytics.rollups import RAW, ROLLUPS
 from apinalytics.settings import Settings
-from common import DATA, machine, machine_line, median, modes_available, percentile
+from common import DATA, cluster, machine, machine_line, median, modes_available, percentile
 
 HOUR = 3600
 DAY = 86400
@@ -99,7 +99,11 @@ async def main() -> None:
     args = p.parse_args()
     for mode in modes_available(args.mode):
         data = await generate.ensure(mode, events=args.events, days=args.days, n_apps=args.apps)
-        await bench_mode(mode, data, args)
+        try:
+            await bench_mode(mode, data, args)
+        finally:
+            # The data stays for the next run; the server (and its job scheduler) stops.
+            await asyncio.to_thread(cluster(f"query-{mode}", mode, fresh=False).stop)
 
 
 async def bench_mode(mode: str, data: dict[str, Any], args: argparse.Namespace) -> None:
