@@ -33,8 +33,8 @@ $(DASHBOARD): dashboard/package.json dashboard/package-lock.json
 check: lint typecheck
 
 lint: $(STAMP)
-	$(BIN)/ruff check service tests bench scripts/*.py
-	$(BIN)/ruff format --check service tests bench scripts/*.py
+	$(BIN)/ruff check service tests bench
+	$(BIN)/ruff format --check service tests bench
 
 typecheck: $(STAMP)
 	$(BIN)/mypy
