@@ -33,7 +33,7 @@ from apinalytics import retention
 from apinalytics.__main__ import build_parser
 from apinalytics.apps import NewApp
 from apinalytics.ingest import rollups
-from apinalytics.retention import Rules, format_duration, parse_duration, refusals
+from apinalytics.retention import FLAGS, Rules, format_duration, parse_duration, refusals
 from apinalytics.settings import Settings
 
 from .conftest import ALL_MODES
@@ -184,6 +184,32 @@ def test_refusals(rules: Rules, kept: dict[str, int | None], mentions: list[str]
         assert m in text, f"{m!r} not in {text!r}"
     for r in reasons:
         assert r.endswith("."), "each refusal is one sentence"
+
+
+NARROW = ("events_1h_app", "events_1h_function", "events_1h_consumer")
+NARROW_WINDOWS = Rules("community", {**WINDOWS, **dict.fromkeys(NARROW, 7 * DAY)})
+
+
+def test_hour_option_covers_the_narrow_hour_rollups() -> None:
+    assert {rel: flag for rel, flag in FLAGS.items() if flag == "--hour"} == dict.fromkeys(
+        ("events_1h", *NARROW), "--hour"
+    )
+
+
+@pytest.mark.parametrize(
+    ("hour", "mentions"),
+    [
+        pytest.param(7 * DAY + HOUR, [], id="hour_at_narrow_window_plus_one_bucket"),
+        pytest.param(7 * DAY + HOUR - 1, ["--hour to at least 8d"], id="hour_inside_narrow_window"),
+    ],
+)
+def test_community_hour_retention_covers_the_narrow_refresh_windows(
+    hour: int, mentions: list[str]
+) -> None:
+    kept = {**keep(30 * DAY, 4 * DAY, hour), **dict.fromkeys(NARROW, hour)}
+    reasons = refusals(kept, NARROW_WINDOWS)
+    assert all(m in " ".join(reasons) for m in mentions)
+    assert bool(reasons) == bool(mentions)
 
 
 # -- data spread over many days and chunks ----------------------------------------
@@ -345,6 +371,9 @@ async def test_unsafe_set_refused_and_nothing_changed(
         "events": None,
         "events_1m": None,
         "events_1h": None,
+        "events_1h_app": None,
+        "events_1h_function": None,
+        "events_1h_consumer": None,
     }
     assert await db.fetchval(policies) == 0
 
@@ -364,6 +393,12 @@ async def test_community_refusals_name_the_windows(
         "events": 10 * DAY,
         "events_1m": 20 * DAY,
     }
+    # --hour sets events_1h and the narrow hour rollups alike.
+    assert await cli(settings, "set", "--hour", "30d", "--yes") == 0
+    jobs = await retention.retention_jobs(db)
+    assert {rel: j.drop_after_s for rel, j in jobs.items() if rel.startswith("events_1h")} == (
+        dict.fromkeys(("events_1h", *NARROW), 30 * DAY)
+    )
     # Forever removes the policy.
     assert await cli(settings, "set", "--minute", "forever", "--hour", "forever") == 0
     assert set(await retention.retention_jobs(db)) == {"events"}
@@ -393,7 +428,7 @@ async def test_rollups_outlive_raw_events(
     ):
         await db.execute("CALL run_job($1)", job["job_id"])
     await rollups.rebuild(db, mode, old[0].timestamp(), now.timestamp())
-    for rel in ("events_1m", "events_1h"):
+    for rel in ("events_1m", "events_1h", *NARROW):
         assert await db.fetchval(count.format(rel), *old) == want, rel
 
     # The trap is real: a refresh from the start of time deletes those rows.

@@ -1,9 +1,11 @@
-"""The rollups events_1m and events_1h, in both rollup modes.
+"""The rollups (events_1m, events_1h and the narrow hour ones), in both rollup modes.
 
 Spec (SPEC "Storage", docs/rollups.md): per bucket (one minute, one hour, aligned to
-the UNIX epoch), app, consumer_id, method, function and status_code, the rollups hold
-calls, sum_us, min_us and max_us of response_us, and equal what a brute-force
-aggregation of the events gives. Once ingest answered 200 the rollups reflect the
+the UNIX epoch), app and combination of the rollup's dimensions (consumer_id, method,
+function and status_code for events_1m and events_1h; none, function, consumer_id for
+events_1h_app, events_1h_function, events_1h_consumer), the rollups hold calls,
+sum_us, min_us and max_us of response_us, and equal what a brute-force aggregation of
+the events gives. Once ingest answered 200 the rollups reflect the
 batch, back-dated events included (read-your-writes); concurrent batches all succeed
 with exact totals; deleting an app removes its rollup rows and only its.
 
@@ -18,11 +20,13 @@ from __future__ import annotations
 import asyncio
 import os
 import random
+import shutil
 import subprocess
 import sys
 import time
 from collections.abc import Iterable
 from datetime import UTC, datetime, timedelta
+from pathlib import Path
 from typing import Any
 
 import asyncpg
@@ -31,29 +35,38 @@ from aiohttp.test_utils import TestClient
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from apinalytics import apps
+from apinalytics import apps, migrate, retention
 from apinalytics.apps import NewApp
 from apinalytics.ingest import rollups as upkeep
 from apinalytics.ingest.decode import COLUMNS
-from apinalytics.rollups import ROLLUPS
+from apinalytics.rollups import ROLLUPS, Rollup
 
 from .conftest import ALL_MODES
 from .dbs import Servers
 from .helpers import event, write_headers
 
 EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
-SHAPE = [
-    ("bucket", "timestamp with time zone"),
-    ("app_id", "integer"),
-    ("consumer_id", "text"),
-    ("method", "text"),
-    ("function", "text"),
-    ("status_code", "smallint"),
-    ("calls", "bigint"),
-    ("sum_us", "bigint"),
-    ("min_us", "bigint"),
-    ("max_us", "bigint"),
-]
+DIMENSION_SHAPE = {
+    "consumer_id": "text",
+    "method": "text",
+    "function": "text",
+    "status_code": "smallint",
+}
+
+
+def shape(rollup: Rollup) -> list[tuple[str, str]]:
+    return [
+        ("bucket", "timestamp with time zone"),
+        ("app_id", "integer"),
+        *((d, DIMENSION_SHAPE[d]) for d in rollup.dimensions),
+        ("calls", "bigint"),
+        ("sum_us", "bigint"),
+        ("min_us", "bigint"),
+        ("max_us", "bigint"),
+    ]
+
+
+NARROW = ("events_1h_app", "events_1h_function", "events_1h_consumer")
 Key = tuple[Any, ...]
 Totals = dict[Key, tuple[int, int, int, int]]
 
@@ -63,30 +76,35 @@ all_modes = pytest.mark.parametrize("mode", ALL_MODES, indirect=True)
 # -- the oracle and what the database holds ------------------------------------------
 
 
-def oracle(events: Iterable[dict[str, Any]], app: int, width_s: int) -> Totals:
+def oracle(events: Iterable[dict[str, Any]], app: int, rollup: Rollup) -> Totals:
     """Brute force: bucket each event (its timestamp rounded to the microsecond, as
-    SPEC keeps it) and aggregate per key."""
+    SPEC keeps it) and aggregate per app, bucket and the rollup's dimensions."""
     groups: dict[Key, list[int]] = {}
     for e in events:
         us = round(e["timestamp"] * 1_000_000)
-        bucket = EPOCH + timedelta(microseconds=us - us % (width_s * 1_000_000))
-        key = (app, bucket, e["consumer_id"], e["method"].upper(), e["function"], e["status_code"])
+        bucket = EPOCH + timedelta(microseconds=us - us % (rollup.width_s * 1_000_000))
+        values = {**e, "method": e["method"].upper()}
+        key = (app, bucket, *(values[d] for d in rollup.dimensions))
         groups.setdefault(key, []).append(e["response_us"])
     return {k: (len(v), sum(v), min(v), max(v)) for k, v in groups.items()}
 
 
+def by_relation(relation: str) -> Rollup:
+    return next(r for r in ROLLUPS if r.relation == relation)
+
+
 async def held(db: asyncpg.Connection, relation: str, app: int | None = None) -> Totals:
+    dims = "".join(f", {d}" for d in by_relation(relation).dimensions)
     rows = await db.fetch(
         f"""
-        SELECT app_id, bucket, consumer_id, method, function, status_code,
-               calls, sum_us, min_us, max_us
+        SELECT app_id, bucket{dims}, calls, sum_us, min_us, max_us
         FROM {relation} WHERE $1::integer IS NULL OR app_id = $1
         """,
         app,
     )
     out: Totals = {}
     for r in rows:
-        key = tuple(r)[:6]
+        key = tuple(r)[:-4]
         assert key not in out, f"{relation} holds {key} twice"
         out[key] = (r["calls"], r["sum_us"], r["min_us"], r["max_us"])
     return out
@@ -95,11 +113,12 @@ async def held(db: asyncpg.Connection, relation: str, app: int | None = None) ->
 async def assert_rollups_match(
     db: asyncpg.Connection, sent: dict[int, list[dict[str, Any]]]
 ) -> None:
-    """Both rollups equal the oracle, app by app, and hold no other app's rows."""
+    """Every rollup equals the oracle, app by app, and holds no other app's rows."""
+    assert {r.relation for r in ROLLUPS} >= {"events_1m", "events_1h", *NARROW}
     for rollup in ROLLUPS:
         want: Totals = {}
         for app, events in sent.items():
-            want.update(oracle(events, app, rollup.width_s))
+            want.update(oracle(events, app, rollup))
         got = await held(db, rollup.relation)
         assert got == want, rollup.relation
 
@@ -116,7 +135,8 @@ async def post(client: TestClient, app: NewApp, events: list[dict[str, Any]]) ->
 
 
 async def run_policies(db: asyncpg.Connection, mode: str) -> None:
-    """Community: one run of each refresh policy, minute first, as the scheduler would."""
+    """Community: one run of each refresh policy, each aggregate after the one it is
+    built from (declaration order), as the scheduler would."""
     if mode != "community":
         return
     jobs = await db.fetch(
@@ -125,8 +145,9 @@ async def run_policies(db: asyncpg.Connection, mode: str) -> None:
         JOIN timescaledb_information.continuous_aggregates ca
           ON ca.materialization_hypertable_name = j.hypertable_name
         WHERE j.proc_name = 'policy_refresh_continuous_aggregate'
-        ORDER BY ca.view_name = 'events_1h', j.job_id
-        """
+        ORDER BY array_position($1::text[], ca.view_name::text), j.job_id
+        """,
+        [r.relation for r in ROLLUPS],
     )
     assert len(jobs) == len(ROLLUPS)
     for job in jobs:
@@ -378,14 +399,17 @@ async def test_rebuild_and_refreshes_stay_inside_the_raw_horizon(
     await run_policies(db, mode)
     await assert_rollups_match(db, {app: old + recent + back})
 
-    # An event older than the horizon, in the same minute as stored ones: whatever
-    # becomes of it, the rollup rows already there are not recomputed away (only it
-    # would be left in a refresh of that minute).
-    await post(client, app_keys, [dict(old[0], function="elsewhere", response_us=1)])
-    for rollup in ROLLUPS:
-        got = await held(db, rollup.relation, app)
-        for key, (calls, *_) in oracle(old, app, rollup.width_s).items():
-            assert got.get(key, (0,))[0] >= calls, (rollup.relation, key)
+    # An event older than the horizon, in the same minute as stored ones: ingest
+    # refuses it (nothing is stored, nothing refreshed), and the rollup rows already
+    # there are not recomputed away.
+    resp = await client.post(
+        "/1/events/",
+        json=[dict(old[0], function="elsewhere", response_us=1)],
+        headers=write_headers(app_keys),
+    )
+    assert resp.status == 400, await resp.text()
+    await run_policies(db, mode)
+    await assert_rollups_match(db, {app: old + recent + back})
 
 
 # -- refresh windows (pure) ---------------------------------------------------------
@@ -452,7 +476,7 @@ def test_batch_aggregate_matches_oracle(events: list[dict[str, Any]]) -> None:
             (k[0], EPOCH + timedelta(microseconds=int(k[1])), *k[2:]): tuple(v)
             for k, v in got[rollup.relation].items()
         }
-        assert as_totals == oracle(events, 1, rollup.width_s), rollup.relation
+        assert as_totals == oracle(events, 1, rollup), rollup.relation
 
 
 # -- migrations -----------------------------------------------------------------------
@@ -492,17 +516,95 @@ async def test_migrate_on_an_empty_database_reports_the_mode_and_builds_the_shap
                     "ORDER BY attnum",
                     rollup.relation,
                 )
-                assert [(c["attname"], c["type"]) for c in columns] == SHAPE, rollup.relation
+                assert [(c["attname"], c["type"]) for c in columns] == shape(rollup), (
+                    rollup.relation
+                )
             caggs = await conn.fetch(
                 "SELECT view_name, materialized_only FROM timescaledb_information.continuous_aggregates"
             )
             if mode == "community":
                 assert {(r["view_name"], r["materialized_only"]) for r in caggs} == {
-                    ("events_1m", False),
-                    ("events_1h", False),
+                    (r.relation, False) for r in ROLLUPS
                 }
             else:
                 assert caggs == []
+        finally:
+            await conn.close()
+    finally:
+        admin = await asyncpg.connect(server.admin_dsn)
+        try:
+            await admin.execute(f"DROP DATABASE IF EXISTS {name} WITH (FORCE)")
+        finally:
+            await admin.close()
+
+
+@all_modes
+async def test_migration_0005_brings_narrow_rollups_to_an_existing_database(
+    mode: str, servers: Servers, tmp_path: Path
+) -> None:
+    """A database migrated up to 0004, with data and an hour retention, gets the narrow
+    hour rollups with events_1h's data (Apache: copied; Community: real-time from
+    events_1h until refreshed) and events_1h's retention."""
+    server = servers.servers[mode]
+    name = f"upgrade_{os.getpid()}_{mode}"
+    admin = await asyncpg.connect(server.admin_dsn)
+    try:
+        await admin.execute(f"DROP DATABASE IF EXISTS {name}")
+        await admin.execute(f"CREATE DATABASE {name}")
+    finally:
+        await admin.close()
+    older = tmp_path / "migrations"
+    older.mkdir()
+    for path in migrate.migrations_dir().glob("*.sql"):
+        if int(path.name[:4]) <= 4:
+            shutil.copy(path, older / path.name)
+    try:
+        await migrate.migrate(server.dsn(name), older)
+        conn = await asyncpg.connect(server.dsn(name))
+        try:
+            app = await conn.fetchval(
+                "INSERT INTO apps (public_id, name, write_key_digest, read_key_digest) "
+                "VALUES ('upgrade', 'upgrade', '', '') RETURNING id"
+            )
+            rng = random.Random(13)
+            now = time.time()
+            # All before the hour of `end`, so what 0004's rollups hold covers them.
+            events = mixed_events(rng, 200, now - 3 * 86400, 3 * 86400 - 7200)
+            rows = [as_row(e, app) for e in events]
+            await conn.copy_records_to_table("events", records=rows, columns=COLUMNS)
+            start = datetime.fromtimestamp(hour_floor(now) - 4 * 86400, UTC)
+            end = datetime.fromtimestamp(hour_floor(now), UTC)
+            if mode == "apache":
+                for rollup in ROLLUPS[:2]:
+                    await conn.execute(upkeep._REBUILD[rollup.relation], start, end)
+            else:
+                for relation in ("events_1m", "events_1h"):
+                    await conn.execute(
+                        "CALL refresh_continuous_aggregate($1, $2::timestamptz, $3::timestamptz)",
+                        relation,
+                        start,
+                        end,
+                    )
+            await conn.execute(
+                "UPDATE retention SET keep_s = 30 * 86400 WHERE relation = 'events_1h'"
+            )
+        finally:
+            await conn.close()
+
+        result = await migrate.migrate(server.dsn(name))
+        assert result.applied == [f"0005_narrow_rollups.{mode}.sql"]
+        conn = await asyncpg.connect(server.dsn(name))
+        try:
+            for relation in NARROW:
+                got = await held(conn, relation, app)
+                assert got == oracle(events, app, by_relation(relation)), relation
+            keep = dict(await conn.fetch("SELECT relation, keep_s FROM retention"))
+            assert {r: keep[r] for r in NARROW} == dict.fromkeys(NARROW, 30 * 86400)
+            if mode == "community":
+                jobs = await retention.retention_jobs(conn)
+                assert {r: jobs[r].drop_after_s for r in NARROW} == dict.fromkeys(
+                    NARROW, 30 * 86400
+                )
         finally:
             await conn.close()
     finally:

@@ -33,7 +33,13 @@ from .rollups import RAW, ROLLUPS
 
 RELATIONS: tuple[str, ...] = (RAW, *(r.relation for r in ROLLUPS))
 # The option of `apinalytics retention set` for each relation, named in refusals.
-FLAGS = {RAW: "--raw", "events_1m": "--minute", "events_1h": "--hour"}
+# --hour sets events_1h and the narrow hour rollups built from it alike: they answer
+# parts of what events_1h answers, at the same granularity, so they are kept as long.
+FLAGS = {
+    RAW: "--raw",
+    "events_1m": "--minute",
+    **{r.relation: "--hour" for r in ROLLUPS if r.width_s == 3600},
+}
 # The time column of each relation (identifiers only from this declared table).
 TIME_COLUMN = {RAW: "time", **{r.relation: "bucket" for r in ROLLUPS}}
 
@@ -96,7 +102,9 @@ def refusals(keep: Mapping[str, int | None], rules: Rules) -> list[str]:
     1. A finer rollup is never kept longer than a coarser one: the coarser one answers
        everything the finer one does at its own granularity, and outliving it buys
        nothing but storage (on the Community edition the hour rollup is refreshed
-       from the minute one, so it must outlive it).
+       from the minute one, so it must outlive it). Rollups of one width that one
+       option sets (events_1h and the narrow hour rollups, all ``--hour``) are
+       compared once, through the first of them declared.
     2. Community edition: each rollup's refresh policy reaches back ``start_offset``;
        the relation it reads must be kept longer than that plus one bucket (windows
        are widened to whole buckets).
@@ -105,7 +113,8 @@ def refusals(keep: Mapping[str, int | None], rules: Rules) -> list[str]:
     raw retention shorter than the ingest window loses nothing either.
     """
     out: list[str] = []
-    for finer, coarser in pairwise(sorted(ROLLUPS, key=lambda r: r.width_s)):
+    per_option = {FLAGS[r.relation]: r for r in reversed(ROLLUPS)}.values()
+    for finer, coarser in pairwise(sorted(per_option, key=lambda r: r.width_s)):
         f, c = keep[finer.relation], keep[coarser.relation]
         if c is not None and (f is None or f > c):
             out.append(
@@ -143,8 +152,8 @@ def refusals(keep: Mapping[str, int | None], rules: Rules) -> list[str]:
 async def horizons(conn: asyncpg.Connection) -> dict[str, float | None]:
     """Per relation, the UNIX time from which its data is complete (None: since always).
 
-    The planner never reads a relation before its horizon. One read of a three-row
-    table: it runs on every query.
+    The planner never reads a relation before its horizon. One read of a table of a
+    few rows (one per relation): it runs on every query.
     """
     rows = await conn.fetch(
         """

@@ -57,14 +57,18 @@ def register(sub: Any) -> None:
         parents=[common],
         help="change retention (durations like 30d, 12h, 5y, or forever)",
     )
+    # One option may set several relations (--hour: events_1h and the narrow hour ones).
+    relations_of: dict[str, list[str]] = {}
     for rel, flag in FLAGS.items():
+        relations_of.setdefault(flag, []).append(rel)
+    for flag, rels in relations_of.items():
         # SUPPRESS: an option not given is absent, while `forever` parses to None.
         p.add_argument(
             flag,
             type=_duration,
             default=argparse.SUPPRESS,
             metavar="DURATION",
-            help=f"keep {rel} this long",
+            help=f"keep {', '.join(rels)} this long",
         )
     p.add_argument("--yes", action="store_true", help="do not ask before shortening a retention")
     p.set_defaults(func=cmd_set)

@@ -27,7 +27,13 @@ from .flow import create_app, csrf_token, log_in
 
 Browser = aiohttp.ClientSession
 
-ROLLUPS = ("events_1m", "events_1h")
+ROLLUPS = (
+    "events_1m",
+    "events_1h",
+    "events_1h_app",
+    "events_1h_function",
+    "events_1h_consumer",
+)
 
 
 def write(keys: dict[str, str]) -> dict[str, str]:

@@ -1,5 +1,8 @@
 """The planner, on a frozen clock: which relation answers which part of the range.
 
+The boundary cases run on the two wide rollups (every dimension, minute and hour), so
+they describe how widths and edges are tiled; ``DECLARED`` runs on the rollups as
+declared, narrow hour ones included, and pins which one each common query reads.
 Every case names its boundary. ``T`` is a Monday 00:00 UTC, so it is on a minute,
 hour, day and week boundary at once.
 """
@@ -24,13 +27,15 @@ from apinalytics.query.model import (
     granularity_of,
 )
 from apinalytics.query.planner import Part, Plan, plan
-from apinalytics.rollups import RAW, ROLLUPS, Rollup
+from apinalytics.rollups import DIMENSIONS, RAW, ROLLUPS, Rollup
 
 T = WEEK_ORIGIN + 2800 * WEEK  # 2023-09-04, a Monday
 NOW = float(T + 30 * DAY)
 COUNT = Aggregation(Kind.COUNT)
 P95 = Aggregation(Kind.PERCENTILE, 95)
 H, M, R = "events_1h", "events_1m", RAW
+APP, FN, CONSUMER = "events_1h_app", "events_1h_function", "events_1h_consumer"
+WIDE = tuple(r for r in ROLLUPS if r.dimensions == DIMENSIONS)
 
 
 def q(
@@ -188,7 +193,7 @@ CASES = [
 def test_plan(
     query: Query, horizons: Mapping[str, float | None], expected: tuple[Part, ...]
 ) -> None:
-    got = plan(query, NOW, horizons)
+    got = plan(query, NOW, horizons, rollups=WIDE)
     assert got.parts == expected
     # The parts tile the range exactly: nothing read twice, nothing left out.
     assert got.parts[0].start == query.start and got.parts[-1].end == query.end
@@ -226,7 +231,7 @@ def test_force_raw() -> None:
 
 
 def test_sources_coarsest_first() -> None:
-    got = plan(q(T + 30, T + 2 * HOUR + 90), NOW, {})
+    got = plan(q(T + 30, T + 2 * HOUR + 90), NOW, {}, rollups=WIDE)
     assert got.sources == (H, M, R)
 
 
@@ -247,13 +252,113 @@ NARROW = Rollup("events_fn_1h", HOUR, ("function",), "events_1m")
     ],
 )
 def test_narrower_declared_rollup_is_preferred(query: Query, expected: str) -> None:
-    got = plan(query, NOW, {}, rollups=(*ROLLUPS, NARROW))
+    got = plan(query, NOW, {}, rollups=(*WIDE, NARROW))
     assert got.parts == parts((expected, T, T + DAY))
 
 
 def test_granularity_origin_must_align_with_rollup() -> None:
     # A made-up rollup of 7-day buckets from the epoch cannot serve Monday weeks.
     weekly = Rollup("events_7d", WEEK, ROLLUPS[0].dimensions, "events_1h")
-    got = plan(q(T, T + 2 * WEEK, WEEK), NOW, {}, rollups=(*ROLLUPS, weekly))
+    got = plan(q(T, T + 2 * WEEK, WEEK), NOW, {}, rollups=(*WIDE, weekly))
     assert got.sources == (H,)
     assert Granularity(WEEK, WEEK_ORIGIN).origin_s % WEEK != 0
+
+
+MEAN = Aggregation(Kind.MEAN)
+
+# The rollups as declared: the narrowest hour rollup that covers the query's group and
+# include fields answers the whole hours; edges still come from events_1m and events.
+DECLARED = [
+    pytest.param(
+        q(T, T + 30 * DAY, DAY), {}, parts((APP, T, T + 30 * DAY)), id="daily_count_uses_app_rollup"
+    ),
+    pytest.param(
+        q(T, T + 7 * DAY, HOUR, group="function"),
+        {},
+        parts((FN, T, T + 7 * DAY)),
+        id="hourly_by_function_uses_function_rollup",
+    ),
+    pytest.param(
+        q(T, T + 7 * DAY, HOUR, MEAN, group="consumer_id"),
+        {},
+        parts((CONSUMER, T, T + 7 * DAY)),
+        id="hourly_by_consumer_uses_consumer_rollup",
+    ),
+    pytest.param(
+        q(T, T + 7 * DAY, HOUR, includes={"function": ("f",)}),
+        {},
+        parts((FN, T, T + 7 * DAY)),
+        id="include_function_uses_function_rollup",
+    ),
+    pytest.param(
+        q(T, T + 7 * DAY, HOUR, group="consumer_id", includes={"consumer_id": ("a",)}),
+        {},
+        parts((CONSUMER, T, T + 7 * DAY)),
+        id="group_and_include_consumer_uses_consumer_rollup",
+    ),
+    pytest.param(
+        q(T, T + 7 * DAY, HOUR, group="status_code"),
+        {},
+        parts((H, T, T + 7 * DAY)),
+        id="group_status_code_uses_wide_hour",
+    ),
+    pytest.param(
+        q(T, T + 7 * DAY, HOUR, group="function", includes={"method": ("GET",)}),
+        {},
+        parts((H, T, T + 7 * DAY)),
+        id="include_method_with_group_function_uses_wide_hour",
+    ),
+    pytest.param(
+        q(T, T + 7 * DAY, HOUR, group="function", includes={"consumer_id": ("a",)}),
+        {},
+        parts((H, T, T + 7 * DAY)),
+        id="function_and_consumer_uses_wide_hour",
+    ),
+    pytest.param(
+        q(T + 90, T + DAY + 1800, None),
+        {},
+        parts(
+            (R, T + 90, T + 120),
+            (M, T + 120, T + HOUR),
+            (APP, T + HOUR, T + DAY),
+            (M, T + DAY, T + DAY + 1800),
+        ),
+        id="ragged_edges_app_rollup_from_minutes_and_raw",
+    ),
+    pytest.param(
+        q(T + 90, T + DAY + 1830, None, group="function"),
+        {},
+        parts(
+            (R, T + 90, T + 120),
+            (M, T + 120, T + HOUR),
+            (FN, T + HOUR, T + DAY),
+            (M, T + DAY, T + DAY + 1800),
+            (R, T + DAY + 1800, T + DAY + 1830),
+        ),
+        id="ragged_edges_function_rollup_from_minutes_and_raw",
+    ),
+    pytest.param(
+        q(T, T + 2 * HOUR, MINUTE),
+        {},
+        parts((M, T, T + 2 * HOUR)),
+        id="minute_granularity_still_minutes",
+    ),
+    pytest.param(
+        q(T, T + 2 * DAY, HOUR),
+        {APP: T + DAY},
+        parts((FN, T, T + DAY), (APP, T + DAY, T + 2 * DAY)),
+        id="past_app_rollup_horizon_from_next_narrowest",
+    ),
+]
+
+
+@pytest.mark.parametrize(("query", "horizons", "expected"), DECLARED)
+def test_plan_declared(
+    query: Query, horizons: Mapping[str, float | None], expected: tuple[Part, ...]
+) -> None:
+    assert plan(query, NOW, horizons).parts == expected
+
+
+def test_declared_sources_name_the_narrow_rollup() -> None:
+    got = plan(q(T + 30, T + 2 * HOUR + 90, None, group="function"), NOW, {})
+    assert got.sources == (FN, M, R)

@@ -253,9 +253,23 @@ async def test_back_dated_event_is_read(client: TestClient, app_keys: NewApp) ->
 
 
 SOURCES = [
-    pytest.param(f"{T}/{T + DAY}", {"granularity": "hour"}, "events_1h", id="hourly_aligned"),
+    pytest.param(f"{T}/{T + DAY}", {"granularity": "hour"}, "events_1h_app", id="hourly_aligned"),
+    pytest.param(
+        f"{T}/{T + DAY}",
+        {"granularity": "hour", "group": "status_code"},
+        "events_1h",
+        id="hourly_by_status_wide_hour",
+    ),
+    pytest.param(
+        f"{T}/{T + DAY}",
+        {"granularity": "hour", "group": "consumer_id"},
+        "events_1h_consumer",
+        id="hourly_by_consumer",
+    ),
     pytest.param(f"{T}/{T + HOUR}", {"granularity": "minute"}, "events_1m", id="minutely"),
-    pytest.param(f"{T + 30}/{T + 2 * HOUR}", {}, "events_1h,events_1m,events", id="ragged_start"),
+    pytest.param(
+        f"{T + 30}/{T + 2 * HOUR}", {}, "events_1h_app,events_1m,events", id="ragged_start"
+    ),
     pytest.param(f"{T}/{T + DAY}", {"group": "url"}, "events", id="group_url"),
     pytest.param(f"{T}/{T + DAY}", {"aggregation": "percentile_95"}, "events", id="percentile"),
 ]
@@ -282,7 +296,7 @@ async def test_force_raw_gives_the_same_answer(client: TestClient, app_keys: New
     raw = await client.get(
         path, params=params, headers={**read_headers(app_keys), "X-Apinalytics-Planner": "raw"}
     )
-    assert planned.headers["X-Apinalytics-Sources"] == "events_1h,events_1m,events"
+    assert planned.headers["X-Apinalytics-Sources"] == "events_1h_function,events_1m,events"
     assert raw.headers["X-Apinalytics-Sources"] == "events"
     assert await planned.json() == await raw.json()
 
@@ -396,7 +410,7 @@ async def test_past_raw_retention_answered_from_rollups(
         path, params={"granularity": "hour", "aggregation": "sum"}, headers=read_headers(app_keys)
     )
     assert resp.status == 200, await resp.text()
-    assert resp.headers["X-Apinalytics-Sources"] == "events_1h"
+    assert resp.headers["X-Apinalytics-Sources"] == "events_1h_app"
     assert (await resp.json())["groups"] == {
         app_keys.app_id: [[T, sum(range(60))], [T + HOUR, sum(range(60, 90))]]
     }

@@ -1,19 +1,20 @@
 """Rollup upkeep on the ingest path, and rebuilding rollups from raw events.
 
-Apache mode: ``events_1m`` and ``events_1h`` are hypertables that the batch's own
-transaction keeps up to date (``upkeep_in_transaction``): the batch is aggregated in
-Python per rollup key, then upserted in one statement per rollup, keys in primary-key
-order. Every transaction takes its row locks in that one global order (and the minute
-rollup before the hour one), so concurrent batches wait for each other but cannot
-deadlock.
+Apache mode: the rollups (``events_1m``, ``events_1h`` and the narrow hour ones) are
+hypertables that the batch's own transaction keeps up to date
+(``upkeep_in_transaction``): the batch is aggregated in Python per rollup key, then
+upserted in one statement per rollup, keys in primary-key order. Every transaction
+takes its row locks in that one global order (rollups in declaration order, keys sorted
+within each), so concurrent batches wait for each other but cannot deadlock.
 
 Community mode: they are continuous aggregates with real-time aggregation, so events
 above an aggregate's invalidation threshold are read from its source at query time.
 Events below it (back-dated, or late by more than the policy's end_offset) would stay
 invisible until a refresh covers them, so ``after_commit`` refreshes exactly their
-buckets, minute rollup first (refreshes do not cascade), before the request is
-answered. Refresh windows never reach below the source's retention horizon: a
-refresh over a range whose raw chunks were dropped deletes the rollup rows there.
+buckets, each rollup after the one it is built from (minute, hour, then the narrow
+hour ones; refreshes do not cascade), before the request is answered. Refresh
+windows never reach below the source's retention horizon: a refresh over a range
+whose source chunks were dropped deletes the rollup rows there.
 
 See docs/rollups.md.
 """
@@ -127,7 +128,8 @@ async def upkeep_in_transaction(conn: asyncpg.Connection, mode: str, rows: Seque
     if mode != "apache" or not rows:
         return
     aggregates = aggregate(rows)
-    # Declaration order is finer rollup first: the same table order in every batch.
+    # Declaration order (each rollup after its source): the same table order in every
+    # batch, so the row locks of all rollups are taken in one global order.
     for rollup in ROLLUPS:
         agg = aggregates[rollup.relation]
         # Sorted keys are the lock order. The tuples sort like the primary key except
@@ -153,21 +155,32 @@ async def after_commit(db: Database, mode: str, rows: Sequence[Row]) -> None:
 
 
 async def refresh_behind_threshold(conn: asyncpg.Connection, rows: Sequence[Row]) -> None:
-    """Refresh, rollup by rollup (finer first), the buckets of ``rows`` that lie below
-    the rollup's invalidation threshold, clamped to its source's horizon.
+    """Refresh, rollup by rollup (each after its source), the buckets of ``rows`` that
+    lie below the rollup's invalidation threshold, clamped to its source's horizon.
 
     Events at or above the threshold need nothing: real-time aggregation reads them
     now, and whichever refresh later moves the threshold past them materializes them.
-    The threshold is read after the commit and after the finer rollup's refresh, so a
-    policy run that moves it concurrently cannot slip between.
+    The threshold is read after the commit and after the source rollup's refresh, so a
+    policy run that moves it concurrently cannot slip between. A batch whose earliest
+    event is at or above a threshold needs nothing from that rollup.
     """
-    times = sorted({_unix_us(row[0]) for row in rows})
-    horizons = await retention.horizons(conn)
+    # Live traffic lies above every threshold: the earliest event alone shows that, so
+    # the per-event work (and reading the horizons) is only done for batches that
+    # reach below one.
+    earliest = _unix_us(min(row[0] for row in rows))
+    times: list[int] | None = None
+    horizons: dict[str, float | None] | None = None
     for rollup in ROLLUPS:
         threshold = await _threshold_us(conn, rollup)
         if threshold is None:
             continue
         width = rollup.width_s * _US
+        if earliest - earliest % width >= threshold:
+            continue
+        if times is None:
+            times = sorted({_unix_us(row[0]) for row in rows})
+        if horizons is None:
+            horizons = await retention.horizons(conn)
         buckets = sorted({us - us % width for us in times if us - us % width < threshold})
         for start, end in _windows(buckets, width, MAX_REFRESH_WINDOWS):
             window = _clamp(start, end, width, horizons.get(rollup.built_from))
@@ -261,11 +274,12 @@ async def rebuild(
     data that is gone. Returns, per rollup, the range actually rebuilt in UNIX seconds
     (start == end: nothing).
 
-    Apache: per day, in one transaction that first locks both rollup tables against
+    Apache: per day, in one transaction that first locks every rollup table against
     the ingest path's upserts (batches wait, then add to the rebuilt rows), delete the
-    slice and insert it aggregated from ``events`` (minute) and from ``events_1m``
-    (hour). Community: per day, ``refresh_continuous_aggregate`` of the minute
-    aggregate, then of the hour one over the same slice. Every change to ``events``
+    slice and insert it aggregated from each rollup's source, in declaration order
+    (minute from ``events``, hour from ``events_1m``, the narrow hour ones from
+    ``events_1h``). Community: per day, ``refresh_continuous_aggregate`` of each
+    aggregate in the same order over the same slice. Every change to ``events``
     below an aggregate's threshold is in its invalidation log, and everything above
     is materialized when the threshold moves, so a plain refresh recomputes exactly
     what a bulk load changed. Not ``force => true``: on TimescaleDB 2.19 a forced
@@ -326,7 +340,8 @@ def _parts(
 
 
 def _rebuild_sql(rollup: Rollup) -> str:
-    dims = ", ".join(rollup.dimensions)
+    # A rollup per app alone has no dimension columns.
+    dims = "".join(f"{d}, " for d in rollup.dimensions)
     if rollup.built_from == RAW:
         source_time, measures = (
             "time",
@@ -340,11 +355,11 @@ def _rebuild_sql(rollup: Rollup) -> str:
     bucket = f"time_bucket(make_interval(secs => {rollup.width_s}), {source_time})"
     return f"""
         INSERT INTO {rollup.relation}
-            (bucket, app_id, {dims}, calls, sum_us, min_us, max_us)
-        SELECT {bucket}, app_id, {dims}, {measures}
+            (bucket, app_id, {dims}calls, sum_us, min_us, max_us)
+        SELECT {bucket}, app_id, {dims}{measures}
         FROM {rollup.built_from}
         WHERE {source_time} >= $1 AND {source_time} < $2
-        GROUP BY {bucket}, app_id, {dims}
+        GROUP BY {bucket}, app_id{"".join(f", {d}" for d in rollup.dimensions)}
     """
 
 
