@@ -248,3 +248,29 @@ async def test_idempotency_key_not_utf8_is_400(
     assert head.split()[1] == b"400", response
     assert json.loads(payload)["error"]["code"] == "invalid_idempotency_key"
     assert await count(db) == 0
+
+
+async def test_a_batch_racing_the_apps_deletion_leaves_no_orphans(
+    client: TestClient, app_keys: NewApp, db: asyncpg.Connection
+) -> None:
+    """Deleting an app waits for its in-flight batches, or they wait for it and fail."""
+    deletion = db.transaction()
+    await deletion.start()
+    assert await apps.delete(db, app_keys.app_id)
+    post = asyncio.create_task(
+        client.post("/1/events/", json=[event()], headers=write_headers(app_keys))
+    )
+    # The batch authenticated before the deletion commits, then waits on the app's row.
+    for _ in range(200):
+        waiting = await db.fetchval(
+            "SELECT count(*) FROM pg_stat_activity "
+            "WHERE wait_event_type = 'Lock' AND datname = current_database()"
+        )
+        if waiting:
+            break
+        await asyncio.sleep(0.02)
+    assert waiting == 1
+    await deletion.commit()
+    resp = await post
+    await assert_error(resp, 401, "unauthorized")
+    assert await db.fetchval("SELECT count(*) FROM events") == 0

@@ -15,6 +15,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 
 from ..db import Database, timed
+from ..errors import Unauthorized
 from ..rollups import RAW
 from . import rollups
 from .decode import COLUMNS, EPOCH, Row, past_horizon
@@ -48,17 +49,26 @@ async def store(
     """Store a validated batch, or recognise a retry of one already stored."""
     async with db.transaction() as conn:
         if rows:
-            # Read in the batch's transaction: a retention change commits before or after.
-            horizon = await timed(
-                conn.fetchval,
+            # The app's row is share-locked until commit, so deleting the app waits for
+            # this batch (and then deletes it too) rather than leaving orphaned events.
+            # The raw horizon is read in the same transaction: a retention change
+            # commits before or after it.
+            found = await timed(
+                conn.fetchrow,
                 """
                 SELECT extract(epoch FROM greatest(
-                    dropped_before, now() - make_interval(secs => keep_s)))::float8
-                FROM retention WHERE relation = $1
+                    r.dropped_before, now() - make_interval(secs => r.keep_s)))::float8
+                    AS horizon
+                FROM apps a LEFT JOIN retention r ON r.relation = $2
+                WHERE a.id = $1
+                FOR SHARE OF a
                 """,
-                (RAW,),
-                "raw horizon",
+                (app, RAW),
+                "app lock, raw horizon",
             )
+            if found is None:
+                raise Unauthorized("Unknown Application ID or wrong key.")
+            horizon = found["horizon"]
             if horizon is not None and (min(r[0] for r in rows) - EPOCH).total_seconds() < horizon:
                 raise past_horizon(rows, horizon)
         if idempotency_key is not None:
