@@ -56,6 +56,24 @@ def cluster(name: str, mode: str, *, fresh: bool) -> localdb.LocalCluster:
     return c.ensure_running()
 
 
+async def stored_relation(conn: asyncpg.Connection, mode: str, relation: str) -> str:
+    """Where a relation's rows live: itself, or a continuous aggregate's (Community
+    mode) materialization hypertable."""
+    if mode != "community" or relation == "events":
+        return relation
+    stored = await conn.fetchval(
+        """
+        SELECT format('%I.%I', materialization_hypertable_schema,
+                      materialization_hypertable_name)
+        FROM timescaledb_information.continuous_aggregates WHERE view_name = $1
+        """,
+        relation,
+    )
+    if stored is None:
+        raise LookupError(f"{relation} is not a continuous aggregate")
+    return str(stored)
+
+
 # -- the machine ------------------------------------------------------------------
 
 

@@ -14,8 +14,8 @@ interleaved so both see the same load, after two warm-up requests each; every pa
 stops early at ``--panel-seconds``. The planned and raw answers are compared: they
 must be equal (means within 1e-9 relative).
 
-Also measured: the size of ``events``, ``events_1m`` and ``events_1h`` (total
-relation size with indexes, rows, bytes per raw event).
+Also measured: the size of ``events`` and of every rollup (total relation size with
+indexes, rows, bytes per raw event).
 
     .venv/bin/python bench/query.py [--mode apache|community|all] [--events 10000000]
         [--requests 30] [--raw-requests 10] [--panel-seconds 120]
@@ -42,7 +42,16 @@ from apinalytics import localdb
 from apinalytics.app import create_app
 from apinalytics.rollups import RAW, ROLLUPS
 from apinalytics.settings import Settings
-from common import DATA, cluster, machine, machine_line, median, modes_available, percentile
+from common import (
+    DATA,
+    cluster,
+    machine,
+    machine_line,
+    median,
+    modes_available,
+    percentile,
+    stored_relation,
+)
 
 HOUR = 3600
 DAY = 86400
@@ -210,17 +219,7 @@ async def _sizes(conn: asyncpg.Connection, mode: str) -> list[dict[str, Any]]:
     events = int(await conn.fetchval("SELECT count(*) FROM events"))
     out = []
     for relation in (RAW, *(r.relation for r in ROLLUPS)):
-        stored = relation
-        if mode == "community" and relation != RAW:
-            # A continuous aggregate's rows live in its materialization hypertable.
-            stored = await conn.fetchval(
-                """
-                SELECT format('%I.%I', materialization_hypertable_schema,
-                              materialization_hypertable_name)
-                FROM timescaledb_information.continuous_aggregates WHERE view_name = $1
-                """,
-                relation,
-            )
+        stored = await stored_relation(conn, mode, relation)
         size = int(await conn.fetchval("SELECT hypertable_size($1::regclass)", stored))
         rows = int(await conn.fetchval(f"SELECT count(*) FROM {stored}"))
         out.append(
@@ -275,6 +274,12 @@ def _report(
         "",
         f"Generation: COPY {data['copy_s']} s, rollup rebuild {data['rebuild_s']} s.",
     ]
+    if data.get("migrations"):
+        lines[-1] += (
+            f" Migrations applied to the data since: {', '.join(data['migrations'])} "
+            f"({data['migrate_s']} s, then {data['fill_s']} s filling new rollups and "
+            "VACUUM ANALYZE)."
+        )
     text = "\n".join(lines)
     print("\n" + text + "\n", flush=True)
     out: Path = DATA / f"query-results-{mode}"
