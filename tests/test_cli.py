@@ -347,3 +347,10 @@ async def wait_until_not_listening(port: int) -> None:
         await writer.wait_closed()
         await asyncio.sleep(0.05)
     raise AssertionError("the server kept listening after SIGTERM")
+
+
+def test_app_ids_never_read_as_options() -> None:
+    """An ID starting with "-" would be parsed as a flag by `apps rotate-keys ID`."""
+    ids = [apps.new_public_id() for _ in range(2000)]
+    assert all(i.isascii() and i.isalnum() and len(i) == 16 for i in ids)
+    assert len(set(ids)) == len(ids)

@@ -10,6 +10,7 @@ from __future__ import annotations
 import hashlib
 import hmac
 import secrets
+import string
 from dataclasses import dataclass
 from datetime import datetime
 from enum import Enum
@@ -50,8 +51,14 @@ def digest(key: str) -> bytes:
     return hashlib.sha256(key.encode("utf-8", "surrogatepass")).digest()
 
 
+# Letters and digits only: an ID starting with "-" would read as an option on a
+# command line, and "_" or "-" make IDs awkward to double-click and copy.
+_ID_ALPHABET = string.ascii_letters + string.digits
+_ID_LENGTH = 16  # 62^16, about 95 bits: unguessable, though it is not a secret
+
+
 def new_public_id() -> str:
-    return secrets.token_urlsafe(12)
+    return "".join(secrets.choice(_ID_ALPHABET) for _ in range(_ID_LENGTH))
 
 
 def new_key(kind: KeyKind) -> str:
