@@ -15,6 +15,7 @@ from pathlib import Path
 import asyncpg
 import pytest
 from aiohttp.test_utils import TestClient
+from hypothesis import settings as hypothesis_settings
 
 from apinalytics import apps
 from apinalytics.app import create_app
@@ -23,6 +24,13 @@ from apinalytics.settings import Settings
 from .dbs import MODES, Servers
 
 ALL_MODES = MODES
+
+# CI replays the same generated examples on every run, so a red run is reproducible
+# (HYPOTHESIS_PROFILE=ci locally); developers' runs keep exploring new ones.
+hypothesis_settings.register_profile("ci", derandomize=True)
+hypothesis_settings.load_profile(
+    os.environ.get("HYPOTHESIS_PROFILE", "ci" if os.environ.get("CI") else "default")
+)
 
 
 @pytest.fixture(scope="session")
