@@ -51,7 +51,15 @@ async def run(db: Database, query: Query, creds: Credentials, *, force_raw: bool
         horizons = await retention.horizons(conn)
         chosen = planner.plan(query, time.time(), horizons, force_raw=force_raw)
         text, args = sql.statement(query, chosen, creds.app, creds.app_id)
-        rows: list[asyncpg.Record] = await timed(conn.fetch, text, args, "timeseries")
+        if chosen.reads_rollups:
+            # A rollup statement reads thousands of rows, not millions: starting parallel
+            # workers costs more than they save (20-90 ms of a 10-100 ms statement on
+            # the benchmark machine, docs/benchmarks.md). Raw reads keep them.
+            async with conn.transaction():
+                await conn.execute("SET LOCAL max_parallel_workers_per_gather = 0")
+                rows: list[asyncpg.Record] = await timed(conn.fetch, text, args, "timeseries")
+        else:
+            rows = await timed(conn.fetch, text, args, "timeseries")
     return Answer(chosen, rows)
 
 

@@ -35,6 +35,10 @@ class Plan:
     def raw_only(self) -> bool:
         return all(p.source == RAW for p in self.parts)
 
+    @property
+    def reads_rollups(self) -> bool:
+        return any(p.source != RAW for p in self.parts)
+
 
 def plan(
     query: Query,
