@@ -133,7 +133,9 @@ def statement(
     group = field_expr(query.group, args) if query.group else args.add(group_key, "::text")
     where = filters(dict(query.includes), args)
 
-    def select(source: str, start: int, end: int, aggregates: list[str]) -> str:
+    def select(
+        source: str, start: int, end: int, aggregates: list[str], grouped: bool = True
+    ) -> str:
         column = "time" if source == RAW else "bucket"
         bucket = bucket_of(source, column)
         conditions = [
@@ -144,7 +146,8 @@ def statement(
         ]
         return (
             f"SELECT {bucket} AS bt, {group} AS g, {', '.join(aggregates)} "
-            f"FROM {source} WHERE {' AND '.join(conditions)} GROUP BY 1, 2"
+            f"FROM {source} WHERE {' AND '.join(conditions)}"
+            + (" GROUP BY 1, 2" if grouped else "")
         )
 
     agg = query.aggregation
@@ -169,6 +172,11 @@ def statement(
     needs, final = _FINAL[agg.kind]
     parts = []
     for p in plan.parts:
+        if _one_row_per_point(query, p.source, rollups):
+            # Its rows are already the partial aggregates: grouping them again would
+            # cost a pass over every point of the answer for nothing.
+            parts.append(select(p.source, p.start, p.end, list(needs), grouped=False))
+            continue
         i = 0 if p.source == RAW else 1
         parts.append(select(p.source, p.start, p.end, [f"{_PARTIAL[n][i]} AS {n}" for n in needs]))
     union = "\n UNION ALL ".join(parts)
@@ -177,3 +185,18 @@ def statement(
         "GROUP BY bt, g ORDER BY g, b"
     )
     return sql, args.values
+
+
+def _one_row_per_point(query: Query, source: str, rollups: Sequence[Rollup]) -> bool:
+    """Whether ``source`` holds exactly one row per bucket and group of ``query`` for an
+    app: a rollup with the query's buckets and no dimension but the grouped field.
+    Filters on that field keep it so; the planner never sends other filters here."""
+    g = query.granularity
+    rollup = next((r for r in rollups if r.relation == source), None)
+    return (
+        rollup is not None
+        and g is not None
+        and rollup.width_s == g.width_s
+        and g.origin_s % rollup.width_s == 0
+        and set(rollup.dimensions) == ({query.group} if query.group else set())
+    )
