@@ -211,7 +211,8 @@ async def _store(dsn: str, batches: Sequence[Sequence[decode.Row]], mode: str, c
 
     async def worker() -> None:
         for b in it:
-            await write.store(db, 0, b, mode=mode, idempotency_key=None, idempotency_ttl_s=60)
+            # The rows carry their app's internal id; store share-locks that app's row.
+            await write.store(db, b[0][1], b, mode=mode, idempotency_key=None, idempotency_ttl_s=60)
 
     try:
         t = time.perf_counter()
