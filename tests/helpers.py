@@ -2,9 +2,11 @@
 
 from __future__ import annotations
 
+import asyncio
 import time
 from typing import Any
 
+import asyncpg
 from aiohttp import ClientResponse
 
 from apinalytics.apps import NewApp
@@ -52,3 +54,16 @@ async def assert_error(
     for m in mentions:
         assert m in text, f"{m!r} not in {text!r}"
     return err
+
+
+async def wait_for_lock_waiter(conn: asyncpg.Connection, expected: int = 1) -> None:
+    """Until ``expected`` backends of the service wait for a lock (bounded: 10 s)."""
+    for _ in range(200):
+        waiting = await conn.fetchval(
+            "SELECT count(*) FROM pg_stat_activity "
+            "WHERE application_name = 'apinalytics' AND wait_event_type = 'Lock'"
+        )
+        if waiting >= expected:
+            return
+        await asyncio.sleep(0.05)
+    raise AssertionError("no request of the service reached the lock it should wait on")

@@ -37,7 +37,7 @@ from apinalytics import apps
 from apinalytics.apps import NewApp
 from apinalytics.localdb import free_port
 
-from .helpers import assert_error, event, read_headers, write_headers
+from .helpers import assert_error, event, read_headers, wait_for_lock_waiter, write_headers
 
 NOW = int(time.time())
 QUERY = f"/1/timeseries/{NOW - 3600}/{NOW + 60}/"
@@ -240,15 +240,7 @@ async def test_serve_answers_then_stops_on_sigterm(
     exits 0 on SIGTERM."""
     app = await apps.create(db, "served")
     port = free_port()
-    proc = await asyncio.create_subprocess_exec(
-        sys.executable,
-        *("-m", "apinalytics", "serve", "--port", str(port)),
-        env=cli_env,
-        cwd=tmp_path,
-        stdin=asyncio.subprocess.DEVNULL,
-        stdout=asyncio.subprocess.PIPE,
-        stderr=asyncio.subprocess.PIPE,
-    )
+    proc = await start_serve(cli_env, tmp_path, port)
     base = f"http://127.0.0.1:{port}"
     try:
         async with aiohttp.ClientSession() as http:
@@ -263,6 +255,21 @@ async def test_serve_answers_then_stops_on_sigterm(
     requests = [r for r in lines if r.get("msg") == "request" and r.get("path") == "/1/events/"]
     assert requests and requests[0]["status"] == 200 and requests[0]["app_id"] == app.app_id
     assert app.write_key and app.write_key not in err.decode() + out.decode()
+
+
+async def start_serve(
+    env: dict[str, str], cwd: Path, port: int, *flags: str
+) -> asyncio.subprocess.Process:
+    """`python -m apinalytics serve` in a child process, its output captured."""
+    return await asyncio.create_subprocess_exec(
+        sys.executable,
+        *("-m", "apinalytics", "serve", "--port", str(port), *flags),
+        env=env,
+        cwd=cwd,
+        stdin=asyncio.subprocess.DEVNULL,
+        stdout=asyncio.subprocess.PIPE,
+        stderr=asyncio.subprocess.PIPE,
+    )
 
 
 async def wait_until_ready(
@@ -288,15 +295,7 @@ async def test_sigterm_lets_an_in_flight_request_finish(
     held at its write by a lock until the server has stopped listening."""
     app = await apps.create(db, "draining")
     port = free_port()
-    proc = await asyncio.create_subprocess_exec(
-        sys.executable,
-        *("-m", "apinalytics", "serve", "--port", str(port), "--no-migrate"),
-        env=cli_env,
-        cwd=tmp_path,
-        stdin=asyncio.subprocess.DEVNULL,
-        stdout=asyncio.subprocess.PIPE,
-        stderr=asyncio.subprocess.PIPE,
-    )
+    proc = await start_serve(cli_env, tmp_path, port, "--no-migrate")
     base = f"http://127.0.0.1:{port}"
     blocker = await asyncpg.connect(database_url)
     try:
@@ -323,18 +322,6 @@ async def test_sigterm_lets_an_in_flight_request_finish(
         if proc.returncode is None:
             proc.kill()
             await proc.wait()
-
-
-async def wait_for_lock_waiter(conn: asyncpg.Connection) -> None:
-    for _ in range(300):
-        waiting = await conn.fetchval(
-            "SELECT count(*) FROM pg_stat_activity "
-            "WHERE application_name = 'apinalytics' AND wait_event_type = 'Lock'"
-        )
-        if waiting:
-            return
-        await asyncio.sleep(0.05)
-    raise AssertionError("the request never reached the locked table")
 
 
 async def wait_until_not_listening(port: int) -> None:

@@ -27,7 +27,7 @@ from prometheus_client.parser import text_string_to_metric_families
 from apinalytics import apps
 from apinalytics.apps import NewApp
 
-from .helpers import assert_error, event, write_headers
+from .helpers import assert_error, event, wait_for_lock_waiter, write_headers
 
 
 async def count(db: asyncpg.Connection) -> int:
@@ -261,15 +261,7 @@ async def test_a_batch_racing_the_apps_deletion_leaves_no_orphans(
         client.post("/1/events/", json=[event()], headers=write_headers(app_keys))
     )
     # The batch authenticated before the deletion commits, then waits on the app's row.
-    for _ in range(200):
-        waiting = await db.fetchval(
-            "SELECT count(*) FROM pg_stat_activity "
-            "WHERE wait_event_type = 'Lock' AND datname = current_database()"
-        )
-        if waiting:
-            break
-        await asyncio.sleep(0.02)
-    assert waiting == 1
+    await wait_for_lock_waiter(db)
     await deletion.commit()
     resp = await post
     await assert_error(resp, 401, "unauthorized")

@@ -28,7 +28,7 @@ from apinalytics import apps, migrate
 from apinalytics.localdb import LocalCluster, find_bindir
 from apinalytics.settings import Settings
 
-from .helpers import assert_error, event, read_headers, write_headers
+from .helpers import assert_error, event, read_headers, wait_for_lock_waiter, write_headers
 
 
 @pytest.fixture
@@ -109,19 +109,6 @@ async def test_database_outage_is_503_then_recovers(
         assert await conn.fetchval("SELECT count(*) FROM events") == 9
     finally:
         await conn.close()
-
-
-async def wait_for_lock_waiter(conn: asyncpg.Connection) -> None:
-    """Until another backend of the service waits for a lock (the service's COPY)."""
-    for _ in range(200):
-        waiting = await conn.fetchval(
-            "SELECT count(*) FROM pg_stat_activity "
-            "WHERE application_name = 'apinalytics' AND wait_event_type = 'Lock'"
-        )
-        if waiting:
-            return
-        await asyncio.sleep(0.05)
-    raise AssertionError("the ingest never reached the locked table")
 
 
 async def test_too_many_connections_is_503_then_recovers(
