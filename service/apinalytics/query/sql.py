@@ -1,10 +1,13 @@
-"""One SQL statement per query: per-part partial aggregates, re-aggregated outside.
+"""One SQL statement per query: a UNION ALL of the plan's parts, in one round trip.
 
-Every part of the plan reads its own relation over its own stretch of the range and
-yields, per bucket and group, what re-aggregates exactly (count, sum, min, max); a
-UNION ALL of the parts is aggregated once more outside, so ragged edges read from
-finer sources merge with the coarse middle in one round trip. Percentiles read raw
-events only (the planner sees to that) with ``percentile_cont``.
+Every part of the plan reads its own relation over its own stretch of the range.
+When no bucket of the answer spans two parts (one part, or every boundary between
+parts on a bucket boundary: an hourly answer from an hour rollup and its ragged
+minute edges), each part computes its answer rows itself. Otherwise every part
+yields, per bucket and group, what re-aggregates exactly (count, sum, min, max) and
+the union is aggregated once more outside, so a daily bucket merges the hour rollup's
+middle with its minute edges. Percentiles read raw events only (the planner sees to
+that) with ``percentile_cont``. Rows come back unordered: ``handlers.render`` sorts.
 
 Identifiers come only from ``rollups`` declarations and the field table below, never
 from request text; every value is a ``$n`` parameter.
@@ -38,18 +41,39 @@ _PARTIAL = {
     "max_us": ("max(response_us)", "max(max_us)"),
 }
 
-# What each aggregation needs from the parts, and how it combines them. Integers
-# stay integers (sums come back from PostgreSQL as numeric); means are floats.
+# What each aggregation needs from the parts, and how it combines them (over the
+# parts' rows, or over a rollup's own rows: the same column names). Integers stay
+# integers (sums come back from PostgreSQL as numeric). A mean is the exact sum, as
+# float8, over the exact count: the correctly rounded quotient while sums stay below
+# 2**53 microseconds (285 years), and the same expression on every path.
 _FINAL: dict[Kind, tuple[tuple[str, ...], str]] = {
     Kind.COUNT: (("calls",), "sum(calls)::bigint"),
     Kind.SUM: (("sum_us",), "sum(sum_us)::bigint"),
-    Kind.MEAN: (("calls", "sum_us"), "(sum(sum_us)::numeric / sum(calls))::float8"),
+    Kind.MEAN: (("calls", "sum_us"), "sum(sum_us)::float8 / sum(calls)"),
     Kind.MIN: (("min_us",), "min(min_us)::bigint"),
     Kind.MAX: (("max_us",), "max(max_us)::bigint"),
 }
 
+# The answer's value straight from raw events, and from a rollup row that already is
+# one bucket and group of the answer.
+_RAW_FINAL = {
+    Kind.COUNT: "count(*)",
+    Kind.SUM: "sum(response_us)::bigint",
+    Kind.MEAN: "sum(response_us)::float8 / count(*)",
+    Kind.MIN: "min(response_us)",
+    Kind.MAX: "max(response_us)",
+}
+_ROW_FINAL = {
+    Kind.COUNT: "calls",
+    Kind.SUM: "sum_us",
+    Kind.MEAN: "sum_us::float8 / calls",
+    Kind.MIN: "min_us",
+    Kind.MAX: "max_us",
+}
 
-_SECONDS = "extract(epoch FROM bt)::bigint"
+# UNIX seconds of a bucket start: date_part is float8 (exact for whole seconds),
+# cheaper per row than extract(), which is numeric.
+_SECONDS = "date_part('epoch', bt)::bigint"
 
 
 def timestamp(t: int) -> datetime:
@@ -164,10 +188,21 @@ def statement(
             for p in plan.parts
         ]
         union = "\n UNION ALL ".join(parts)
-        return (
-            f"SELECT {_SECONDS} AS b, g, v FROM (\n {union}\n) parts ORDER BY g, b",
-            args.values,
-        )
+        return f"SELECT {_SECONDS} AS b, g, v FROM (\n {union}\n) parts", args.values
+
+    if _disjoint(query, plan):
+        # Every bucket of the answer lies in one part: each part answers its own.
+        parts = []
+        for p in plan.parts:
+            if _one_row_per_point(query, p.source, rollups):
+                # Its rows already are the answer's buckets and groups: no GROUP BY.
+                value = _ROW_FINAL[agg.kind]
+                parts.append(select(p.source, p.start, p.end, [f"{value} AS v"], grouped=False))
+            else:
+                value = _RAW_FINAL[agg.kind] if p.source == RAW else _FINAL[agg.kind][1]
+                parts.append(select(p.source, p.start, p.end, [f"{value} AS v"]))
+        union = "\n UNION ALL ".join(parts)
+        return f"SELECT {_SECONDS} AS b, g, v FROM (\n {union}\n) parts", args.values
 
     needs, final = _FINAL[agg.kind]
     parts = []
@@ -180,11 +215,17 @@ def statement(
         i = 0 if p.source == RAW else 1
         parts.append(select(p.source, p.start, p.end, [f"{_PARTIAL[n][i]} AS {n}" for n in needs]))
     union = "\n UNION ALL ".join(parts)
-    sql = (
-        f"SELECT {_SECONDS} AS b, g, {final} AS v FROM (\n {union}\n) parts "
-        "GROUP BY bt, g ORDER BY g, b"
-    )
+    sql = f"SELECT {_SECONDS} AS b, g, {final} AS v FROM (\n {union}\n) parts GROUP BY bt, g"
     return sql, args.values
+
+
+def _disjoint(query: Query, plan: Plan) -> bool:
+    """Whether no bucket of the answer spans two parts of the plan: one part, or every
+    boundary between parts is a bucket boundary of the query's granularity."""
+    if len(plan.parts) == 1:
+        return True
+    g = query.granularity
+    return g is not None and all((p.start - g.origin_s) % g.width_s == 0 for p in plan.parts[1:])
 
 
 def _one_row_per_point(query: Query, source: str, rollups: Sequence[Rollup]) -> bool:
