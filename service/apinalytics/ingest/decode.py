@@ -147,7 +147,21 @@ def parse(body: bytes, app: int, now: float, settings: Settings) -> list[Row]:
             and (not data or _data_ok(data, settings))
         ):
             if not problems:
-                rows.append(_row(ev, app, upper))
+                # Rounded to the microsecond, as SPEC promises and timestamptz holds;
+                # see _time for why the float division is exact.
+                rows.append(
+                    (
+                        _time(round(ev.timestamp * 1_000_000) / 1_000_000, UTC),
+                        app,
+                        consumer,
+                        upper,
+                        url,
+                        function,
+                        ev.response_us,
+                        ev.status_code,
+                        _encode_data(data) if data else None,
+                    )
+                )
             continue
         bad = _check(ev, settings, earliest, latest)
         problems.extend({"index": i, "field": f, "message": m} for f, m in bad)
@@ -160,21 +174,12 @@ def parse(body: bytes, app: int, now: float, settings: Settings) -> list[Row]:
 _encode_data = json.JSONEncoder(ensure_ascii=False, separators=(",", ":")).encode
 
 
-def _row(ev: EventIn, app: int, method: str) -> Row:
-    # Rounded to the microsecond: the resolution SPEC promises and timestamptz holds.
-    # (Positional timedelta: the same value as microseconds=..., a quarter cheaper.)
-    t = EPOCH + timedelta(0, 0, round(ev.timestamp * 1_000_000))
-    return (
-        t,
-        app,
-        ev.consumer_id,
-        method,
-        ev.url,
-        ev.function,
-        ev.response_us,
-        ev.status_code,
-        _encode_data(ev.data) if ev.data else None,
-    )
+# A timestamp as a datetime: the hot loop calls datetime.fromtimestamp(us / 1e6, UTC)
+# with us = round(timestamp * 1e6), the rounding SPEC promises. That is exactly
+# EPOCH + timedelta(microseconds=us), at half the cost: us / 1e6 is within half a
+# unit in the last place of the true value, under 0.12 microseconds for any time before
+# 2242, and fromtimestamp rounds to the nearest microsecond, which is therefore us.
+_time = datetime.fromtimestamp
 
 
 def _data_ok(data: dict[str, str], s: Settings) -> bool:
