@@ -110,16 +110,27 @@ async def bench_mode(mode: str, args: argparse.Namespace) -> None:
         runs: dict[str, list[float]] = {}
         latencies: dict[str, list[float]] = {}
 
+        cpu: dict[str, list[tuple[float, float, float]]] = {}
+        server: subprocess.Popen[bytes] | None = None
+
         async def record(name: str, fn: Callable[[], Awaitable[float | tuple[float, list[float]]]]):
             await _reset(c.dsn)
+            before = _cpu_now(server, c.datadir)
             out = await asyncio.wait_for(fn(), RUN_TIMEOUT_S)
+            after = _cpu_now(server, c.datadir)
             elapsed, lat = out if isinstance(out, tuple) else (out, [])
             got = await _count(c.dsn)
             if got != n:
                 raise RuntimeError(f"{name}: {got} rows stored, expected {n}")
             runs.setdefault(name, []).append(n / elapsed)
             latencies.setdefault(name, []).extend(lat)
-            print(f"  {name:<28} {n / elapsed:>10,.0f} events/s", flush=True)
+            used = tuple((a - b) / n * 1e6 for a, b in zip(after, before, strict=True))
+            cpu.setdefault(name, []).append(used)
+            print(
+                f"  {name:<28} {n / elapsed:>10,.0f} events/s   CPU µs/event: "
+                f"service {used[0]:.1f}, database {used[1]:.1f}, this process {used[2]:.1f}",
+                flush=True,
+            )
 
         port = localdb.free_port()
         server_env = dict(kv.split("=", 1) for kv in args.server_env)
@@ -151,9 +162,45 @@ async def bench_mode(mode: str, args: argparse.Namespace) -> None:
             profile = await _profile(
                 c.dsn, mode, url_headers=headers, bodies=bodies[1000], args=args
             )
-        _report(mode, m, args, runs, latencies, decode_us, profile)
+        _report(mode, m, args, runs, latencies, cpu, decode_us, profile)
     finally:
         await asyncio.to_thread(c.stop)
+
+
+def _cpu_seconds(pid: int) -> float:
+    """User + system CPU seconds of a process and of its children it has reaped."""
+    try:
+        fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    except FileNotFoundError:
+        return 0.0
+    return sum(int(f) for f in fields[11:15]) / os.sysconf("SC_CLK_TCK")
+
+
+def _tree(root: int) -> list[int]:
+    """A process and all its descendants (the service's workers, the database's
+    backends)."""
+    children: dict[int, list[int]] = {}
+    for stat in Path("/proc").glob("[0-9]*/stat"):
+        try:
+            parent = int(stat.read_text().rsplit(")", 1)[1].split()[1])
+        except (FileNotFoundError, ProcessLookupError):
+            continue
+        children.setdefault(parent, []).append(int(stat.parent.name))
+    out, todo = [], [root]
+    while todo:
+        pid = todo.pop()
+        out.append(pid)
+        todo.extend(children.get(pid, []))
+    return out
+
+
+def _cpu_now(server: subprocess.Popen[bytes] | None, datadir: Path) -> tuple[float, float, float]:
+    """CPU seconds so far of the service (all its processes), the database (postmaster
+    and backends) and this benchmark process (the HTTP client, or the COPY client)."""
+    service = sum(_cpu_seconds(p) for p in _tree(server.pid)) if server else 0.0
+    postmaster = int((datadir / "postmaster.pid").read_text().split()[0])
+    database = sum(_cpu_seconds(p) for p in _tree(postmaster))
+    return service, database, time.process_time()
 
 
 def _decode_cost(body: bytes, app: int, settings: Settings) -> float:
@@ -327,6 +374,7 @@ def _report(
     args: argparse.Namespace,
     runs: dict[str, list[float]],
     latencies: dict[str, list[float]],
+    cpu: dict[str, list[tuple[float, float, float]]],
     decode_us: float,
     profile: Path | None,
 ) -> None:
@@ -337,16 +385,19 @@ def _report(
         "",
         f"Machine: {machine_line(m)}.",
         "",
-        "| variant | events/s (median) | rounds | vs COPY ceiling | request p50 / p95 |",
-        "|---|---:|---|---:|---|",
+        "| variant | events/s (median) | rounds | vs COPY ceiling | request p50 / p95 "
+        "| CPU µs/event: service / database / benchmark process |",
+        "|---|---:|---|---:|---|---|",
     ]
     for name, values in runs.items():
         lat = latencies.get(name) or []
         lat_s = f"{pct(lat, 50) * 1000:.0f} / {pct(lat, 95) * 1000:.0f} ms" if lat else ""
         rounds = ", ".join(f"{v:,.0f}" for v in values)
+        used = cpu.get(name) or []
+        cpu_s = " / ".join(f"{median([u[i] for u in used]):.1f}" for i in range(3)) if used else ""
         lines.append(
             f"| {LABELS.get(name, name)} | {median(values):,.0f} | {rounds} | "
-            f"{median(values) / ceiling:.2f} | {lat_s} |"
+            f"{median(values) / ceiling:.2f} | {lat_s} | {cpu_s} |"
         )
     lines += ["", f"Validation (`decode.parse`, 1,000-event body): {decode_us:.1f} µs per event."]
     if profile:
@@ -357,7 +408,7 @@ def _report(
     tag = "".join(f"-{kv.split('=', 1)[0].removeprefix('APINALYTICS_')}" for kv in args.server_env)
     out = DATA / f"ingest-results-{mode}{tag.lower()}"
     out.with_suffix(".json").write_text(
-        json.dumps({"machine": m, "runs": runs, "decode_us": decode_us}, indent=1)
+        json.dumps({"machine": m, "runs": runs, "cpu": cpu, "decode_us": decode_us}, indent=1)
     )
     out.with_suffix(".md").write_text(text + "\n")
 
