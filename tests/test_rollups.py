@@ -32,7 +32,7 @@ from typing import Any
 import asyncpg
 import pytest
 from aiohttp.test_utils import TestClient
-from hypothesis import given, settings
+from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from apinalytics import apps, migrate, retention
@@ -42,7 +42,7 @@ from apinalytics.ingest.decode import COLUMNS
 from apinalytics.rollups import ROLLUPS, Rollup
 
 from .conftest import ALL_MODES
-from .dbs import Servers
+from .dbs import Servers, run
 from .helpers import event, write_headers
 
 EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
@@ -449,7 +449,7 @@ def test_refresh_window_clamped_to_horizon(
     assert upkeep._clamp(start, end, M, horizon) == window
 
 
-# -- the batch aggregation (pure, property) -------------------------------------------
+# -- the batch aggregation in the database (property) --------------------------------
 
 _events = st.lists(
     st.fixed_dictionaries(
@@ -466,17 +466,40 @@ _events = st.lists(
 )
 
 
-@settings(max_examples=60, deadline=None)
-@given(events=_events)
-def test_batch_aggregate_matches_oracle(events: list[dict[str, Any]]) -> None:
+async def upkept(database_url: str, batches: list[list[tuple[Any, ...]]]) -> dict[str, Totals]:
+    """What the Apache-mode upkeep adds to the (empty) rollups for ``batches``, each
+    upkept in turn in one transaction, rolled back afterwards."""
+    conn = await asyncpg.connect(database_url)
+    try:
+        tx = conn.transaction()
+        await tx.start()
+        try:
+            for rows in batches:
+                await upkeep.upkeep_in_transaction(conn, "apache", rows)
+            return {r.relation: await held(conn, r.relation) for r in ROLLUPS}
+        finally:
+            await tx.rollback()
+    finally:
+        await conn.close()
+
+
+@settings(
+    max_examples=60,
+    deadline=None,
+    # One database for every example: each runs in a transaction rolled back after it.
+    suppress_health_check=[HealthCheck.function_scoped_fixture],
+)
+@given(events=_events, split=st.integers(min_value=0, max_value=40))
+def test_upkeep_in_the_database_matches_oracle(
+    database_url: str, events: list[dict[str, Any]], split: int
+) -> None:
+    """The rows aggregated by the database into every rollup, in two batches (the
+    second one adding to the first one's rows), equal the brute-force oracle."""
     rows = [as_row({**e, "url": "/"}, 1) for e in events]
-    got = upkeep.aggregate(rows)
+    got = run(upkept(database_url, [rows[:split], rows[split:]]))
+    assert isinstance(got, dict)
     for rollup in ROLLUPS:
-        as_totals = {
-            (k[0], EPOCH + timedelta(microseconds=int(k[1])), *k[2:]): tuple(v)
-            for k, v in got[rollup.relation].items()
-        }
-        assert as_totals == oracle(events, 1, rollup), rollup.relation
+        assert got[rollup.relation] == oracle(events, 1, rollup), rollup.relation
 
 
 # -- migrations -----------------------------------------------------------------------

@@ -1,11 +1,11 @@
 """Rollup upkeep on the ingest path, and rebuilding rollups from raw events.
 
 Apache mode: the rollups (``events_1m``, ``events_1h`` and the narrow hour ones) are
-hypertables that the batch's own transaction keeps up to date
-(``upkeep_in_transaction``): the batch is aggregated in Python per rollup key, then
-upserted in one statement per rollup, keys in primary-key order. Every transaction
+hypertables that the transaction storing the events keeps up to date
+(``upkeep_in_transaction``): the database aggregates the rows per rollup key and
+upserts them, one statement per rollup, keys in primary-key order. Every transaction
 takes its row locks in that one global order (rollups in declaration order, keys sorted
-within each), so concurrent batches wait for each other but cannot deadlock.
+within each), so concurrent transactions wait for each other but cannot deadlock.
 
 Community mode: they are continuous aggregates with real-time aggregation, so events
 above an aggregate's invalidation threshold are read from its source at query time.
@@ -26,7 +26,6 @@ import math
 from collections.abc import AsyncIterator, Sequence
 from contextlib import asynccontextmanager
 from datetime import datetime, timedelta
-from typing import cast
 
 import asyncpg
 
@@ -50,10 +49,6 @@ MAX_REFRESH_WINDOWS = 8
 # concurrent ingest waits on a slice, not on the whole rebuild.
 REBUILD_SLICE_S = 86400
 
-# (app_id, bucket in UNIX microseconds, *dimension values) -> [calls, sum, min, max]
-Key = tuple[int | str, ...]
-Aggregates = dict[Key, list[int]]
-
 
 def _unix_us(t: datetime) -> int:
     return (t - EPOCH) // timedelta(microseconds=1)
@@ -63,87 +58,131 @@ def _at(unix_us: int) -> datetime:
     return EPOCH + timedelta(microseconds=unix_us)
 
 
-def aggregate(rows: Sequence[Row]) -> dict[str, Aggregates]:
-    """Per declared rollup, the batch aggregated per key (what the rollup would add)."""
-    dim_index = {d: COLUMNS.index(d) for d in DIMENSION_TYPES}
-    out: dict[str, Aggregates] = {}
-    for rollup in ROLLUPS:
-        width = rollup.width_s * _US
-        dims = [dim_index[d] for d in rollup.dimensions]
-        agg: Aggregates = {}
-        if rollup.built_from == RAW:
-            for row in rows:
-                t, app, *_, response_us, _status, _data = row
-                us = _unix_us(t)
-                key = (app, us - us % width, *(cast(int | str, row[i]) for i in dims))
-                _fold(agg, key, 1, response_us, response_us, response_us)
-        else:
-            # A coarser rollup re-aggregates the finer one's aggregates, as the
-            # hierarchical continuous aggregate does; the dimensions are a subset.
-            finer = next(r for r in ROLLUPS if r.relation == rollup.built_from)
-            keep = [finer.key_columns.index(c) for c in rollup.key_columns[2:]]
-            for fkey, (calls, total, lo, hi) in out[finer.relation].items():
-                us = int(fkey[1])
-                key = (fkey[0], us - us % width, *(fkey[i] for i in keep))
-                _fold(agg, key, calls, total, lo, hi)
-        out[rollup.relation] = agg
-    return out
+# The columns of the rows that the rollups read, passed to the upkeep as one array
+# each (the parameters $1... of the finest rollup's statement), with their SQL types.
+_SOURCE = (
+    ("time", "timestamptz"),
+    ("app_id", "integer"),
+    *DIMENSION_TYPES.items(),
+    ("response_us", "bigint"),
+)
+_SOURCE_INDEX = tuple(COLUMNS.index(c) for c, _ in _SOURCE)
+# Rollups that another one is built from: their part of the batch is kept in a
+# temporary table of the connection until the transaction ends.
+_STAGED = tuple(r for r in ROLLUPS if any(o.built_from == r.relation for o in ROLLUPS))
 
 
-def _fold(agg: Aggregates, key: Key, calls: int, total: int, lo: int, hi: int) -> None:
-    cur = agg.get(key)
-    if cur is None:
-        agg[key] = [calls, total, lo, hi]
-    else:
-        cur[0] += calls
-        cur[1] += total
-        cur[2] = min(cur[2], lo)
-        cur[3] = max(cur[3], hi)
+def _staging(rollup: Rollup) -> str:
+    return f"pg_temp.batch_{rollup.relation}"
 
 
-def _upsert_sql(rollup: Rollup) -> str:
-    # Identifiers come only from the declared rollups, never from input.
+def _upkeep_sql(rollup: Rollup) -> str:
+    """One statement: the batch aggregated into the rollup's keys, upserted in key order.
+
+    Identifiers come only from the declared rollups, never from input. The finest
+    rollup aggregates the rows themselves (``unnest`` of the column arrays); a coarser
+    one re-aggregates its source rollup's part of the batch, as the hierarchical
+    continuous aggregate does. A rollup that others are built from also keeps its part
+    of the batch in its staging table for them.
+    """
+    dims = [*rollup.dimensions]
     keys = rollup.key_columns
-    types = ["integer", "timestamptz", *(DIMENSION_TYPES[d] for d in rollup.dimensions)]
-    columns = [*keys, "calls", "sum_us", "min_us", "max_us"]
-    arrays = ", ".join(
-        f"${i}::{t}[]" for i, t in enumerate([*types, "bigint", "bigint", "bigint", "bigint"], 1)
-    )
-    return f"""
-        INSERT INTO {rollup.relation} AS r ({", ".join(columns)})
-        SELECT * FROM unnest({arrays})
+    columns = ", ".join([*keys, "calls", "sum_us", "min_us", "max_us"])
+    if rollup.built_from == RAW:
+        arrays = ", ".join(f"${i}::{t}[]" for i, (_, t) in enumerate(_SOURCE, 1))
+        names = ", ".join(c for c, _ in _SOURCE)
+        source = f"unnest({arrays}) AS b({names})"
+        source_time = "time"
+        measures = "count(*), sum(response_us)::bigint, min(response_us), max(response_us)"
+    else:
+        source = _staging(next(r for r in ROLLUPS if r.relation == rollup.built_from))
+        source_time = "bucket"
+        measures = "sum(calls)::bigint, sum(sum_us)::bigint, min(min_us), max(max_us)"
+    # time_bucket of a minute or an hour is aligned to the UNIX epoch (its default
+    # origin, 2000-01-03, is a whole number of days after it).
+    bucket = f"time_bucket(make_interval(secs => {rollup.width_s}), {source_time})"
+    aggregated = f"""
+        SELECT app_id, {bucket} AS bucket, {"".join(f"{d}, " for d in dims)}{measures}
+        FROM {source}
+        GROUP BY app_id, {bucket}{"".join(f", {d}" for d in dims)}
+    """
+    upsert = f"""
         ON CONFLICT ({", ".join(keys)}) DO UPDATE SET
             calls = r.calls + EXCLUDED.calls,
             sum_us = r.sum_us + EXCLUDED.sum_us,
             min_us = least(r.min_us, EXCLUDED.min_us),
             max_us = greatest(r.max_us, EXCLUDED.max_us)
     """
+    order = ", ".join(keys)
+    if rollup not in _STAGED:
+        return f"""
+            INSERT INTO {rollup.relation} AS r ({columns})
+            {aggregated}
+            ORDER BY {order}
+            {upsert}
+        """
+    return f"""
+        WITH batch AS (
+            INSERT INTO {_staging(rollup)} ({columns})
+            {aggregated}
+            RETURNING {columns}
+        )
+        INSERT INTO {rollup.relation} AS r ({columns})
+        SELECT {columns} FROM batch
+        ORDER BY {order}
+        {upsert}
+    """
 
 
-_UPSERT = {r.relation: _upsert_sql(r) for r in ROLLUPS}
+# Created once per connection and emptied at every commit (gone with a rollback);
+# emptied before use too, so nothing but these rows is ever read from them.
+_CREATE_STAGING = "; ".join(
+    f"CREATE TEMPORARY TABLE IF NOT EXISTS {_staging(r).removeprefix('pg_temp.')} "
+    f"(LIKE {r.relation}) ON COMMIT DELETE ROWS; DELETE FROM {_staging(r)}"
+    for r in _STAGED
+)
+
+
+def _steps() -> list[tuple[str, bool, str]]:
+    """The upkeep statements in declaration order as (SQL, takes the arrays, label).
+
+    A rollup built from raw events takes the column arrays as parameters; the ones
+    after it need none, so consecutive ones go to the server in one round trip (a
+    multi-statement query runs its statements in order).
+    """
+    steps: list[tuple[str, bool, str]] = []
+    for rollup in ROLLUPS:
+        sql, raw = _upkeep_sql(rollup), rollup.built_from == RAW
+        if steps and not raw and not steps[-1][1]:
+            prev_sql, _, prev_label = steps[-1]
+            steps[-1] = (f"{prev_sql};{sql}", False, f"{prev_label}, {rollup.relation}")
+        else:
+            steps.append((sql, raw, f"upsert {rollup.relation}"))
+    return steps
+
+
+_STEPS = _steps()
 
 
 async def upkeep_in_transaction(conn: asyncpg.Connection, mode: str, rows: Sequence[Row]) -> None:
-    """Apache mode: add the batch to every rollup, inside the batch's transaction."""
+    """Apache mode: add the rows to every rollup, inside the transaction that stores them.
+
+    The database aggregates the rows: their columns go as arrays to the finest rollup's
+    statement, and every rollup's statement upserts its part of the rows sorted by the
+    rollup's primary key, rollups in declaration order (each after the one it is built
+    from). That is the one lock order of every transaction that writes events
+    (``write.store`` and the group writer): rollups in declaration order, and within
+    each the keys in primary-key order as the database sorts them (text by its
+    collation). Concurrent transactions, in one service process or several, wait for
+    each other on shared keys but cannot deadlock.
+    """
     if mode != "apache" or not rows:
         return
-    aggregates = aggregate(rows)
-    # Declaration order (each rollup after its source): the same table order in every
-    # batch, so the row locks of all rollups are taken in one global order.
-    for rollup in ROLLUPS:
-        agg = aggregates[rollup.relation]
-        # Sorted keys are the lock order. The tuples sort like the primary key except
-        # that Python compares text by code point and PostgreSQL by collation; any
-        # order works as long as every batch uses the same one, and unnest() feeds
-        # the rows to the insert in array order.
-        keys = sorted(agg)
-        columns: list[list[object]] = [[] for _ in range(len(rollup.key_columns) + 4)]
-        for key in keys:
-            values = (*key, *agg[key])
-            for col, value in zip(columns, values, strict=True):
-                col.append(value)
-        columns[1] = [_at(cast(int, us)) for us in columns[1]]
-        await timed(conn.execute, _UPSERT[rollup.relation], columns, f"upsert {rollup.relation}")
+    columns = list(zip(*rows, strict=True))
+    arrays = [columns[i] for i in _SOURCE_INDEX]
+    await timed(conn.execute, _CREATE_STAGING, (), "rollup staging tables")
+    for sql, raw, label in _STEPS:
+        await timed(conn.execute, sql, arrays if raw else (), label)
 
 
 async def after_commit(db: Database, mode: str, rows: Sequence[Row]) -> None:
