@@ -3,9 +3,12 @@
 from __future__ import annotations
 
 import asyncio
+import sys
 import time
-from typing import Any
+from pathlib import Path
+from typing import IO, Any
 
+import aiohttp
 import asyncpg
 from aiohttp import ClientResponse
 
@@ -67,3 +70,51 @@ async def wait_for_lock_waiter(conn: asyncpg.Connection, expected: int = 1) -> N
             return
         await asyncio.sleep(0.05)
     raise AssertionError("no request of the service reached the lock it should wait on")
+
+
+async def start_serve(
+    env: dict[str, str],
+    cwd: Path,
+    port: int,
+    *flags: str,
+    stderr: int | IO[Any] = asyncio.subprocess.PIPE,
+) -> asyncio.subprocess.Process:
+    """`python -m apinalytics serve` in a child process, its output captured (stderr,
+    the log, to a file instead when it may outgrow a pipe nobody reads meanwhile)."""
+    return await asyncio.create_subprocess_exec(
+        sys.executable,
+        *("-m", "apinalytics", "serve", "--port", str(port), *flags),
+        env=env,
+        cwd=cwd,
+        stdin=asyncio.subprocess.DEVNULL,
+        stdout=asyncio.subprocess.PIPE,
+        stderr=stderr,
+    )
+
+
+async def wait_until_ready(
+    http: aiohttp.ClientSession, base: str, proc: asyncio.subprocess.Process
+) -> None:
+    for _ in range(300):
+        if proc.returncode is not None:
+            raise AssertionError(f"serve exited with {proc.returncode}")
+        try:
+            async with http.get(f"{base}/readyz") as resp:
+                if resp.status == 200:
+                    return
+        except aiohttp.ClientConnectionError:
+            pass
+        await asyncio.sleep(0.1)
+    raise AssertionError("serve never became ready")
+
+
+async def wait_until_not_listening(port: int) -> None:
+    for _ in range(300):
+        try:
+            _, writer = await asyncio.open_connection("127.0.0.1", port)
+        except OSError:
+            return
+        writer.close()
+        await writer.wait_closed()
+        await asyncio.sleep(0.05)
+    raise AssertionError("the server kept listening after SIGTERM")

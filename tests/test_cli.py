@@ -37,7 +37,16 @@ from apinalytics import apps
 from apinalytics.apps import NewApp
 from apinalytics.localdb import free_port
 
-from .helpers import assert_error, event, read_headers, wait_for_lock_waiter, write_headers
+from .helpers import (
+    assert_error,
+    event,
+    read_headers,
+    start_serve,
+    wait_for_lock_waiter,
+    wait_until_not_listening,
+    wait_until_ready,
+    write_headers,
+)
 
 NOW = int(time.time())
 QUERY = f"/1/timeseries/{NOW - 3600}/{NOW + 60}/"
@@ -257,37 +266,6 @@ async def test_serve_answers_then_stops_on_sigterm(
     assert app.write_key and app.write_key not in err.decode() + out.decode()
 
 
-async def start_serve(
-    env: dict[str, str], cwd: Path, port: int, *flags: str
-) -> asyncio.subprocess.Process:
-    """`python -m apinalytics serve` in a child process, its output captured."""
-    return await asyncio.create_subprocess_exec(
-        sys.executable,
-        *("-m", "apinalytics", "serve", "--port", str(port), *flags),
-        env=env,
-        cwd=cwd,
-        stdin=asyncio.subprocess.DEVNULL,
-        stdout=asyncio.subprocess.PIPE,
-        stderr=asyncio.subprocess.PIPE,
-    )
-
-
-async def wait_until_ready(
-    http: aiohttp.ClientSession, base: str, proc: asyncio.subprocess.Process
-) -> None:
-    for _ in range(300):
-        if proc.returncode is not None:
-            raise AssertionError(f"serve exited with {proc.returncode}")
-        try:
-            async with http.get(f"{base}/readyz") as resp:
-                if resp.status == 200:
-                    return
-        except aiohttp.ClientConnectionError:
-            pass
-        await asyncio.sleep(0.1)
-    raise AssertionError("serve never became ready")
-
-
 async def test_sigterm_lets_an_in_flight_request_finish(
     cli_env: dict[str, str], tmp_path: Path, db: asyncpg.Connection, database_url: str
 ) -> None:
@@ -322,18 +300,6 @@ async def test_sigterm_lets_an_in_flight_request_finish(
         if proc.returncode is None:
             proc.kill()
             await proc.wait()
-
-
-async def wait_until_not_listening(port: int) -> None:
-    for _ in range(300):
-        try:
-            _, writer = await asyncio.open_connection("127.0.0.1", port)
-        except OSError:
-            return
-        writer.close()
-        await writer.wait_closed()
-        await asyncio.sleep(0.05)
-    raise AssertionError("the server kept listening after SIGTERM")
 
 
 def test_app_ids_never_read_as_options() -> None:
