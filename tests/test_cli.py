@@ -266,14 +266,20 @@ async def test_serve_answers_then_stops_on_sigterm(
     assert app.write_key and app.write_key not in err.decode() + out.decode()
 
 
+@pytest.mark.parametrize("workers", ["1", "2"], ids=["one-process", "two-workers"])
 async def test_sigterm_lets_an_in_flight_request_finish(
-    cli_env: dict[str, str], tmp_path: Path, db: asyncpg.Connection, database_url: str
+    cli_env: dict[str, str],
+    tmp_path: Path,
+    db: asyncpg.Connection,
+    database_url: str,
+    workers: str,
 ) -> None:
-    """SPEC "Operations": graceful shutdown finishes in-flight requests. The request is
-    held at its write by a lock until the server has stopped listening."""
+    """SPEC "Operations": graceful shutdown finishes in-flight requests, in one process
+    as with several workers. The request is held at its write by a lock until the
+    server has stopped listening."""
     app = await apps.create(db, "draining")
     port = free_port()
-    proc = await start_serve(cli_env, tmp_path, port, "--no-migrate")
+    proc = await start_serve(cli_env, tmp_path, port, "--no-migrate", "--workers", workers)
     base = f"http://127.0.0.1:{port}"
     blocker = await asyncpg.connect(database_url)
     try:

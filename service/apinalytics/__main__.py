@@ -32,11 +32,12 @@ def main(argv: Sequence[str] | None = None) -> None:
             "host": getattr(args, "host", None),
             "port": getattr(args, "port", None),
             "home": getattr(args, "home", None),
+            "workers": getattr(args, "workers", None),
         }.items()
         if v is not None
     }
     settings = Settings(**overrides)
-    logs.configure(settings.log_level, settings.log_json)
+    logs.configure(settings.log_level, settings.log_json, with_pid=settings.workers > 1)
     if args.command == "serve":
         sys.exit(serve(settings, migrate_first=not args.no_migrate))
     func: Command = args.func
@@ -64,6 +65,12 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("serve", parents=[common], help="run the HTTP service")
     p.add_argument("--host", help="listen address (APINALYTICS_HOST, default 127.0.0.1)")
     p.add_argument("--port", type=int, help="listen port (APINALYTICS_PORT, default 8080)")
+    p.add_argument(
+        "--workers",
+        type=_positive_int,
+        metavar="N",
+        help="processes serving host:port, one per core (APINALYTICS_WORKERS, default 1)",
+    )
     p.add_argument("--no-migrate", action="store_true", help="do not apply migrations at start")
 
     p = sub.add_parser("migrate", parents=[common], help="apply sql/migrations")
@@ -100,18 +107,30 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+def _positive_int(text: str) -> int:
+    try:
+        value = int(text)
+    except ValueError:
+        value = 0
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a whole number of at least 1")
+    return value
+
+
 def serve(settings: Settings, *, migrate_first: bool) -> int:
+    banner = (
+        f"APInalytics listening on http://{settings.host}:{settings.port}/\n"
+        "Create an app with: apinalytics apps create --name my-api"
+    )
+    if settings.workers > 1:
+        return serve_workers(settings, migrate_first=migrate_first, banner=banner)
+
     from aiohttp import web
 
     from .app import create_app
 
     app = create_app(settings, run_migrations=migrate_first)
-    print(
-        f"APInalytics listening on http://{settings.host}:{settings.port}/\n"
-        "Create an app with: apinalytics apps create --name my-api",
-        file=sys.stderr,
-        flush=True,
-    )
+    print(banner, file=sys.stderr, flush=True)
     # aiohttp handles SIGINT/SIGTERM: stops accepting, lets in-flight requests finish
     # (shutdown_timeout), then runs the cleanup contexts.
     web.run_app(
@@ -123,6 +142,18 @@ def serve(settings: Settings, *, migrate_first: bool) -> int:
         print=None,
     )
     return 0
+
+
+def serve_workers(settings: Settings, *, migrate_first: bool, banner: str) -> int:
+    """Several processes (see workers.py): the database is found once, here."""
+    from . import workers
+
+    try:
+        dsn = asyncio.run(dsn_for(settings))
+        return workers.serve(settings, dsn, migrate_first=migrate_first, banner=banner)
+    except (OSError, asyncpg.PostgresError, localdb.LocalDbError) as exc:
+        print(f"apinalytics: {exc}", file=sys.stderr)
+        return 1
 
 
 async def dsn_for(settings: Settings) -> str:

@@ -1,13 +1,25 @@
-"""Prometheus metrics, one registry per application instance (no globals)."""
+"""Prometheus metrics, one registry per application instance (no globals).
+
+Under ``serve --workers N`` (N > 1) the serving process sets ``PROMETHEUS_MULTIPROC_DIR``
+before any worker imports prometheus_client: every worker then keeps its values in
+files there, and ``/metrics``, whichever worker answers it, adds up those of all
+workers (prometheus_client's multiprocess mode). Otherwise the values live in this
+instance's registry.
+"""
 
 from __future__ import annotations
 
+import os
+
 from prometheus_client import CollectorRegistry, Counter, Histogram, generate_latest
+from prometheus_client.multiprocess import MultiProcessCollector
 
 
 class Metrics:
     def __init__(self) -> None:
         self.registry = CollectorRegistry()
+        # Read once: prometheus_client chose how it keeps values when it was imported.
+        self.multiprocess_dir = os.environ.get("PROMETHEUS_MULTIPROC_DIR") or None
         self.events_accepted = Counter(
             "apinalytics_events_accepted",
             "Events durably stored.",
@@ -34,4 +46,10 @@ class Metrics:
         )
 
     def render(self) -> bytes:
-        return generate_latest(self.registry)
+        if self.multiprocess_dir is None:
+            return generate_latest(self.registry)
+        # The documented way: a registry of its own per scrape, reading every
+        # process's files.
+        registry = CollectorRegistry()
+        MultiProcessCollector(registry, path=self.multiprocess_dir)  # type: ignore[no-untyped-call]
+        return generate_latest(registry)

@@ -21,6 +21,9 @@ class Settings(BaseSettings):
     home: Path = Path(".apinalytics")
     # PostgreSQL's bin directory for the embedded cluster; found automatically if unset.
     pg_bindir: Path | None = None
+    # Processes serving host:port (`serve --workers N`). 1: the service runs in the
+    # process that was started; more: one per core is the rule (see README, Operations).
+    workers: int = Field(default=1, ge=1)
 
     # Public base URL (for OAuth redirects behind a proxy); derived from the request if unset.
     public_url: str | None = None
