@@ -12,8 +12,9 @@ from aiohttp import web
 from . import accounts, dashboard, export, localdb, middleware, migrate
 from .db import Database, create_pool
 from .ingest import handlers as ingest
+from .ingest.group import GroupWriter
 from .ingest.write import purge_idempotency_keys
-from .keys import DB, METRICS, ROLLUP_MODE, SETTINGS
+from .keys import DB, INGEST, METRICS, ROLLUP_MODE, SETTINGS
 from .metrics import Metrics
 from .ops import healthz, metrics_view, readyz
 from .query import handlers as query
@@ -43,6 +44,7 @@ def create_app(settings: Settings, *, run_migrations: bool = True) -> web.Applic
     app[SETTINGS] = settings
     app[METRICS] = Metrics()
     app.cleanup_ctx.append(_database(run_migrations))
+    app.cleanup_ctx.append(_ingest_writer)
     app.cleanup_ctx.append(_idempotency_purge)
     app.on_response_prepare.append(middleware.cors_headers)
     accounts.setup_templates(app)
@@ -100,6 +102,22 @@ def _database(run_migrations: bool) -> Callable[[web.Application], AsyncIterator
         # The embedded cluster keeps running: the next `serve` reuses it.
 
     return ctx
+
+
+async def _ingest_writer(app: web.Application) -> AsyncIterator[None]:
+    """The group writer of ingest; closed (its batches written) before the pool is."""
+    settings = app[SETTINGS]
+    writer = GroupWriter(
+        app[DB],
+        mode=app[ROLLUP_MODE],
+        idempotency_ttl_s=settings.idempotency_ttl_s,
+        max_events=settings.ingest_group_max_events,
+        writers=settings.ingest_writers,
+        group_batches=app[METRICS].ingest_group_batches,
+    )
+    app[INGEST] = writer
+    yield
+    await writer.close()
 
 
 async def _idempotency_purge(app: web.Application) -> AsyncIterator[None]:

@@ -5,6 +5,7 @@ from __future__ import annotations
 from aiohttp import web
 
 from .db import Database
+from .ingest.group import GroupWriter
 from .metrics import Metrics
 from .settings import Settings
 
@@ -13,6 +14,8 @@ DB = web.AppKey("db", Database)
 METRICS = web.AppKey("metrics", Metrics)
 # "apache" (rollups kept by the ingest path) or "community" (continuous aggregates).
 ROLLUP_MODE = web.AppKey("rollup_mode", str)
+# Where ingest requests hand their validated batches (group commit).
+INGEST = web.AppKey("ingest", GroupWriter)
 
 # The authenticated Application ID of a request, for logs.
 REQUEST_APP_ID = web.RequestKey("app_id", str)

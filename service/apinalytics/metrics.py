@@ -31,6 +31,12 @@ class Metrics:
             ["reason"],
             registry=self.registry,
         )
+        self.ingest_group_batches = Histogram(
+            "apinalytics_ingest_group_batches",
+            "Batches written per group transaction of the ingest path.",
+            registry=self.registry,
+            buckets=(1, 2, 4, 8, 16, 32, 64, 128),
+        )
         self.request_seconds = Histogram(
             "apinalytics_request_seconds",
             "HTTP request latency.",

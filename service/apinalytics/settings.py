@@ -48,6 +48,10 @@ class Settings(BaseSettings):
     # Batches of at least this many bytes are validated off the event loop.
     offload_body_bytes: int = Field(default=64 * 1024, ge=0)
     idempotency_ttl_s: int = Field(default=86400, gt=0)
+    # Group commit: batches that queue while this many group transactions are in
+    # flight are written together, up to this many events per transaction.
+    ingest_writers: int = Field(default=2, gt=0)
+    ingest_group_max_events: int = Field(default=20_000, gt=0)
 
     # Query limits.
     max_buckets: int = Field(default=10_000, gt=0)

@@ -1,4 +1,4 @@
-"""``POST /1/events/``: authenticate, decode, validate, store, answer."""
+"""``POST /1/events/``: authenticate, decode, validate, store (group commit), answer."""
 
 from __future__ import annotations
 
@@ -10,8 +10,8 @@ from aiohttp import web
 from .. import auth
 from ..apps import KeyKind
 from ..errors import UserError
-from ..keys import DB, METRICS, ROLLUP_MODE, SETTINGS
-from . import decode, write
+from ..keys import INGEST, METRICS, SETTINGS
+from . import decode
 
 MAX_IDEMPOTENCY_KEY = 255
 
@@ -35,14 +35,7 @@ async def post_events(request: web.Request) -> web.Response:
             rows = await loop.run_in_executor(None, decode.parse, body, creds.app, now, settings)
         else:
             rows = decode.parse(body, creds.app, now, settings)
-        result = await write.store(
-            request.app[DB],
-            creds.app,
-            rows,
-            mode=request.app[ROLLUP_MODE],
-            idempotency_key=idem,
-            idempotency_ttl_s=settings.idempotency_ttl_s,
-        )
+        result = await request.app[INGEST].submit(creds.app, rows, idem)
     except (decode.BatchRejected, decode.BatchTooLarge) as exc:
         metrics.events_rejected.labels(reason=exc.code).inc(exc.events)
         raise

@@ -1,4 +1,8 @@
-"""The write path: one transaction per batch, COPY, rollup upkeep, then commit.
+"""The write path of one batch: one transaction, COPY, rollup upkeep, then commit.
+
+The service's requests go through the group writer (``group.py``), which writes the
+batches that arrive together in one such transaction; ``store`` writes one batch
+alone, and is what the group writer falls back on when a group fails.
 
 The caller answers 200 only after ``store`` returns, i.e. after COMMIT: a batch is
 stored whole or not at all. An Idempotency-Key is claimed inside the same
@@ -37,6 +41,42 @@ class Stored:
         return 0 if self.replay else self.accepted
 
 
+# Share-locks the apps' rows until commit, in id order, and reads the raw events'
+# retention horizon in the same transaction: deleting an app waits for the batches
+# being written for it (and then deletes them too) rather than leaving orphaned
+# events, and a retention change commits before or after them. A deleted app's row is
+# not returned.
+LOCK_APPS = """
+    SELECT a.id, extract(epoch FROM greatest(
+        r.dropped_before, now() - make_interval(secs => r.keep_s)))::float8 AS horizon
+    FROM apps a LEFT JOIN retention r ON r.relation = $2
+    WHERE a.id = ANY($1::integer[])
+    ORDER BY a.id
+    FOR SHARE OF a
+"""
+
+# Claims an Idempotency-Key for a batch; no row returned: the key was claimed before,
+# by a committed batch or an earlier one of the same transaction (a concurrent claim
+# waits for the other transaction to end).
+CLAIM_KEY = """
+    INSERT INTO idempotency_keys AS k (app_id, key, accepted) VALUES ($1, $2, $3)
+    ON CONFLICT (app_id, key) DO UPDATE
+        SET accepted = EXCLUDED.accepted, created_at = now()
+        WHERE k.created_at < now() - make_interval(secs => $4)
+    RETURNING true
+"""
+CLAIMED_COUNT = "SELECT accepted FROM idempotency_keys WHERE app_id = $1 AND key = $2"
+
+# The answer for a batch whose app was deleted after its request authenticated.
+UNKNOWN_APP = "Unknown Application ID or wrong key."
+
+
+def refuse_past_horizon(rows: Sequence[Row], horizon: float | None) -> None:
+    """Raise the 400 naming the events older than the raw events' retention horizon."""
+    if horizon is not None and (min(r[0] for r in rows) - EPOCH).total_seconds() < horizon:
+        raise past_horizon(rows, horizon)
+
+
 async def store(
     db: Database,
     app: int,
@@ -49,47 +89,19 @@ async def store(
     """Store a validated batch, or recognise a retry of one already stored."""
     async with db.transaction() as conn:
         if rows:
-            # The app's row is share-locked until commit, so deleting the app waits for
-            # this batch (and then deletes it too) rather than leaving orphaned events.
-            # The raw horizon is read in the same transaction: a retention change
-            # commits before or after it.
-            found = await timed(
-                conn.fetchrow,
-                """
-                SELECT extract(epoch FROM greatest(
-                    r.dropped_before, now() - make_interval(secs => r.keep_s)))::float8
-                    AS horizon
-                FROM apps a LEFT JOIN retention r ON r.relation = $2
-                WHERE a.id = $1
-                FOR SHARE OF a
-                """,
-                (app, RAW),
-                "app lock, raw horizon",
-            )
+            found = await timed(conn.fetchrow, LOCK_APPS, ([app], RAW), "app lock, raw horizon")
             if found is None:
-                raise Unauthorized("Unknown Application ID or wrong key.")
-            horizon = found["horizon"]
-            if horizon is not None and (min(r[0] for r in rows) - EPOCH).total_seconds() < horizon:
-                raise past_horizon(rows, horizon)
+                raise Unauthorized(UNKNOWN_APP)
+            refuse_past_horizon(rows, found["horizon"])
         if idempotency_key is not None:
             claimed = await timed(
                 conn.fetchval,
-                """
-                INSERT INTO idempotency_keys AS k (app_id, key, accepted) VALUES ($1, $2, $3)
-                ON CONFLICT (app_id, key) DO UPDATE
-                    SET accepted = EXCLUDED.accepted, created_at = now()
-                    WHERE k.created_at < now() - make_interval(secs => $4)
-                RETURNING true
-                """,
+                CLAIM_KEY,
                 (app, idempotency_key, len(rows), idempotency_ttl_s),
                 "idempotency claim",
             )
             if not claimed:
-                original: int = await conn.fetchval(
-                    "SELECT accepted FROM idempotency_keys WHERE app_id = $1 AND key = $2",
-                    app,
-                    idempotency_key,
-                )
+                original: int = await conn.fetchval(CLAIMED_COUNT, app, idempotency_key)
                 return Stored(accepted=original, replay=True)
         if rows:
             await conn.copy_records_to_table("events", records=rows, columns=COLUMNS)

@@ -1,0 +1,272 @@
+"""Group commit: the batches that arrive while the database is busy, written together.
+
+The ingest handler submits each validated batch to the application's ``GroupWriter``
+and awaits its outcome. A batch that finds a writer free is written at once, alone.
+Batches that arrive while ``writers`` group transactions are in flight queue, and the
+next writer to be free takes the queue (oldest first, at least one batch, up to
+``max_events`` events) and writes it in ONE transaction:
+
+1. share-lock the apps' rows in id order and read the raw events' retention horizon
+   (``write.LOCK_APPS``, as ``write.store`` does for one app);
+2. answer at once, and drop from the group, each batch whose app is gone (401) or that
+   holds events older than the horizon (400 naming them);
+3. claim each batch's Idempotency-Key, in (app, key) order; a batch whose key was
+   claimed before, by a committed batch or by an earlier batch of this group (a retry
+   of it), stores nothing and is answered with that batch's count;
+4. one COPY of the rows of every batch left, the Apache-mode rollup upkeep once for
+   all of them, COMMIT;
+5. Community mode: ``rollups.after_commit`` once for all of those rows.
+
+Only then is every batch left answered. No timer collects batches: a group is what
+queued while the writers were busy.
+
+Lock order. Every transaction that writes events takes its locks in phases: the apps'
+rows (shared, by id), then Idempotency-Keys (by app and key), then the rollups' rows
+(rollups in declaration order, keys sorted: ``rollups.upkeep_in_transaction``).
+``write.store`` is the one-batch case of the same order, so groups and lone batches,
+in one process or several, wait for each other but cannot deadlock.
+
+Failures. A group's transaction that fails before COMMIT stored nothing. If the
+database is unavailable, every batch of the group gets that 503 (with Retry-After),
+as each would alone. Any other failure (a statement timeout, an error that one batch's
+rows cause in the database) is not every batch's fault: each batch not yet answered is
+then written alone with ``write.store``, in order, and gets its own outcome. If the
+COMMIT itself fails, its outcome is unknown and writing the batches again could store
+them twice, so they all get that error, as a lone batch would. A failure after COMMIT
+(Community mode's refresh) is the error of every batch stored; as for a lone batch, a
+retry with the same Idempotency-Key is answered with the stored count.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from collections import deque
+from collections.abc import Sequence
+from dataclasses import dataclass
+from itertools import chain
+
+from prometheus_client import Histogram
+
+from ..db import Database, timed
+from ..errors import DatabaseUnavailable, Unauthorized, UserError
+from ..rollups import RAW
+from . import rollups, write
+from .decode import COLUMNS, Row
+from .write import Stored
+
+log = logging.getLogger(__name__)
+
+
+@dataclass(eq=False)
+class _Batch:
+    app: int
+    rows: Sequence[Row]
+    key: str | None
+    future: asyncio.Future[Stored]
+
+    def answer(self, result: Stored | BaseException) -> None:
+        """Resolve the request's future, unless it was answered or cancelled already."""
+        if self.future.done():
+            return
+        if isinstance(result, Stored):
+            self.future.set_result(result)
+        elif isinstance(result, Exception):
+            self.future.set_exception(result)
+        else:
+            self.future.cancel()
+
+
+@dataclass
+class _Committed:
+    stored: list[_Batch]
+    replays: list[tuple[_Batch, int]]
+    rows: list[Row]
+
+
+class _CommitFailed(Exception):
+    """The COMMIT of a group failed with ``error``: whether it took effect is unknown."""
+
+    def __init__(self, error: Exception) -> None:
+        super().__init__(str(error))
+        self.error = error
+
+
+class GroupWriter:
+    """Writes the submitted batches, grouping those that queue while the database is busy."""
+
+    def __init__(
+        self,
+        db: Database,
+        *,
+        mode: str,
+        idempotency_ttl_s: int,
+        max_events: int,
+        writers: int,
+        group_batches: Histogram,
+    ) -> None:
+        self._db = db
+        self._mode = mode
+        self._ttl_s = idempotency_ttl_s
+        self._max_events = max_events
+        self._free = writers
+        self._group_batches = group_batches
+        self._queue: deque[_Batch] = deque()
+        self._tasks: set[asyncio.Task[None]] = set()
+
+    @property
+    def queued(self) -> int:
+        """Batches waiting for a writer to be free."""
+        return len(self._queue)
+
+    async def submit(self, app: int, rows: Sequence[Row], idempotency_key: str | None) -> Stored:
+        """Store a validated batch (or recognise a retry of one); returns after COMMIT."""
+        if not rows:
+            # No rows to lock an app for or to copy: claiming the key, if any, is all.
+            return await self._alone(app, rows, idempotency_key)
+        future: asyncio.Future[Stored] = asyncio.get_running_loop().create_future()
+        self._queue.append(_Batch(app, rows, idempotency_key, future))
+        self._start()
+        return await future
+
+    async def close(self) -> None:
+        """Wait until every batch submitted so far is written."""
+        while self._tasks:
+            await asyncio.gather(*self._tasks, return_exceptions=True)
+
+    def _start(self) -> None:
+        while self._free and self._queue:
+            group = self._take()
+            if not group:
+                return
+            self._free -= 1
+            task = asyncio.create_task(self._write(group))
+            self._tasks.add(task)
+            task.add_done_callback(self._tasks.discard)
+
+    def _take(self) -> list[_Batch]:
+        group: list[_Batch] = []
+        events = 0
+        while self._queue:
+            batch = self._queue[0]
+            if batch.future.done():  # its request was cancelled while it queued
+                self._queue.popleft()
+                continue
+            if group and events + len(batch.rows) > self._max_events:
+                break
+            self._queue.popleft()
+            group.append(batch)
+            events += len(batch.rows)
+        return group
+
+    async def _write(self, group: list[_Batch]) -> None:
+        self._group_batches.observe(len(group))
+        holding = True
+
+        def release() -> None:
+            nonlocal holding
+            if holding:
+                holding = False
+                self._free += 1
+                self._start()
+
+        try:
+            try:
+                done = await self._transaction(group)
+            except (DatabaseUnavailable, _CommitFailed) as exc:
+                error = exc.error if isinstance(exc, _CommitFailed) else exc
+                for batch in group:
+                    batch.answer(error)
+                return
+            except Exception as exc:
+                log.warning(
+                    "group transaction failed; writing its batches alone",
+                    extra={"batches": len(group), "error": f"{type(exc).__name__}: {exc}"},
+                )
+                for batch in group:
+                    if not batch.future.done():
+                        batch.answer(await self._outcome(batch))
+                return
+            # Committed: the next group may start while this one is answered.
+            release()
+            refresh_failed: Exception | None = None
+            if done.rows:
+                try:
+                    await rollups.after_commit(self._db, self._mode, done.rows)
+                except Exception as exc:
+                    refresh_failed = exc
+            for batch in done.stored:
+                batch.answer(refresh_failed or Stored(accepted=len(batch.rows), replay=False))
+            for batch, original in done.replays:
+                batch.answer(Stored(accepted=original, replay=True))
+        except BaseException as exc:
+            for batch in group:
+                batch.answer(exc)
+            raise
+        finally:
+            release()
+
+    async def _transaction(self, group: list[_Batch]) -> _Committed:
+        committing = False
+        try:
+            async with self._db.transaction() as conn:
+                apps = sorted({b.app for b in group})
+                found = await timed(conn.fetch, write.LOCK_APPS, (apps, RAW), "app locks")
+                horizons = {r["id"]: r["horizon"] for r in found}
+                kept: list[_Batch] = []
+                for batch in group:
+                    try:
+                        if batch.app not in horizons:
+                            raise Unauthorized(write.UNKNOWN_APP)
+                        write.refuse_past_horizon(batch.rows, horizons[batch.app])
+                    except UserError as exc:
+                        batch.answer(exc)
+                    else:
+                        kept.append(batch)
+                replays: list[tuple[_Batch, int]] = []
+                # Stable sort: of two batches with one key, the earlier claims it.
+                keyed = sorted((b for b in kept if b.key is not None), key=_key_order)
+                for batch in keyed:
+                    claimed = await timed(
+                        conn.fetchval,
+                        write.CLAIM_KEY,
+                        (batch.app, batch.key, len(batch.rows), self._ttl_s),
+                        "idempotency claim",
+                    )
+                    if not claimed:
+                        original: int = await conn.fetchval(
+                            write.CLAIMED_COUNT, batch.app, batch.key
+                        )
+                        replays.append((batch, original))
+                replayed = {b for b, _ in replays}
+                stored = [b for b in kept if b not in replayed]
+                rows = list(chain.from_iterable(b.rows for b in stored))
+                if rows:
+                    await conn.copy_records_to_table("events", records=rows, columns=COLUMNS)
+                    await rollups.upkeep_in_transaction(conn, self._mode, rows)
+                committing = True
+        except Exception as exc:
+            if committing:
+                raise _CommitFailed(exc) from exc
+            raise
+        return _Committed(stored, replays, rows)
+
+    async def _outcome(self, batch: _Batch) -> Stored | Exception:
+        try:
+            return await self._alone(batch.app, batch.rows, batch.key)
+        except Exception as exc:
+            return exc
+
+    async def _alone(self, app: int, rows: Sequence[Row], key: str | None) -> Stored:
+        return await write.store(
+            self._db,
+            app,
+            rows,
+            mode=self._mode,
+            idempotency_key=key,
+            idempotency_ttl_s=self._ttl_s,
+        )
+
+
+def _key_order(batch: _Batch) -> tuple[int, str]:
+    return (batch.app, batch.key or "")
