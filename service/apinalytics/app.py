@@ -6,6 +6,7 @@ import asyncio
 import contextlib
 import logging
 from collections.abc import AsyncIterator, Callable
+from concurrent.futures import ThreadPoolExecutor
 
 from aiohttp import web
 
@@ -14,7 +15,7 @@ from .db import Database, create_pool
 from .ingest import handlers as ingest
 from .ingest.group import GroupWriter
 from .ingest.write import purge_idempotency_keys
-from .keys import DB, INGEST, METRICS, ROLLUP_MODE, SETTINGS
+from .keys import DB, DECODER, INGEST, METRICS, ROLLUP_MODE, SETTINGS
 from .metrics import Metrics
 from .ops import healthz, metrics_view, readyz
 from .query import handlers as query
@@ -45,6 +46,7 @@ def create_app(settings: Settings, *, run_migrations: bool = True) -> web.Applic
     app[METRICS] = Metrics()
     app.cleanup_ctx.append(_database(run_migrations))
     app.cleanup_ctx.append(_ingest_writer)
+    app.cleanup_ctx.append(_decoder)
     app.cleanup_ctx.append(_idempotency_purge)
     app.on_response_prepare.append(middleware.cors_headers)
     accounts.setup_templates(app)
@@ -118,6 +120,16 @@ async def _ingest_writer(app: web.Application) -> AsyncIterator[None]:
     app[INGEST] = writer
     yield
     await writer.close()
+
+
+async def _decoder(app: web.Application) -> AsyncIterator[None]:
+    """One thread for validating big ingest bodies. One, not the default executor's
+    several: validation holds the GIL, so more threads only take turns at it, and
+    every turn costs (docs/benchmarks.md). Its queue is ordered; the event loop stays
+    free to read, write and answer while a batch is validated."""
+    with ThreadPoolExecutor(max_workers=1, thread_name_prefix="decode") as decoder:
+        app[DECODER] = decoder
+        yield
 
 
 async def _idempotency_purge(app: web.Application) -> AsyncIterator[None]:

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from concurrent.futures import ThreadPoolExecutor
+
 from aiohttp import web
 
 from .db import Database
@@ -16,6 +18,8 @@ METRICS = web.AppKey("metrics", Metrics)
 ROLLUP_MODE = web.AppKey("rollup_mode", str)
 # Where ingest requests hand their validated batches (group commit).
 INGEST = web.AppKey("ingest", GroupWriter)
+# The one thread that validates big ingest bodies off the event loop.
+DECODER = web.AppKey("decoder", ThreadPoolExecutor)
 
 # The authenticated Application ID of a request, for logs.
 REQUEST_APP_ID = web.RequestKey("app_id", str)

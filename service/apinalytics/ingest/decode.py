@@ -130,13 +130,15 @@ def parse(body: bytes, app: int, now: float, settings: Settings) -> list[Row]:
     max_url = settings.max_url_length
     methods: dict[str, str | None] = {}
     for i, ev in enumerate(events):
-        method = ev.method
+        method = ev["method"]
         upper = methods.get(method, "")
         if upper == "":
             upper = methods[method] = method.upper() if _METHOD.match(method) else None
-        consumer, url, function, data = ev.consumer_id, ev.url, ev.function, ev.data
+        consumer, url, function = ev["consumer_id"], ev["url"], ev["function"]
+        data = ev.get("data")
+        timestamp = ev["timestamp"]
         if (
-            earliest <= ev.timestamp <= latest
+            earliest <= timestamp <= latest
             and upper is not None
             and len(consumer) <= max_string
             and len(url) <= max_url
@@ -151,14 +153,14 @@ def parse(body: bytes, app: int, now: float, settings: Settings) -> list[Row]:
                 # see _time for why the float division is exact.
                 rows.append(
                     (
-                        _time(round(ev.timestamp * 1_000_000) / 1_000_000, UTC),
+                        _time(round(timestamp * 1_000_000) / 1_000_000, UTC),
                         app,
                         consumer,
                         upper,
                         url,
                         function,
-                        ev.response_us,
-                        ev.status_code,
+                        ev["response_us"],
+                        ev["status_code"],
                         _encode_data(data) if data else None,
                     )
                 )
@@ -195,23 +197,24 @@ def _data_ok(data: dict[str, str], s: Settings) -> bool:
 
 def _check(ev: EventIn, s: Settings, earliest: float, latest: float) -> list[tuple[str, str]]:
     bad: list[tuple[str, str]] = []
-    if not earliest <= ev.timestamp <= latest:
-        bad.append(("timestamp", _window_message(ev.timestamp, earliest, latest)))
-    if not _METHOD.match(ev.method):
+    if not earliest <= ev["timestamp"] <= latest:
+        bad.append(("timestamp", _window_message(ev["timestamp"], earliest, latest)))
+    if not _METHOD.match(ev["method"]):
         bad.append(("method", "must be an HTTP method token of at most 32 characters"))
     for field, value, limit in (
-        ("consumer_id", ev.consumer_id, s.max_string_length),
-        ("url", ev.url, s.max_url_length),
-        ("function", ev.function, s.max_string_length),
+        ("consumer_id", ev["consumer_id"], s.max_string_length),
+        ("url", ev["url"], s.max_url_length),
+        ("function", ev["function"], s.max_string_length),
     ):
         if "\x00" in value:
             bad.append((field, "must not contain NUL characters"))
         if len(value) > limit:
             bad.append((field, f"is {len(value)} characters long; the limit is {limit}"))
-    if ev.data:
-        if len(ev.data) > s.max_data_keys:
-            bad.append(("data", f"has {len(ev.data)} keys; the limit is {s.max_data_keys}"))
-        for k, v in ev.data.items():
+    data = ev.get("data")
+    if data:
+        if len(data) > s.max_data_keys:
+            bad.append(("data", f"has {len(data)} keys; the limit is {s.max_data_keys}"))
+        for k, v in data.items():
             if "\x00" in k or "\x00" in v:
                 bad.append((f"data.{k}", "must not contain NUL characters"))
             if len(k) > s.max_string_length:
@@ -252,8 +255,6 @@ _MESSAGES = {
     "float_type": "must be a number (UNIX seconds)",
     "int_type": "must be an integer",
     "dict_type": "must be an object of string to string, or null",
-    "model_type": "must be an object",
-    "model_attributes_type": "must be an object",
 }
 
 
@@ -272,7 +273,10 @@ def _from_pydantic(exc: ValidationError, body: bytes) -> UserError:
         loc = e["loc"]
         index = loc[0]
         field = ".".join(str(p) for p in loc[1:]) or None
-        message = _MESSAGES.get(e["type"], e["msg"][:1].lower() + e["msg"][1:])
+        if field is None and e["type"] == "dict_type":
+            message = "must be an object"  # the event itself, not its data
+        else:
+            message = _MESSAGES.get(e["type"], e["msg"][:1].lower() + e["msg"][1:])
         problems.append({"index": index, "field": field, "message": message})
     return _rejected(problems, _count_hint(body))
 

@@ -10,7 +10,7 @@ from aiohttp import web
 from .. import auth
 from ..apps import KeyKind
 from ..errors import UserError
-from ..keys import INGEST, METRICS, SETTINGS
+from ..keys import DECODER, INGEST, METRICS, SETTINGS
 from . import decode
 
 MAX_IDEMPOTENCY_KEY = 255
@@ -32,7 +32,9 @@ async def post_events(request: web.Request) -> web.Response:
         if len(body) >= settings.offload_body_bytes:
             # Big batches are validated off the event loop so other requests keep flowing.
             loop = asyncio.get_running_loop()
-            rows = await loop.run_in_executor(None, decode.parse, body, creds.app, now, settings)
+            rows = await loop.run_in_executor(
+                request.app[DECODER], decode.parse, body, creds.app, now, settings
+            )
         else:
             rows = decode.parse(body, creds.app, now, settings)
         result = await request.app[INGEST].submit(creds.app, rows, idem)
