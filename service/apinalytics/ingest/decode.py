@@ -16,6 +16,7 @@ from collections.abc import Sequence
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
+import orjson
 from aiohttp import web
 from pydantic import ValidationError
 
@@ -172,8 +173,9 @@ def parse(body: bytes, app: int, now: float, settings: Settings) -> list[Row]:
     return rows
 
 
-# json.dumps with these arguments builds this very encoder on every call.
-_encode_data = json.JSONEncoder(ensure_ascii=False, separators=(",", ":")).encode
+def _encode_data(data: dict[str, str]) -> str:
+    """``data`` as JSON text for its jsonb column (which parses it again anyway)."""
+    return orjson.dumps(data).decode()
 
 
 # A timestamp as a datetime: the hot loop calls datetime.fromtimestamp(us / 1e6, UTC)
