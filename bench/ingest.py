@@ -28,6 +28,7 @@ import argparse
 import asyncio
 import contextlib
 import json
+import logging
 import os
 import signal
 import subprocess
@@ -55,6 +56,9 @@ START_TIMEOUT_S = 60
 
 
 async def main() -> None:
+    # write.store's statements on 16 busy connections are slow by design here: no
+    # slow-statement warning per statement.
+    logging.getLogger("apinalytics.db").setLevel(logging.ERROR)
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--mode", default="all", choices=["apache", "community", "all"])
     p.add_argument("--events", type=int, default=100_000)
