@@ -147,7 +147,8 @@ def statement(
     group_key: str,
     rollups: Sequence[Rollup] = ROLLUPS,
 ) -> tuple[str, list[Any]]:
-    """SQL and arguments; rows are ``(b, g, v)``: bucket start (UNIX s), group, value.
+    """SQL and arguments; rows are ``(g, bs, vs)``: a group, its buckets' starts (UNIX
+    s) and their values, in the same order.
 
     ``group_key`` is the one group's key when the query has no ``group``.
     """
@@ -188,7 +189,7 @@ def statement(
             for p in plan.parts
         ]
         union = "\n UNION ALL ".join(parts)
-        return f"SELECT {_SECONDS} AS b, g, v FROM (\n {union}\n) parts", args.values
+        return _per_group(f"SELECT {_SECONDS} AS b, g, v FROM (\n {union}\n) parts"), args.values
 
     if _disjoint(query, plan):
         # Every bucket of the answer lies in one part: each part answers its own.
@@ -202,7 +203,7 @@ def statement(
                 value = _RAW_FINAL[agg.kind] if p.source == RAW else _FINAL[agg.kind][1]
                 parts.append(select(p.source, p.start, p.end, [f"{value} AS v"]))
         union = "\n UNION ALL ".join(parts)
-        return f"SELECT {_SECONDS} AS b, g, v FROM (\n {union}\n) parts", args.values
+        return _per_group(f"SELECT {_SECONDS} AS b, g, v FROM (\n {union}\n) parts"), args.values
 
     needs, final = _FINAL[agg.kind]
     parts = []
@@ -216,7 +217,14 @@ def statement(
         parts.append(select(p.source, p.start, p.end, [f"{_PARTIAL[n][i]} AS {n}" for n in needs]))
     union = "\n UNION ALL ".join(parts)
     sql = f"SELECT {_SECONDS} AS b, g, {final} AS v FROM (\n {union}\n) parts GROUP BY bt, g"
-    return sql, args.values
+    return _per_group(sql), args.values
+
+
+def _per_group(points: str) -> str:
+    """One row per group, its buckets and values as two arrays (unordered): thousands
+    of points come back as a few arrays, which the driver decodes far faster than as
+    many rows."""
+    return f"SELECT g, array_agg(b) AS bs, array_agg(v) AS vs FROM (\n{points}\n) points GROUP BY g"
 
 
 def _disjoint(query: Query, plan: Plan) -> bool:
