@@ -9,7 +9,9 @@ same cluster.
 
 from __future__ import annotations
 
+import asyncio
 import bisect
+import contextlib
 import itertools
 import json
 import math
@@ -17,13 +19,18 @@ import os
 import platform
 import random
 import shutil
+import signal
 import statistics
+import subprocess
+import sys
+import time
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
+import aiohttp
 import asyncpg
 
 from apinalytics import localdb
@@ -309,3 +316,50 @@ def timestamps(rng: random.Random, start: int, cum: Sequence[float], n: int) -> 
         out.append(round(start + 60 * min(m, len(cum) - 1) + 60 * rng.random(), 6))
     out.sort()
     return out
+
+
+# -- the service in a child process --------------------------------------------
+
+ROOT = DATA.parent.parent
+START_TIMEOUT_S = 60
+
+
+async def start_service(
+    dsn: str, port: int, argv_prefix: Sequence[str] = (), env: dict[str, str] | None = None
+) -> subprocess.Popen[bytes]:
+    """``python -m apinalytics serve`` on ``dsn`` in a child process, once it is ready
+    (``/readyz``); ``argv_prefix`` goes before ``-m`` (a profiler), ``env`` adds settings."""
+    environ = {
+        **os.environ,
+        "APINALYTICS_DATABASE_URL": dsn,
+        "APINALYTICS_PORT": str(port),
+        "APINALYTICS_HOST": "127.0.0.1",
+        "APINALYTICS_LOG_LEVEL": "WARNING",
+        "APINALYTICS_HOME": str(DATA / "home"),
+        **(env or {}),
+    }
+    argv = [sys.executable, *argv_prefix, "-m", "apinalytics", "serve", "--no-migrate"]
+    proc = subprocess.Popen(argv, env=environ, cwd=ROOT)
+    deadline = time.monotonic() + START_TIMEOUT_S
+    async with aiohttp.ClientSession() as session:
+        while time.monotonic() < deadline:
+            if proc.poll() is not None:
+                raise RuntimeError(f"the service exited with {proc.returncode}")
+            with contextlib.suppress(aiohttp.ClientError):
+                async with session.get(f"http://127.0.0.1:{port}/readyz") as resp:
+                    if resp.status == 200:
+                        return proc
+            await asyncio.sleep(0.2)
+    proc.kill()
+    raise RuntimeError("the service did not become ready")
+
+
+async def stop_service(proc: subprocess.Popen[bytes]) -> None:
+    """SIGINT (a graceful stop), then SIGKILL after a minute."""
+    if proc.poll() is None:
+        proc.send_signal(signal.SIGINT)
+        try:
+            await asyncio.to_thread(proc.wait, 60)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            await asyncio.to_thread(proc.wait, 10)

@@ -17,12 +17,8 @@ from __future__ import annotations
 
 import argparse
 import asyncio
-import contextlib
-import os
 import random
-import signal
 import socket
-import subprocess
 import sys
 import time
 from datetime import UTC, datetime
@@ -43,10 +39,11 @@ from common import (
     diurnal_minutes,
     machine,
     machine_line,
+    start_service,
+    stop_service,
     timestamps,
 )
 
-ROOT = Path(__file__).resolve().parents[1]
 DAY = 86400
 COPY_ROWS = 50_000
 SEED = 20141015
@@ -121,28 +118,6 @@ async def nth_time(dsn: str, n: int) -> int:
         await conn.close()
 
 
-async def start_server(dsn: str, port: int) -> subprocess.Popen[bytes]:
-    env = {
-        **os.environ,
-        "APINALYTICS_DATABASE_URL": dsn,
-        "APINALYTICS_PORT": str(port),
-        "APINALYTICS_LOG_LEVEL": "WARNING",
-        "APINALYTICS_HOME": str(DATA / "home"),
-    }
-    proc = subprocess.Popen(
-        [sys.executable, "-m", "apinalytics", "serve", "--no-migrate"], env=env, cwd=ROOT
-    )
-    async with aiohttp.ClientSession() as session:
-        for _ in range(150):
-            with contextlib.suppress(aiohttp.ClientError):
-                async with session.get(f"http://127.0.0.1:{port}/readyz") as resp:
-                    if resp.status == 200:
-                        return proc
-            await asyncio.sleep(0.2)
-    proc.kill()
-    raise RuntimeError("the service did not become ready")
-
-
 async def export_once(
     port: int, app: apps.NewApp, start: int, end: int, fmt: str, pid: int
 ) -> dict[str, Any]:
@@ -187,7 +162,7 @@ async def bench(mode: str, args: argparse.Namespace) -> str:
         end = await nth_time(c.dsn, min(n, args.events))
         for fmt in ("ndjson", "csv"):
             port = free_port()
-            proc = await start_server(c.dsn, port)
+            proc = await start_service(c.dsn, port)
             try:
                 # Warm-up: code paths, pool connection, prepared statements.
                 await export_once(port, app, start, start + 60, fmt, proc.pid)
@@ -197,8 +172,7 @@ async def bench(mode: str, args: argparse.Namespace) -> str:
                 results.append(r)
                 print(r, file=sys.stderr, flush=True)
             finally:
-                proc.send_signal(signal.SIGINT)
-                proc.wait(60)
+                await stop_service(proc)
     sized = await sizes(c.dsn)
     c.stop()
     return report(mode, args, m, results, sized, copy_s)

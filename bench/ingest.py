@@ -26,13 +26,10 @@ from __future__ import annotations
 
 import argparse
 import asyncio
-import contextlib
 import json
 import logging
 import os
-import signal
 import subprocess
-import sys
 import time
 from collections.abc import Awaitable, Callable, Sequence
 from pathlib import Path
@@ -45,14 +42,23 @@ from apinalytics.db import Database
 from apinalytics.ingest import decode, write
 from apinalytics.rollups import ROLLUPS
 from apinalytics.settings import Settings
-from common import DATA, EventMaker, as_json, machine, machine_line, median, modes_available
+from common import (
+    DATA,
+    ROOT,
+    EventMaker,
+    as_json,
+    machine,
+    machine_line,
+    median,
+    modes_available,
+    start_service,
+    stop_service,
+)
 from common import cluster as start_cluster
 from common import percentile as pct
 
-ROOT = Path(__file__).resolve().parents[1]
 # Bound on any single measured run; a stuck run fails loudly instead of hanging.
 RUN_TIMEOUT_S = 600
-START_TIMEOUT_S = 60
 
 
 async def main() -> None:
@@ -138,7 +144,7 @@ async def bench_mode(mode: str, args: argparse.Namespace) -> None:
 
         port = localdb.free_port()
         server_env = dict(kv.split("=", 1) for kv in args.server_env)
-        server = await _start_server(c.dsn, port, env=server_env)
+        server = await start_service(c.dsn, port, env=server_env)
         url = f"http://127.0.0.1:{port}/1/events/"
         headers = {
             "X-Auth-User": app.app_id,
@@ -159,7 +165,7 @@ async def bench_mode(mode: str, args: argparse.Namespace) -> None:
                         lambda size=size: _http(url, headers, bodies[size], args.concurrency),  # type: ignore[misc]
                     )
         finally:
-            await _stop_server(server)
+            await stop_service(server)
 
         profile = None
         if args.profile:
@@ -297,44 +303,6 @@ async def _http(
         return time.perf_counter() - t, latencies
 
 
-async def _start_server(
-    dsn: str, port: int, argv_prefix: Sequence[str] = (), env: dict[str, str] | None = None
-) -> subprocess.Popen[bytes]:
-    environ = {
-        **os.environ,
-        "APINALYTICS_DATABASE_URL": dsn,
-        "APINALYTICS_PORT": str(port),
-        "APINALYTICS_HOST": "127.0.0.1",
-        "APINALYTICS_LOG_LEVEL": "WARNING",
-        "APINALYTICS_HOME": str(DATA / "home"),
-        **(env or {}),
-    }
-    argv = [sys.executable, *argv_prefix, "-m", "apinalytics", "serve", "--no-migrate"]
-    proc = subprocess.Popen(argv, env=environ, cwd=ROOT)
-    deadline = time.monotonic() + START_TIMEOUT_S
-    async with aiohttp.ClientSession() as session:
-        while time.monotonic() < deadline:
-            if proc.poll() is not None:
-                raise RuntimeError(f"the service exited with {proc.returncode}")
-            with contextlib.suppress(aiohttp.ClientError):
-                async with session.get(f"http://127.0.0.1:{port}/readyz") as resp:
-                    if resp.status == 200:
-                        return proc
-            await asyncio.sleep(0.2)
-    proc.kill()
-    raise RuntimeError("the service did not become ready")
-
-
-async def _stop_server(proc: subprocess.Popen[bytes]) -> None:
-    if proc.poll() is None:
-        proc.send_signal(signal.SIGINT)
-        try:
-            await asyncio.to_thread(proc.wait, 60)
-        except subprocess.TimeoutExpired:
-            proc.kill()
-            await asyncio.to_thread(proc.wait, 10)
-
-
 async def _profile(
     dsn: str,
     mode: str,
@@ -347,7 +315,7 @@ async def _profile(
     port = localdb.free_port()
     prefix = ["-m", "pyinstrument", "-r", "text", "-o", str(out), "--show-all", "-i", "0.0005"]
     # The sampler sees only the main thread: keep decoding there for the profile.
-    server = await _start_server(
+    server = await start_service(
         dsn, port, prefix, env={"APINALYTICS_OFFLOAD_BODY_BYTES": str(1 << 40)}
     )
     try:
@@ -359,7 +327,7 @@ async def _profile(
             )
             print(f"  profiled http_1000: {args.events / elapsed:,.0f} events/s", flush=True)
     finally:
-        await _stop_server(server)
+        await stop_service(server)
     return out
 
 
