@@ -62,6 +62,8 @@ async def assert_error(
 async def wait_for_lock_waiter(conn: asyncpg.Connection, expected: int = 1) -> None:
     """Until ``expected`` backends of the service wait for a lock (bounded: 10 s)."""
     for _ in range(200):
+        # Inside a transaction, pg_stat_activity is a snapshot taken at its first read.
+        await conn.execute("SELECT pg_stat_clear_snapshot()")
         waiting = await conn.fetchval(
             "SELECT count(*) FROM pg_stat_activity "
             "WHERE application_name = 'apinalytics' AND wait_event_type = 'Lock'"

@@ -108,6 +108,19 @@ async def timed(fn: Any, sql: str, args: Sequence[Any], label: str = "") -> Any:
             )
 
 
+async def _release(conn: asyncpg.Connection) -> None:
+    """What a connection needs on its way back to the pool: nothing more than asyncpg
+    does anyway (rolling back a transaction left open, forgetting listeners).
+
+    asyncpg's default reset is one more round trip per use (advisory unlocks, CLOSE
+    ALL, UNLISTEN, RESET ALL). The service leaves none of that behind: settings are
+    changed with SET LOCAL, cursors live in transactions, nothing listens or takes
+    session advisory locks on a pooled connection, and ``rollups.rebuild`` resets the
+    one session setting it changes. Temporary tables (the rollup upkeep's staging
+    tables) are meant to stay.
+    """
+
+
 async def create_pool(
     dsn: str, *, max_size: int, statement_timeout_s: float, connect_timeout_s: float
 ) -> asyncpg.Pool:
@@ -117,6 +130,7 @@ async def create_pool(
         min_size=0,
         max_size=max_size,
         timeout=connect_timeout_s,
+        reset=_release,
         # Recycle idle connections so a restarted database is rediscovered promptly.
         max_inactive_connection_lifetime=60,
         server_settings={
