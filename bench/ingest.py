@@ -38,7 +38,7 @@ import aiohttp
 import asyncpg
 
 from apinalytics import apps, localdb, migrate
-from apinalytics.db import Database
+from apinalytics.db import Database, unix_us_timestamps
 from apinalytics.ingest import decode, write
 from apinalytics.rollups import ROLLUPS
 from apinalytics.settings import Settings
@@ -249,9 +249,11 @@ async def _count(dsn: str) -> int:
 
 
 async def _copy_all(dsn: str, rows: Sequence[decode.Row]) -> float:
-    """The ceiling: one COPY of every row, one statement, one connection."""
+    """The ceiling: one COPY of every row, one statement, one connection (with the
+    service's ingest codec: times as ints of UNIX microseconds)."""
     conn = await asyncpg.connect(dsn)
     try:
+        await unix_us_timestamps(conn)
         t = time.perf_counter()
         await conn.copy_records_to_table("events", records=rows, columns=decode.COLUMNS)
         return time.perf_counter() - t
@@ -262,7 +264,7 @@ async def _copy_all(dsn: str, rows: Sequence[decode.Row]) -> float:
 async def _store(dsn: str, batches: Sequence[Sequence[decode.Row]], mode: str, conc: int) -> float:
     """The service's write path without HTTP: ``write.store`` per batch (one transaction
     each: COPY plus, in the Apache mode, the rollup upkeep), on ``conc`` connections."""
-    pool = await asyncpg.create_pool(dsn, min_size=conc, max_size=conc)
+    pool = await asyncpg.create_pool(dsn, min_size=conc, max_size=conc, init=unix_us_timestamps)
     db = Database(pool, 60, 60)
     it = iter(batches)
 

@@ -37,6 +37,7 @@ from hypothesis import strategies as st
 
 from apinalytics import apps, migrate, retention
 from apinalytics.apps import NewApp
+from apinalytics.db import unix_us_timestamps
 from apinalytics.ingest import rollups as upkeep
 from apinalytics.ingest.decode import COLUMNS
 from apinalytics.rollups import ROLLUPS, Rollup
@@ -331,9 +332,16 @@ async def test_deleting_an_app_removes_its_rollup_rows_only(
 
 
 def as_row(e: dict[str, Any], app: int) -> tuple[Any, ...]:
+    """A row for COPY on a plain connection: its time is a datetime."""
     t = EPOCH + timedelta(microseconds=round(e["timestamp"] * 1_000_000))
     values = {**e, "time": t, "app_id": app, "method": e["method"].upper(), "data": None}
     return tuple(values[c] for c in COLUMNS)
+
+
+def as_ingest_row(e: dict[str, Any], app: int) -> tuple[Any, ...]:
+    """The row the ingest path builds (decode.Row): its time in UNIX microseconds."""
+    us = round(e["timestamp"] * 1_000_000)
+    return (us, *as_row(e, app)[1:])
 
 
 @all_modes
@@ -471,11 +479,14 @@ async def upkept(database_url: str, batches: list[list[tuple[Any, ...]]]) -> dic
     upkept in turn in one transaction, rolled back afterwards."""
     conn = await asyncpg.connect(database_url)
     try:
+        await unix_us_timestamps(conn)
         tx = conn.transaction()
         await tx.start()
         try:
             for rows in batches:
                 await upkeep.upkeep_in_transaction(conn, "apache", rows)
+            # Read the buckets back as datetimes, as the oracle has them.
+            await conn.reset_type_codec("timestamptz", schema="pg_catalog")
             return {r.relation: await held(conn, r.relation) for r in ROLLUPS}
         finally:
             await tx.rollback()
@@ -495,7 +506,7 @@ def test_upkeep_in_the_database_matches_oracle(
 ) -> None:
     """The rows aggregated by the database into every rollup, in two batches (the
     second one adding to the first one's rows), equal the brute-force oracle."""
-    rows = [as_row({**e, "url": "/"}, 1) for e in events]
+    rows = [as_ingest_row({**e, "url": "/"}, 1) for e in events]
     got = run(upkept(database_url, [rows[:split], rows[split:]]))
     assert isinstance(got, dict)
     for rollup in ROLLUPS:
@@ -599,7 +610,11 @@ async def test_migration_0005_brings_narrow_rollups_to_an_existing_database(
             end = datetime.fromtimestamp(hour_floor(now), UTC)
             if mode == "apache":
                 for rollup in ROLLUPS[:2]:
-                    await conn.execute(upkeep._REBUILD[rollup.relation], start, end)
+                    await conn.execute(
+                        upkeep._REBUILD[rollup.relation],
+                        int(start.timestamp()),
+                        int(end.timestamp()),
+                    )
             else:
                 for relation in ("events_1m", "events_1h"):
                     await conn.execute(

@@ -11,11 +11,11 @@ from concurrent.futures import ThreadPoolExecutor
 from aiohttp import web
 
 from . import accounts, dashboard, export, localdb, middleware, migrate
-from .db import Database, create_pool
+from .db import Database, create_pool, unix_us_timestamps
 from .ingest import handlers as ingest
 from .ingest.group import GroupWriter
 from .ingest.write import purge_idempotency_keys
-from .keys import DB, DECODER, INGEST, METRICS, ROLLUP_MODE, SETTINGS
+from .keys import DB, DECODER, INGEST, INGEST_DB, METRICS, ROLLUP_MODE, SETTINGS
 from .metrics import Metrics
 from .ops import healthz, metrics_view, readyz
 from .query import handlers as query
@@ -96,10 +96,25 @@ def _database(run_migrations: bool) -> Callable[[web.Application], AsyncIterator
         )
         db = Database(pool, settings.statement_timeout_s, settings.db_connect_timeout_s)
         app[DB] = db
+        # The ingest path's own connections, with integer timestamps (db.unix_us_timestamps),
+        # so queries and ingest never wait for each other's connections. One per group
+        # transaction, one per group finishing its after-commit work, and two for
+        # batches written alone (an empty batch's key claim).
+        ingest_pool = await create_pool(
+            dsn,
+            max_size=2 * settings.ingest_writers + 2,
+            statement_timeout_s=settings.statement_timeout_s,
+            connect_timeout_s=settings.db_connect_timeout_s,
+            init=unix_us_timestamps,
+        )
+        app[INGEST_DB] = Database(
+            ingest_pool, settings.statement_timeout_s, settings.db_connect_timeout_s
+        )
         async with db.connection() as conn:
             mode = await migrate.rollup_mode(conn)
         app[ROLLUP_MODE] = mode or "apache"
         yield
+        await ingest_pool.close()
         await pool.close()
         # The embedded cluster keeps running: the next `serve` reuses it.
 
@@ -110,7 +125,7 @@ async def _ingest_writer(app: web.Application) -> AsyncIterator[None]:
     """The group writer of ingest; closed (its batches written) before the pool is."""
     settings = app[SETTINGS]
     writer = GroupWriter(
-        app[DB],
+        app[INGEST_DB],
         mode=app[ROLLUP_MODE],
         idempotency_ttl_s=settings.idempotency_ttl_s,
         max_events=settings.ingest_group_max_events,

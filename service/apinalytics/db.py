@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import logging
 import time
-from collections.abc import AsyncIterator, Iterator, Sequence
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterator, Sequence
 from contextlib import asynccontextmanager, contextmanager
 from typing import Any
 
@@ -108,6 +108,35 @@ async def timed(fn: Any, sql: str, args: Sequence[Any], label: str = "") -> Any:
             )
 
 
+# PostgreSQL counts timestamptz in microseconds from 2000-01-01 00:00 UTC.
+PG_EPOCH_UNIX_US = 946_684_800_000_000
+
+
+def _to_pg_us(unix_us: int) -> tuple[int]:
+    return (unix_us - PG_EPOCH_UNIX_US,)
+
+
+def _from_pg_us(pg: tuple[int]) -> int:
+    return pg[0] + PG_EPOCH_UNIX_US
+
+
+async def unix_us_timestamps(conn: asyncpg.Connection) -> None:
+    """On this connection, timestamptz values are ints of UNIX microseconds, both ways.
+
+    For the ingest path: a batch's times go to the database as ints, which asyncpg
+    encodes in a fraction of the time a datetime takes (docs/benchmarks.md), and the
+    decoder never builds a datetime. Infinite timestamps decode to the int64 extremes
+    shifted by the epoch difference: nothing on the ingest path reads one.
+    """
+    await conn.set_type_codec(
+        "timestamptz",
+        schema="pg_catalog",
+        encoder=_to_pg_us,
+        decoder=_from_pg_us,
+        format="tuple",
+    )
+
+
 async def _release(conn: asyncpg.Connection) -> None:
     """What a connection needs on its way back to the pool: nothing more than asyncpg
     does anyway (rolling back a transaction left open, forgetting listeners).
@@ -122,14 +151,21 @@ async def _release(conn: asyncpg.Connection) -> None:
 
 
 async def create_pool(
-    dsn: str, *, max_size: int, statement_timeout_s: float, connect_timeout_s: float
+    dsn: str,
+    *,
+    max_size: int,
+    statement_timeout_s: float,
+    connect_timeout_s: float,
+    init: Callable[[asyncpg.Connection], Awaitable[None]] | None = None,
 ) -> asyncpg.Pool:
-    """A pool that connects lazily, so the service starts (and recovers) without the database."""
+    """A pool that connects lazily, so the service starts (and recovers) without the
+    database; ``init`` runs on each new connection."""
     pool: asyncpg.Pool = await asyncpg.create_pool(
         dsn,
         min_size=0,
         max_size=max_size,
         timeout=connect_timeout_s,
+        init=init,
         reset=_release,
         # Recycle idle connections so a restarted database is rediscovered promptly.
         max_inactive_connection_lifetime=60,

@@ -13,6 +13,8 @@ from .settings import Settings
 
 SETTINGS = web.AppKey("settings", Settings)
 DB = web.AppKey("db", Database)
+# The ingest path's pool: timestamptz as ints of UNIX microseconds (db.unix_us_timestamps).
+INGEST_DB = web.AppKey("ingest_db", Database)
 METRICS = web.AppKey("metrics", Metrics)
 # "apache" (rollups kept by the ingest path) or "community" (continuous aggregates).
 ROLLUP_MODE = web.AppKey("rollup_mode", str)

@@ -15,7 +15,11 @@ next writer to be free takes the queue (oldest first, at least one batch, up to
    of it), stores nothing and is answered with that batch's count;
 4. one COPY of the rows of every batch left, the Apache-mode rollup upkeep once for
    all of them, COMMIT;
-5. Community mode: ``rollups.after_commit`` once for all of those rows.
+5. Community mode: ``rollups.after_commit`` once for all of those rows, on the same
+   connection.
+
+Its connections come from the ingest pool, where rows carry their times as ints of
+UNIX microseconds (``db.unix_us_timestamps``).
 
 Only then is every batch left answered. No timer collects batches: a group is what
 queued while the writers were busy.
@@ -33,7 +37,7 @@ rows cause in the database) is not every batch's fault: each batch not yet answe
 then written alone with ``write.store``, in order, and gets its own outcome. If the
 COMMIT itself fails, its outcome is unknown and writing the batches again could store
 them twice, so they all get that error, as a lone batch would. A failure after COMMIT
-(Community mode's refresh) is the error of every batch stored; as for a lone batch, a
+(Community mode's refresh, or handing the connection back) is the error of every batch stored; as for a lone batch, a
 retry with the same Idempotency-Key is answered with the stored count.
 """
 
@@ -46,9 +50,10 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from itertools import chain
 
+import asyncpg
 from prometheus_client import Histogram
 
-from ..db import Database, timed
+from ..db import Database, mapped_errors, timed
 from ..errors import DatabaseUnavailable, Unauthorized, UserError
 from ..rollups import RAW
 from . import rollups, write
@@ -171,32 +176,36 @@ class GroupWriter:
                 self._start()
 
         try:
+            done: _Committed | None = None
+            after: Exception | None = None
             try:
-                done = await self._transaction(group)
-            except (DatabaseUnavailable, _CommitFailed) as exc:
-                error = exc.error if isinstance(exc, _CommitFailed) else exc
-                for batch in group:
-                    batch.answer(error)
-                return
+                async with self._db.connection() as conn:
+                    done = await self._transaction(conn, group)
+                    # Committed: the next group may start while this one is answered.
+                    release()
+                    if done.rows:
+                        with mapped_errors(self._db.statement_timeout_s):
+                            await rollups.after_commit(conn, self._mode, done.rows)
             except Exception as exc:
-                log.warning(
-                    "group transaction failed; writing its batches alone",
-                    extra={"batches": len(group), "error": f"{type(exc).__name__}: {exc}"},
-                )
-                for batch in group:
-                    if not batch.future.done():
-                        batch.answer(await self._outcome(batch))
-                return
-            # Committed: the next group may start while this one is answered.
-            release()
-            refresh_failed: Exception | None = None
-            if done.rows:
-                try:
-                    await rollups.after_commit(self._db, self._mode, done.rows)
-                except Exception as exc:
-                    refresh_failed = exc
+                if done is not None:
+                    after = exc  # after COMMIT: the rows are stored, the error is theirs
+                elif isinstance(exc, (DatabaseUnavailable, _CommitFailed)):
+                    error = exc.error if isinstance(exc, _CommitFailed) else exc
+                    for batch in group:
+                        batch.answer(error)
+                    return
+                else:
+                    log.warning(
+                        "group transaction failed; writing its batches alone",
+                        extra={"batches": len(group), "error": f"{type(exc).__name__}: {exc}"},
+                    )
+                    for batch in group:
+                        if not batch.future.done():
+                            batch.answer(await self._outcome(batch))
+                    return
+            assert done is not None
             for batch in done.stored:
-                batch.answer(refresh_failed or Stored(accepted=len(batch.rows), replay=False))
+                batch.answer(after or Stored(accepted=len(batch.rows), replay=False))
             for batch, original in done.replays:
                 batch.answer(Stored(accepted=original, replay=True))
         except BaseException as exc:
@@ -206,45 +215,46 @@ class GroupWriter:
         finally:
             release()
 
-    async def _transaction(self, group: list[_Batch]) -> _Committed:
+    async def _transaction(self, conn: asyncpg.Connection, group: list[_Batch]) -> _Committed:
         committing = False
         try:
-            async with self._db.transaction() as conn:
-                apps = sorted({b.app for b in group})
-                found = await timed(conn.fetch, write.LOCK_APPS, (apps, RAW), "app locks")
-                horizons = {r["id"]: r["horizon"] for r in found}
-                kept: list[_Batch] = []
-                for batch in group:
-                    try:
-                        if batch.app not in horizons:
-                            raise Unauthorized(write.UNKNOWN_APP)
-                        write.refuse_past_horizon(batch.rows, horizons[batch.app])
-                    except UserError as exc:
-                        batch.answer(exc)
-                    else:
-                        kept.append(batch)
-                replays: list[tuple[_Batch, int]] = []
-                # Stable sort: of two batches with one key, the earlier claims it.
-                keyed = sorted((b for b in kept if b.key is not None), key=_key_order)
-                for batch in keyed:
-                    claimed = await timed(
-                        conn.fetchval,
-                        write.CLAIM_KEY,
-                        (batch.app, batch.key, len(batch.rows), self._ttl_s),
-                        "idempotency claim",
-                    )
-                    if not claimed:
-                        original: int = await conn.fetchval(
-                            write.CLAIMED_COUNT, batch.app, batch.key
+            with mapped_errors(self._db.statement_timeout_s):
+                async with conn.transaction():
+                    apps = sorted({b.app for b in group})
+                    found = await timed(conn.fetch, write.LOCK_APPS, (apps, RAW), "app locks")
+                    horizons = {r["id"]: r["horizon"] for r in found}
+                    kept: list[_Batch] = []
+                    for batch in group:
+                        try:
+                            if batch.app not in horizons:
+                                raise Unauthorized(write.UNKNOWN_APP)
+                            write.refuse_past_horizon(batch.rows, horizons[batch.app])
+                        except UserError as exc:
+                            batch.answer(exc)
+                        else:
+                            kept.append(batch)
+                    replays: list[tuple[_Batch, int]] = []
+                    # Stable sort: of two batches with one key, the earlier claims it.
+                    keyed = sorted((b for b in kept if b.key is not None), key=_key_order)
+                    for batch in keyed:
+                        claimed = await timed(
+                            conn.fetchval,
+                            write.CLAIM_KEY,
+                            (batch.app, batch.key, len(batch.rows), self._ttl_s),
+                            "idempotency claim",
                         )
-                        replays.append((batch, original))
-                replayed = {b for b, _ in replays}
-                stored = [b for b in kept if b not in replayed]
-                rows = list(chain.from_iterable(b.rows for b in stored))
-                if rows:
-                    await conn.copy_records_to_table("events", records=rows, columns=COLUMNS)
-                    await rollups.upkeep_in_transaction(conn, self._mode, rows)
-                committing = True
+                        if not claimed:
+                            original: int = await conn.fetchval(
+                                write.CLAIMED_COUNT, batch.app, batch.key
+                            )
+                            replays.append((batch, original))
+                    replayed = {b for b, _ in replays}
+                    stored = [b for b in kept if b not in replayed]
+                    rows = list(chain.from_iterable(b.rows for b in stored))
+                    if rows:
+                        await conn.copy_records_to_table("events", records=rows, columns=COLUMNS)
+                        await rollups.upkeep_in_transaction(conn, self._mode, rows)
+                    committing = True
         except Exception as exc:
             if committing:
                 raise _CommitFailed(exc) from exc

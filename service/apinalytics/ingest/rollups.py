@@ -25,14 +25,13 @@ import logging
 import math
 from collections.abc import AsyncIterator, Sequence
 from contextlib import asynccontextmanager
-from datetime import datetime, timedelta
 
 import asyncpg
 
 from .. import retention
 from ..db import Database, timed
 from ..rollups import DIMENSION_TYPES, RAW, ROLLUPS, Rollup
-from .decode import COLUMNS, EPOCH, Row
+from .decode import COLUMNS, Row
 
 log = logging.getLogger(__name__)
 
@@ -48,14 +47,6 @@ MAX_REFRESH_WINDOWS = 8
 # every rollup width), so each statement aggregates a bounded amount of raw data and
 # concurrent ingest waits on a slice, not on the whole rebuild.
 REBUILD_SLICE_S = 86400
-
-
-def _unix_us(t: datetime) -> int:
-    return (t - EPOCH) // timedelta(microseconds=1)
-
-
-def _at(unix_us: int) -> datetime:
-    return EPOCH + timedelta(microseconds=unix_us)
 
 
 # The columns of the rows that the rollups read, passed to the upkeep as one array
@@ -185,12 +176,15 @@ async def upkeep_in_transaction(conn: asyncpg.Connection, mode: str, rows: Seque
         await timed(conn.execute, sql, arrays if raw else (), label)
 
 
-async def after_commit(db: Database, mode: str, rows: Sequence[Row]) -> None:
-    """Community mode: refresh the buckets of events that real-time aggregation misses."""
+async def after_commit(conn: asyncpg.Connection, mode: str, rows: Sequence[Row]) -> None:
+    """Community mode: refresh the buckets of events that real-time aggregation misses.
+
+    ``conn`` is an ingest connection (``db.unix_us_timestamps``), the one that just
+    committed the rows: no second connection is taken for this.
+    """
     if mode != "community" or not rows:
         return
-    async with db.connection() as conn:
-        await refresh_behind_threshold(conn, rows)
+    await refresh_behind_threshold(conn, rows)
 
 
 async def refresh_behind_threshold(conn: asyncpg.Connection, rows: Sequence[Row]) -> None:
@@ -199,57 +193,72 @@ async def refresh_behind_threshold(conn: asyncpg.Connection, rows: Sequence[Row]
 
     Events at or above the threshold need nothing: real-time aggregation reads them
     now, and whichever refresh later moves the threshold past them materializes them.
-    The threshold is read after the commit and after the source rollup's refresh, so a
-    policy run that moves it concurrently cannot slip between. A batch whose earliest
-    event is at or above a threshold needs nothing from that rollup.
+    The thresholds are read after the commit, and each again after its source rollup's
+    refresh, so a policy run that moves one concurrently cannot slip between. A batch
+    whose earliest event is at or above a threshold needs nothing from that rollup.
     """
-    # Live traffic lies above every threshold: the earliest event alone shows that, so
-    # the per-event work (and reading the horizons) is only done for batches that
-    # reach below one.
-    earliest = _unix_us(min(row[0] for row in rows))
+    # Live traffic lies above every threshold: the earliest event alone shows that, with
+    # one read of every threshold, so the per-event work (and reading the horizons) is
+    # only done for batches that reach below one.
+    earliest = min(row[0] for row in rows)
+    first = await _thresholds_us(conn)
+    if all(_above(earliest, r, first.get(r.relation)) for r in ROLLUPS):
+        return
     times: list[int] | None = None
     horizons: dict[str, float | None] | None = None
     for rollup in ROLLUPS:
         threshold = await _threshold_us(conn, rollup)
-        if threshold is None:
+        if threshold is None or _above(earliest, rollup, threshold):
             continue
         width = rollup.width_s * _US
-        if earliest - earliest % width >= threshold:
-            continue
         if times is None:
-            times = sorted({_unix_us(row[0]) for row in rows})
+            times = sorted({row[0] for row in rows})
         if horizons is None:
             horizons = await retention.horizons(conn)
         buckets = sorted({us - us % width for us in times if us - us % width < threshold})
         for start, end in _windows(buckets, width, MAX_REFRESH_WINDOWS):
             window = _clamp(start, end, width, horizons.get(rollup.built_from))
             if window:
-                await _refresh(conn, rollup, *window)
+                await _refresh(conn, rollup, window[0] // _US, window[1] // _US)
+
+
+def _above(earliest_us: int, rollup: Rollup, threshold: int | None) -> bool:
+    """Whether events from ``earliest_us`` on need no refresh of ``rollup``: its
+    bucket starts at or above the threshold, or nothing is materialized yet."""
+    width = rollup.width_s * _US
+    return threshold is None or earliest_us - earliest_us % width >= threshold
+
+
+# A continuous aggregate's invalidation threshold in UNIX microseconds; no row before
+# its first refresh (then nothing is materialized and real-time aggregation reads all).
+# Changes below the threshold are logged as invalidations and stay unmaterialized until
+# a refresh covers them. The watermark real-time queries start from (the end of the
+# last materialized bucket) is normally at or below it; taking the greater of the two
+# keeps "below it" the safe test for "needs a refresh" either way.
+_THRESHOLDS = """
+    SELECT ca.user_view_name::text AS relation, greatest(
+        t.watermark, _timescaledb_functions.cagg_watermark(ca.mat_hypertable_id)) AS us
+    FROM _timescaledb_catalog.continuous_agg ca
+    JOIN _timescaledb_catalog.continuous_aggs_invalidation_threshold t
+        ON t.hypertable_id = ca.raw_hypertable_id
+    WHERE ca.user_view_schema = current_schema() AND ca.user_view_name::text = ANY($1::text[])
+"""
+
+
+async def _thresholds_us(conn: asyncpg.Connection) -> dict[str, int | None]:
+    """Every rollup's threshold (see ``_THRESHOLDS``), in one round trip."""
+    found = await timed(
+        conn.fetch, _THRESHOLDS, ([r.relation for r in ROLLUPS],), "rollup thresholds"
+    )
+    return {r["relation"]: None if r["us"] is None else int(r["us"]) for r in found}
 
 
 async def _threshold_us(conn: asyncpg.Connection, rollup: Rollup) -> int | None:
-    """The continuous aggregate's invalidation threshold in UNIX microseconds, or None
-    before its first refresh (then nothing is materialized and real-time reads all).
-
-    Changes below the threshold are logged as invalidations and stay unmaterialized
-    until a refresh covers them. The watermark real-time queries start from (the end
-    of the last materialized bucket) is normally at or below it; taking the greater
-    of the two keeps "below it" the safe test for "needs a refresh" either way.
-    """
-    value = await timed(
-        conn.fetchval,
-        """
-        SELECT greatest(
-            t.watermark, _timescaledb_functions.cagg_watermark(ca.mat_hypertable_id))
-        FROM _timescaledb_catalog.continuous_agg ca
-        JOIN _timescaledb_catalog.continuous_aggs_invalidation_threshold t
-            ON t.hypertable_id = ca.raw_hypertable_id
-        WHERE ca.user_view_schema = current_schema() AND ca.user_view_name = $1
-        """,
-        (rollup.relation,),
-        f"threshold {rollup.relation}",
+    """One rollup's threshold (see ``_THRESHOLDS``)."""
+    found = await timed(
+        conn.fetch, _THRESHOLDS, ([rollup.relation],), f"threshold {rollup.relation}"
     )
-    return None if value is None else int(value)
+    return None if not found or found[0]["us"] is None else int(found[0]["us"])
 
 
 def _windows(buckets: Sequence[int], width: int, limit: int) -> list[tuple[int, int]]:
@@ -284,11 +293,13 @@ def _clamp(start: int, end: int, width: int, horizon: float | None) -> tuple[int
     return (start, end) if start < end else None
 
 
-async def _refresh(conn: asyncpg.Connection, rollup: Rollup, start_us: int, end_us: int) -> None:
+async def _refresh(conn: asyncpg.Connection, rollup: Rollup, start_s: int, end_s: int) -> None:
+    """Refresh ``[start_s, end_s)`` (whole UNIX seconds, bucket boundaries). The bounds
+    go as integers, so this works on a connection with either timestamp codec."""
     await timed(
         conn.execute,
-        "CALL refresh_continuous_aggregate($1, $2::timestamptz, $3::timestamptz)",
-        (rollup.relation, _at(start_us), _at(end_us)),
+        "CALL refresh_continuous_aggregate($1, to_timestamp($2::bigint), to_timestamp($3::bigint))",
+        (rollup.relation, start_s, end_s),
         f"refresh {rollup.relation}",
     )
 
@@ -358,7 +369,7 @@ async def rebuild(
             try:
                 for s, e in slices:
                     for rollup, (a, b) in _parts(s, e, windows):
-                        await _refresh(conn, rollup, a * _US, b * _US)
+                        await _refresh(conn, rollup, a, b)
             finally:
                 await conn.execute("RESET statement_timeout")
     log.info("rollups rebuilt", extra={"windows": windows, "mode": mode})
@@ -397,7 +408,7 @@ def _rebuild_sql(rollup: Rollup) -> str:
             (bucket, app_id, {dims}calls, sum_us, min_us, max_us)
         SELECT {bucket}, app_id, {dims}{measures}
         FROM {rollup.built_from}
-        WHERE {source_time} >= $1 AND {source_time} < $2
+        WHERE {source_time} >= to_timestamp($1::bigint) AND {source_time} < to_timestamp($2::bigint)
         GROUP BY {bucket}, app_id{"".join(f", {d}" for d in rollup.dimensions)}
     """
 
@@ -417,10 +428,12 @@ async def _rebuild_tables(
         # locks events before the rollups and this never writes events: no deadlock.
         await conn.execute(f"LOCK TABLE {relations} IN SHARE ROW EXCLUSIVE MODE")
         for rollup, (a, b) in _parts(start_s, end_s, windows):
-            bounds = (_at(a * _US), _at(b * _US))
+            # Whole seconds as integers: right on a connection with either timestamp codec.
+            bounds = (a, b)
             await timed(
                 conn.execute,
-                f"DELETE FROM {rollup.relation} WHERE bucket >= $1 AND bucket < $2",
+                f"DELETE FROM {rollup.relation} "
+                "WHERE bucket >= to_timestamp($1::bigint) AND bucket < to_timestamp($2::bigint)",
                 bounds,
                 f"rebuild delete {rollup.relation}",
             )

@@ -22,7 +22,7 @@ from ..db import Database, timed
 from ..errors import Unauthorized
 from ..rollups import RAW
 from . import rollups
-from .decode import COLUMNS, EPOCH, Row, past_horizon
+from .decode import COLUMNS, Row, horizon_us, past_horizon
 
 
 @dataclass(frozen=True)
@@ -73,7 +73,7 @@ UNKNOWN_APP = "Unknown Application ID or wrong key."
 
 def refuse_past_horizon(rows: Sequence[Row], horizon: float | None) -> None:
     """Raise the 400 naming the events older than the raw events' retention horizon."""
-    if horizon is not None and (min(r[0] for r in rows) - EPOCH).total_seconds() < horizon:
+    if horizon is not None and min(r[0] for r in rows) < horizon_us(horizon):
         raise past_horizon(rows, horizon)
 
 
@@ -86,28 +86,33 @@ async def store(
     idempotency_key: str | None,
     idempotency_ttl_s: int,
 ) -> Stored:
-    """Store a validated batch, or recognise a retry of one already stored."""
-    async with db.transaction() as conn:
+    """Store a validated batch, or recognise a retry of one already stored.
+
+    ``db`` is the ingest pool (``db.unix_us_timestamps``): rows carry their times as
+    ints of UNIX microseconds.
+    """
+    async with db.connection() as conn:
+        async with conn.transaction():
+            if rows:
+                found = await timed(conn.fetchrow, LOCK_APPS, ([app], RAW), "app lock, raw horizon")
+                if found is None:
+                    raise Unauthorized(UNKNOWN_APP)
+                refuse_past_horizon(rows, found["horizon"])
+            if idempotency_key is not None:
+                claimed = await timed(
+                    conn.fetchval,
+                    CLAIM_KEY,
+                    (app, idempotency_key, len(rows), idempotency_ttl_s),
+                    "idempotency claim",
+                )
+                if not claimed:
+                    original: int = await conn.fetchval(CLAIMED_COUNT, app, idempotency_key)
+                    return Stored(accepted=original, replay=True)
+            if rows:
+                await conn.copy_records_to_table("events", records=rows, columns=COLUMNS)
+                await rollups.upkeep_in_transaction(conn, mode, rows)
         if rows:
-            found = await timed(conn.fetchrow, LOCK_APPS, ([app], RAW), "app lock, raw horizon")
-            if found is None:
-                raise Unauthorized(UNKNOWN_APP)
-            refuse_past_horizon(rows, found["horizon"])
-        if idempotency_key is not None:
-            claimed = await timed(
-                conn.fetchval,
-                CLAIM_KEY,
-                (app, idempotency_key, len(rows), idempotency_ttl_s),
-                "idempotency claim",
-            )
-            if not claimed:
-                original: int = await conn.fetchval(CLAIMED_COUNT, app, idempotency_key)
-                return Stored(accepted=original, replay=True)
-        if rows:
-            await conn.copy_records_to_table("events", records=rows, columns=COLUMNS)
-            await rollups.upkeep_in_transaction(conn, mode, rows)
-    if rows:
-        await rollups.after_commit(db, mode, rows)
+            await rollups.after_commit(conn, mode, rows)
     return Stored(accepted=len(rows), replay=False)
 
 
