@@ -127,9 +127,10 @@ def serve(settings: Settings, *, migrate_first: bool) -> int:
 
     from aiohttp import web
 
-    from .app import create_app
+    from .app import create_app, tune_gc
 
     app = create_app(settings, run_migrations=migrate_first)
+    tune_gc()
     print(banner, file=sys.stderr, flush=True)
     # aiohttp handles SIGINT/SIGTERM: stops accepting, lets in-flight requests finish
     # (shutdown_timeout), then runs the cleanup contexts.

@@ -101,9 +101,11 @@ class _Application(BaseApplication):  # type: ignore[misc]
 
     def load(self) -> web.Application:
         # In the worker, after the fork.
-        from .app import create_app
+        from .app import create_app, tune_gc
 
-        return create_app(self.settings, run_migrations=False)
+        app = create_app(self.settings, run_migrations=False)
+        tune_gc()
+        return app
 
 
 class _Logger(glogging.Logger):  # type: ignore[misc]
