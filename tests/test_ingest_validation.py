@@ -155,6 +155,7 @@ BAD_EVENTS: list[tuple[str, Any, str | None, str]] = [
     ("nul_in_url", with_(url="/x\x00"), "url", "NUL"),
     ("nul_in_function", with_(function="\x00"), "function", "NUL"),
     ("nul_in_data_value", with_(data={"k": "v\x00"}), "data.k", "NUL"),
+    ("nul_in_data_key", with_(data={"k\x00": "v"}), "data.k\x00", "NUL"),
     (
         "consumer_id_just_over_limit",
         with_(consumer_id="c" * (DEFAULTS.max_string_length + 1)),
@@ -289,6 +290,8 @@ ACCEPTED: list[tuple[str, dict[str, Any]]] = [
     ),
     ("non_ascii_text", with_(consumer_id="café ☕", data={"région": "Île-de-France 🇫🇷"})),
     ("surrogate_pair_escape", with_(function="\U0001f600")),
+    # The text \u0000 (an escaped backslash, then u0000) is six characters, not a NUL.
+    ("backslash_u0000_text", with_(url="/path\\u0000", data={"k\\u0000": "\\u0000"})),
 ]
 
 

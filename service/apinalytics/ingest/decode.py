@@ -14,6 +14,7 @@ import re
 import zlib
 from collections.abc import Sequence
 from datetime import UTC, datetime, timedelta
+from operator import itemgetter
 from typing import Any
 
 import orjson
@@ -25,6 +26,7 @@ from ..settings import Settings
 from .model import BATCH, EventIn
 
 MAX_DETAILS = 100
+_NUL_ESCAPE = b"\\u0000"
 EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
 # RFC 9110 token characters: GET, PROPFIND, M-SEARCH, ...
 _METHOD = re.compile(r"^[A-Za-z0-9!#$%&'*+.^_`|~-]{1,32}$")
@@ -132,6 +134,9 @@ def parse(body: bytes, app: int, now: float, settings: Settings) -> list[Row]:
     max_string = settings.max_string_length
     max_url = settings.max_url_length
     methods: dict[str, str | None] = {}
+    # A NUL character can only be in the body as the escape \u0000 (the parser refuses
+    # raw control characters in strings): without one, no string needs to be searched.
+    nul = _NUL_ESCAPE in body
     for i, ev in enumerate(events):
         method = ev["method"]
         upper = methods.get(method, "")
@@ -146,10 +151,10 @@ def parse(body: bytes, app: int, now: float, settings: Settings) -> list[Row]:
             and len(consumer) <= max_string
             and len(url) <= max_url
             and len(function) <= max_string
-            and "\x00" not in consumer
-            and "\x00" not in url
-            and "\x00" not in function
-            and (not data or _data_ok(data, settings))
+            and (
+                not nul or ("\x00" not in consumer and "\x00" not in url and "\x00" not in function)
+            )
+            and (not data or _data_ok(data, settings, nul))
         ):
             if not problems:
                 # Rounded to the microsecond, as SPEC promises and timestamptz holds.
@@ -179,13 +184,16 @@ def _encode_data(data: dict[str, str]) -> str:
     return orjson.dumps(data).decode()
 
 
-def _data_ok(data: dict[str, str], s: Settings) -> bool:
-    """Whether ``data`` passes every rule `_check` applies to it."""
+def _data_ok(data: dict[str, str], s: Settings, nul: bool) -> bool:
+    """Whether ``data`` passes every rule `_check` applies to it (``nul``: whether the
+    body may hold a NUL character at all)."""
     if len(data) > s.max_data_keys:
         return False
     max_key, max_value = s.max_string_length, s.max_data_value_length
     return all(
-        len(k) <= max_key and len(v) <= max_value and "\x00" not in k and "\x00" not in v
+        len(k) <= max_key
+        and len(v) <= max_value
+        and (not nul or ("\x00" not in k and "\x00" not in v))
         for k, v in data.items()
     )
 
@@ -225,6 +233,15 @@ def _window_message(ts: float, earliest: float, latest: float) -> str:
 
     when = "too old" if ts < earliest else "in the future"
     return f"is {when}: accepted from {iso(earliest)} to {iso(latest)} (UNIX seconds, UTC)"
+
+
+_TIME = itemgetter(0)
+
+
+def earliest_us(rows: Sequence[Row]) -> int:
+    """The earliest time of a batch (not empty), in UNIX microseconds."""
+    earliest: int = min(map(_TIME, rows))
+    return earliest
 
 
 def horizon_us(horizon: float) -> int:

@@ -31,7 +31,7 @@ import asyncpg
 from .. import retention
 from ..db import Database, timed
 from ..rollups import DIMENSION_TYPES, RAW, ROLLUPS, Rollup
-from .decode import COLUMNS, Row
+from .decode import COLUMNS, Row, earliest_us
 
 log = logging.getLogger(__name__)
 
@@ -200,7 +200,7 @@ async def refresh_behind_threshold(conn: asyncpg.Connection, rows: Sequence[Row]
     # Live traffic lies above every threshold: the earliest event alone shows that, with
     # one read of every threshold, so the per-event work (and reading the horizons) is
     # only done for batches that reach below one.
-    earliest = min(row[0] for row in rows)
+    earliest = earliest_us(rows)
     first = await _thresholds_us(conn)
     if all(_above(earliest, r, first.get(r.relation)) for r in ROLLUPS):
         return

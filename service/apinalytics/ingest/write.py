@@ -22,7 +22,7 @@ from ..db import Database, timed
 from ..errors import Unauthorized
 from ..rollups import RAW
 from . import rollups
-from .decode import COLUMNS, Row, horizon_us, past_horizon
+from .decode import COLUMNS, Row, earliest_us, horizon_us, past_horizon
 
 
 @dataclass(frozen=True)
@@ -73,7 +73,7 @@ UNKNOWN_APP = "Unknown Application ID or wrong key."
 
 def refuse_past_horizon(rows: Sequence[Row], horizon: float | None) -> None:
     """Raise the 400 naming the events older than the raw events' retention horizon."""
-    if horizon is not None and min(r[0] for r in rows) < horizon_us(horizon):
+    if horizon is not None and earliest_us(rows) < horizon_us(horizon):
         raise past_horizon(rows, horizon)
 
 
