@@ -371,7 +371,13 @@ async def rebuild(
                     for rollup, (a, b) in _parts(s, e, windows):
                         await _refresh(conn, rollup, a, b)
             finally:
-                await conn.execute("RESET statement_timeout")
+                try:
+                    await conn.execute("RESET statement_timeout")
+                except BaseException:
+                    # Pools hand connections on without resetting them (db.create_pool):
+                    # one without its statement timeout must not go back.
+                    conn.terminate()
+                    raise
     log.info("rollups rebuilt", extra={"windows": windows, "mode": mode})
     return windows
 
