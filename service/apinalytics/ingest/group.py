@@ -37,8 +37,9 @@ rows cause in the database) is not every batch's fault: each batch not yet answe
 then written alone with ``write.store``, in order, and gets its own outcome. If the
 COMMIT itself fails, its outcome is unknown and writing the batches again could store
 them twice, so they all get that error, as a lone batch would. A failure after COMMIT
-(Community mode's refresh, or handing the connection back) is the error of every batch stored; as for a lone batch, a
-retry with the same Idempotency-Key is answered with the stored count.
+(Community mode's refresh, or handing the connection back) is the error of every batch
+stored; as for a lone batch, a retry with the same Idempotency-Key is answered with the
+stored count.
 """
 
 from __future__ import annotations

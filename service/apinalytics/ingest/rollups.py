@@ -207,7 +207,7 @@ async def refresh_behind_threshold(conn: asyncpg.Connection, rows: Sequence[Row]
     times: list[int] | None = None
     horizons: dict[str, float | None] | None = None
     for rollup in ROLLUPS:
-        threshold = await _threshold_us(conn, rollup)
+        threshold = (await _thresholds_us(conn, [rollup])).get(rollup.relation)
         if threshold is None or _above(earliest, rollup, threshold):
             continue
         width = rollup.width_s * _US
@@ -245,20 +245,14 @@ _THRESHOLDS = """
 """
 
 
-async def _thresholds_us(conn: asyncpg.Connection) -> dict[str, int | None]:
-    """Every rollup's threshold (see ``_THRESHOLDS``), in one round trip."""
-    found = await timed(
-        conn.fetch, _THRESHOLDS, ([r.relation for r in ROLLUPS],), "rollup thresholds"
-    )
+async def _thresholds_us(
+    conn: asyncpg.Connection, rollups: Sequence[Rollup] = ROLLUPS
+) -> dict[str, int | None]:
+    """The rollups' thresholds (see ``_THRESHOLDS``), in one round trip; a rollup
+    without one is missing."""
+    names = [r.relation for r in rollups]
+    found = await timed(conn.fetch, _THRESHOLDS, (names,), f"thresholds {', '.join(names)}")
     return {r["relation"]: None if r["us"] is None else int(r["us"]) for r in found}
-
-
-async def _threshold_us(conn: asyncpg.Connection, rollup: Rollup) -> int | None:
-    """One rollup's threshold (see ``_THRESHOLDS``)."""
-    found = await timed(
-        conn.fetch, _THRESHOLDS, ([rollup.relation],), f"threshold {rollup.relation}"
-    )
-    return None if not found or found[0]["us"] is None else int(found[0]["us"])
 
 
 def _windows(buckets: Sequence[int], width: int, limit: int) -> list[tuple[int, int]]:
