@@ -12,7 +12,7 @@ from concurrent.futures import ThreadPoolExecutor
 from aiohttp import web
 
 from . import accounts, dashboard, export, localdb, middleware, migrate
-from .db import Database, create_pool, unix_us_timestamps
+from .db import Database, create_pool, serial_plans, unix_us_timestamps
 from .ingest import handlers as ingest
 from .ingest.group import GroupWriter
 from .ingest.write import purge_idempotency_keys
@@ -115,6 +115,7 @@ def _database(run_migrations: bool) -> Callable[[web.Application], AsyncIterator
             max_size=settings.db_pool_max,
             statement_timeout_s=settings.statement_timeout_s,
             connect_timeout_s=settings.db_connect_timeout_s,
+            init=serial_plans,
         )
         db = Database(pool, settings.statement_timeout_s, settings.db_connect_timeout_s)
         app[DB] = db

@@ -137,13 +137,29 @@ async def unix_us_timestamps(conn: asyncpg.Connection) -> None:
     )
 
 
+async def serial_plans(conn: asyncpg.Connection) -> None:
+    """On this connection, statements plan without parallel workers unless they ask.
+
+    For the API pool: its statements read a few thousand rows (rollups, apps,
+    sessions) or stream through a cursor, which never runs in parallel. Starting
+    workers costs more than they save for such statements (20-90 ms of a 10-100 ms
+    rollup read on the benchmark machine, docs/benchmarks.md), and a session setting
+    spares each rollup read the three round trips of a transaction with SET LOCAL.
+    Statements that read raw events, and may profit from workers, take them back for
+    their transaction with ``SET LOCAL max_parallel_workers_per_gather TO DEFAULT``:
+    the value the server's configuration gives.
+    """
+    await conn.execute("SET max_parallel_workers_per_gather = 0")
+
+
 async def _release(conn: asyncpg.Connection) -> None:
     """What a connection needs on its way back to the pool: nothing more than asyncpg
     does anyway (rolling back a transaction left open, forgetting listeners).
 
     asyncpg's default reset is one more round trip per use (advisory unlocks, CLOSE
     ALL, UNLISTEN, RESET ALL). The service leaves none of that behind: settings are
-    changed with SET LOCAL, cursors live in transactions, nothing listens or takes
+    changed with SET LOCAL (or once, when the pool connects, by ``init``), cursors live
+    in transactions, nothing listens or takes
     session advisory locks on a pooled connection, and ``rollups.rebuild`` resets the
     one session setting it changes. Temporary tables (the rollup upkeep's staging
     tables) are meant to stay.

@@ -29,6 +29,7 @@ import pytest
 from aiohttp.test_utils import TestClient
 
 from apinalytics.apps import NewApp
+from apinalytics.keys import DB
 from apinalytics.query.model import DAY, HOUR, WEEK, WEEK_ORIGIN
 from apinalytics.settings import Settings
 
@@ -299,6 +300,28 @@ async def test_force_raw_gives_the_same_answer(client: TestClient, app_keys: New
     assert planned.headers["X-Apinalytics-Sources"] == "events_1h_function,events_1m,events"
     assert raw.headers["X-Apinalytics-Sources"] == "events"
     assert await planned.json() == await raw.json()
+
+
+async def test_parallel_workers_for_raw_reads_only(
+    client: TestClient, app_keys: NewApp, db: asyncpg.Connection
+) -> None:
+    """The API pool's connections plan serially; a raw read takes the server's workers
+    back for its own transaction and leaves the connection serial."""
+    name = await db.fetchval("SELECT current_database()")
+    await db.execute(f'ALTER DATABASE "{name}" SET max_parallel_workers_per_gather = 3')
+    await client.app[DB].pool.expire_connections()  # so they connect under that setting
+    await post(client, app_keys, [event(timestamp=T + 7 * i) for i in range(100)])
+    path = f"/1/timeseries/{T}/{T + HOUR}"
+    raw = {**read_headers(app_keys), "X-Apinalytics-Planner": "raw"}
+    for headers in (read_headers(app_keys), raw):
+        resp = await client.get(path, params={"granularity": "minute"}, headers=headers)
+        assert resp.status == 200, await resp.text()
+    async with client.app[DB].pool.acquire() as conn:
+        assert await conn.fetchval("SHOW max_parallel_workers_per_gather") == "0"
+        async with conn.transaction():
+            await conn.execute("SET LOCAL max_parallel_workers_per_gather TO DEFAULT")
+            assert await conn.fetchval("SHOW max_parallel_workers_per_gather") == "3"
+        assert await conn.fetchval("SHOW max_parallel_workers_per_gather") == "0"
 
 
 BAD = [

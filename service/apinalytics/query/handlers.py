@@ -54,14 +54,14 @@ async def run(db: Database, query: Query, creds: Credentials, *, force_raw: bool
         chosen = planner.plan(query, time.time(), horizons, force_raw=force_raw)
         text, args = sql.statement(query, chosen, creds.app, creds.app_id)
         if chosen.reads_rollups:
-            # A rollup statement reads thousands of rows, not millions: starting parallel
-            # workers costs more than they save (20-90 ms of a 10-100 ms statement on
-            # the benchmark machine, docs/benchmarks.md). Raw reads keep them.
-            async with conn.transaction():
-                await conn.execute("SET LOCAL max_parallel_workers_per_gather = 0")
-                rows: list[asyncpg.Record] = await timed(conn.fetch, text, args, "timeseries")
+            # The pool's connections plan without parallel workers (db.serial_plans):
+            # a rollup read is one round trip.
+            rows: list[asyncpg.Record] = await timed(conn.fetch, text, args, "timeseries")
         else:
-            rows = await timed(conn.fetch, text, args, "timeseries")
+            # Raw reads may scan millions of events: they get the server's workers.
+            async with conn.transaction():
+                await conn.execute("SET LOCAL max_parallel_workers_per_gather TO DEFAULT")
+                rows = await timed(conn.fetch, text, args, "timeseries")
     return Answer(chosen, rows)
 
 
