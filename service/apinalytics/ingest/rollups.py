@@ -1,6 +1,6 @@
 """Rollup upkeep on the ingest path, and rebuilding rollups from raw events.
 
-Apache mode: the rollups (``events_1m``, ``events_1h`` and the narrow hour ones) are
+Apache mode: the rollups (``events_1m``, ``events_1h`` and the narrow ones) are
 hypertables that the transaction storing the events keeps up to date
 (``upkeep_in_transaction``): the database aggregates the rows per rollup key and
 upserts them, one statement per rollup, keys in primary-key order. Every transaction
@@ -11,10 +11,11 @@ Community mode: they are continuous aggregates with real-time aggregation, so ev
 above an aggregate's invalidation threshold are read from its source at query time.
 Events below it (back-dated, or late by more than the policy's end_offset) would stay
 invisible until a refresh covers them, so ``after_commit`` refreshes exactly their
-buckets, each rollup after the one it is built from (minute, hour, then the narrow
-hour ones; refreshes do not cascade), before the request is answered. Refresh
-windows never reach below the source's retention horizon: a refresh over a range
-whose source chunks were dropped deletes the rollup rows there.
+buckets, each rollup after the one it is built from (minute, hour, the narrow hour
+ones, the per-app minute one; refreshes do not cascade), before the request is
+answered, and never a bucket that reaches above its source's own threshold.
+Refresh windows never reach below the source's retention horizon: a refresh over a
+range whose source chunks were dropped deletes the rollup rows there.
 
 See docs/rollups.md.
 """
@@ -229,18 +230,38 @@ def _above(earliest_us: int, rollup: Rollup, threshold: int | None) -> bool:
     return threshold is None or earliest_us - earliest_us % width >= threshold
 
 
-# A continuous aggregate's invalidation threshold in UNIX microseconds; no row before
-# its first refresh (then nothing is materialized and real-time aggregation reads all).
-# Changes below the threshold are logged as invalidations and stay unmaterialized until
-# a refresh covers them. The watermark real-time queries start from (the end of the
-# last materialized bucket) is normally at or below it; taking the greater of the two
-# keeps "below it" the safe test for "needs a refresh" either way.
+# Per continuous aggregate, in UNIX microseconds: its invalidation threshold, and for
+# one built on another aggregate, that source's own invalidation threshold. No row
+# before the aggregate's first refresh (then nothing is materialized and real-time
+# aggregation reads all).
+#
+# Changes below the threshold are logged as invalidations and stay unmaterialized
+# until a refresh covers them. The watermark real-time queries start from (the end of
+# the last materialized bucket) is normally at or below it; taking the greater of the
+# two keeps "below it" the safe test for "needs a refresh" either way.
+#
+# An aggregate built on another is refreshed from the source's view, real-time part
+# included. A bucket of it that reaches above the source's threshold must not be
+# refreshed: events arriving there later change only what the source reads in real
+# time, which logs no invalidation anywhere, so the bucket would stay as first
+# materialized. The thresholds are kept per source hypertable, so aggregates built on
+# the same source share one: events_1m_app's refreshes (end_offset 30 minutes) move
+# the one events_1h reads into the current hour, which events_1m (end_offset 15
+# minutes) has not materialized whole. Such buckets are served by real-time
+# aggregation, and their later refreshes (policies, rebuild) come after the source's.
 _THRESHOLDS = """
-    SELECT ca.user_view_name::text AS relation, greatest(
-        t.watermark, _timescaledb_functions.cagg_watermark(ca.mat_hypertable_id)) AS us
+    SELECT ca.user_view_name::text AS relation,
+           greatest(t.watermark, _timescaledb_functions.cagg_watermark(ca.mat_hypertable_id))
+               AS us,
+           src.mat_hypertable_id IS NOT NULL AS on_aggregate,
+           st.watermark AS source_us
     FROM _timescaledb_catalog.continuous_agg ca
     JOIN _timescaledb_catalog.continuous_aggs_invalidation_threshold t
         ON t.hypertable_id = ca.raw_hypertable_id
+    LEFT JOIN _timescaledb_catalog.continuous_agg src
+        ON src.mat_hypertable_id = ca.parent_mat_hypertable_id
+    LEFT JOIN _timescaledb_catalog.continuous_aggs_invalidation_threshold st
+        ON st.hypertable_id = src.raw_hypertable_id
     WHERE ca.user_view_schema = current_schema() AND ca.user_view_name::text = ANY($1::text[])
 """
 
@@ -248,11 +269,26 @@ _THRESHOLDS = """
 async def _thresholds_us(
     conn: asyncpg.Connection, rollups: Sequence[Rollup] = ROLLUPS
 ) -> dict[str, int | None]:
-    """The rollups' thresholds (see ``_THRESHOLDS``), in one round trip; a rollup
-    without one is missing."""
+    """Per rollup, the bucket start below which its buckets need a refresh: the
+    threshold of ``_THRESHOLDS``, but for a rollup built on another no later than the
+    start of its last bucket wholly below the source's threshold (None, no refresh,
+    while the source has none). One round trip; a rollup without a threshold is
+    missing."""
     names = [r.relation for r in rollups]
     found = await timed(conn.fetch, _THRESHOLDS, (names,), f"thresholds {', '.join(names)}")
-    return {r["relation"]: None if r["us"] is None else int(r["us"]) for r in found}
+    width = {r.relation: r.width_s * _US for r in rollups}
+    out: dict[str, int | None] = {}
+    for r in found:
+        us: int | None = None if r["us"] is None else int(r["us"])
+        if r["on_aggregate"] and us is not None:
+            source = r["source_us"]
+            if source is None:
+                us = None
+            else:
+                w = width[r["relation"]]
+                us = min(us, int(source) - int(source) % w)
+        out[r["relation"]] = us
+    return out
 
 
 def _windows(buckets: Sequence[int], width: int, limit: int) -> list[tuple[int, int]]:
@@ -322,7 +358,7 @@ async def rebuild(
     the ingest path's upserts (batches wait, then add to the rebuilt rows), delete the
     slice and insert it aggregated from each rollup's source, in declaration order
     (minute from ``events``, hour from ``events_1m``, the narrow hour ones from
-    ``events_1h``). Community: per day, ``refresh_continuous_aggregate`` of each
+    ``events_1h``, the per-app minute one from ``events_1m``). Community: per day, ``refresh_continuous_aggregate`` of each
     aggregate in the same order over the same slice. Every change to ``events``
     below an aggregate's threshold is in its invalidation log, and everything above
     is materialized when the threshold moves, so a plain refresh recomputes exactly
