@@ -196,6 +196,12 @@ def test_hour_option_covers_the_narrow_hour_rollups() -> None:
     )
 
 
+def test_minute_option_covers_the_narrow_minute_rollup() -> None:
+    assert {rel: flag for rel, flag in FLAGS.items() if flag == "--minute"} == dict.fromkeys(
+        ("events_1m", "events_1m_app"), "--minute"
+    )
+
+
 @pytest.mark.parametrize(
     ("hour", "mentions"),
     [
@@ -374,6 +380,7 @@ async def test_unsafe_set_refused_and_nothing_changed(
         "events_1h_app": None,
         "events_1h_function": None,
         "events_1h_consumer": None,
+        "events_1m_app": None,
     }
     assert await db.fetchval(policies) == 0
 
@@ -386,12 +393,14 @@ async def test_community_refusals_name_the_windows(
     assert await cli(settings, "set", "--raw", "1d", "--yes") == 3
     err = capsys.readouterr().err
     assert "refresh window" in err and "--raw to at least 2d" in err
-    # Accepted settings become retention policies with the same drop_after.
+    # Accepted settings become retention policies with the same drop_after; --minute
+    # sets events_1m and events_1m_app alike.
     assert await cli(settings, "set", "--raw", "10d", "--minute", "20d", "--yes") == 0
     jobs = await retention.retention_jobs(db)
     assert {rel: j.drop_after_s for rel, j in jobs.items()} == {
         "events": 10 * DAY,
         "events_1m": 20 * DAY,
+        "events_1m_app": 20 * DAY,
     }
     # --hour sets events_1h and the narrow hour rollups alike.
     assert await cli(settings, "set", "--hour", "30d", "--yes") == 0

@@ -1,9 +1,10 @@
-"""The rollups (events_1m, events_1h and the narrow hour ones), in both rollup modes.
+"""The rollups (events_1m, events_1h and the narrow ones), in both rollup modes.
 
 Spec (SPEC "Storage", docs/rollups.md): per bucket (one minute, one hour, aligned to
 the UNIX epoch), app and combination of the rollup's dimensions (consumer_id, method,
 function and status_code for events_1m and events_1h; none, function, consumer_id for
-events_1h_app, events_1h_function, events_1h_consumer), the rollups hold calls,
+events_1h_app, events_1h_function, events_1h_consumer; none for events_1m_app), the
+rollups hold calls,
 sum_us, min_us and max_us of response_us, and equal what a brute-force aggregation of
 the events gives. Once ingest answered 200 the rollups reflect the
 batch, back-dated events included (read-your-writes); concurrent batches all succeed
@@ -67,7 +68,7 @@ def shape(rollup: Rollup) -> list[tuple[str, str]]:
     ]
 
 
-NARROW = ("events_1h_app", "events_1h_function", "events_1h_consumer")
+NARROW = ("events_1h_app", "events_1h_function", "events_1h_consumer", "events_1m_app")
 Key = tuple[Any, ...]
 Totals = dict[Key, tuple[int, int, int, int]]
 
@@ -289,6 +290,48 @@ async def test_concurrent_batches_all_succeed_with_exact_totals(
     sent = first + [e for b in batches for e in b]
     assert await db.fetchval("SELECT count(*) FROM events") == len(sent)
     await assert_rollups_match(db, {app: sent})
+
+
+@pytest.mark.community
+@pytest.mark.parametrize("mode", ["community"], indirect=True)
+async def test_a_sibling_refresh_does_not_make_the_hour_rollup_materialize_its_source_early(
+    mode: str, client: TestClient, app_keys: NewApp, db: asyncpg.Connection
+) -> None:
+    """events_1h and events_1m_app are both built on events_1m and share its
+    invalidation threshold. Once both minute aggregates are refreshed up to the current
+    minute, that threshold lies inside the current hour, which events_1m has not
+    materialized whole. A batch that needs refreshes (a back-dated event) must not
+    refresh that hour of events_1h: it would be materialized from events_1m as it is
+    now, and live events after it change only raw events, which invalidates nothing,
+    so events_1h would never show them."""
+    into_hour = time.time() % 3600
+    if into_hour < 90:
+        # The current minute must start after the current hour does.
+        await asyncio.sleep(90 - into_hour)
+    rng = random.Random(17)
+    now = time.time()
+    minute = int(now // 60 * 60)
+    app = await internal_id(db, app_keys)
+    earlier = mixed_events(rng, 30, now - 3 * 3600, 3 * 3600 - 5)
+    await post(client, app_keys, earlier)
+    await run_policies(db, mode)
+    for relation in ("events_1m", "events_1m_app"):
+        await db.execute(
+            "CALL refresh_continuous_aggregate($1, now() - interval '1 day', to_timestamp($2))",
+            relation,
+            minute,
+        )
+    assert (await thresholds(db))["events_1h"] >= hour_floor(now) + 60, "inside the hour"
+
+    def live(n: int) -> list[dict[str, Any]]:
+        # In the current minute, above every threshold, not in the future.
+        return mixed_events(rng, n, minute, max(time.time() - minute, 0.001))
+
+    back_dated_and_live = mixed_events(rng, 5, now - 86400, 60) + live(5)
+    await post(client, app_keys, back_dated_and_live)
+    later = live(5)
+    await post(client, app_keys, later)
+    await assert_rollups_match(db, {app: earlier + back_dated_and_live + later})
 
 
 # -- deleting an app ------------------------------------------------------------------
@@ -573,12 +616,25 @@ async def test_migrate_on_an_empty_database_reports_the_mode_and_builds_the_shap
 
 
 @all_modes
-async def test_migration_0005_brings_narrow_rollups_to_an_existing_database(
-    mode: str, servers: Servers, tmp_path: Path
+@pytest.mark.parametrize(
+    ("before", "migration", "added", "source"),
+    [
+        pytest.param(4, "0005_narrow_rollups", NARROW[:3], "events_1h", id="0005_narrow_hour"),
+        pytest.param(6, "0007_minute_app_rollup", NARROW[3:], "events_1m", id="0007_minute_app"),
+    ],
+)
+async def test_migration_brings_narrow_rollups_to_an_existing_database(
+    mode: str,
+    servers: Servers,
+    tmp_path: Path,
+    before: int,
+    migration: str,
+    added: tuple[str, ...],
+    source: str,
 ) -> None:
-    """A database migrated up to 0004, with data and an hour retention, gets the narrow
-    hour rollups with events_1h's data (Apache: copied; Community: real-time from
-    events_1h until refreshed) and events_1h's retention."""
+    """A database migrated up to an older migration, with data and a retention of the
+    rollup the new ones are built from, gets the narrow rollups with that rollup's data
+    (Apache: copied; Community: real-time from it until refreshed) and its retention."""
     server = servers.servers[mode]
     name = f"upgrade_{os.getpid()}_{mode}"
     admin = await asyncpg.connect(server.admin_dsn)
@@ -590,7 +646,7 @@ async def test_migration_0005_brings_narrow_rollups_to_an_existing_database(
     older = tmp_path / "migrations"
     older.mkdir()
     for path in migrate.migrations_dir().glob("*.sql"):
-        if int(path.name[:4]) <= 4:
+        if int(path.name[:4]) <= before:
             shutil.copy(path, older / path.name)
     try:
         await migrate.migrate(server.dsn(name), older)
@@ -624,25 +680,23 @@ async def test_migration_0005_brings_narrow_rollups_to_an_existing_database(
                         end,
                     )
             await conn.execute(
-                "UPDATE retention SET keep_s = 30 * 86400 WHERE relation = 'events_1h'"
+                "UPDATE retention SET keep_s = 30 * 86400 WHERE relation = $1", source
             )
         finally:
             await conn.close()
 
         result = await migrate.migrate(server.dsn(name))
-        assert result.applied[0] == f"0005_narrow_rollups.{mode}.sql"
+        assert result.applied[0] == f"{migration}.{mode}.sql"
         conn = await asyncpg.connect(server.dsn(name))
         try:
-            for relation in NARROW:
+            for relation in added:
                 got = await held(conn, relation, app)
                 assert got == oracle(events, app, by_relation(relation)), relation
             keep = dict(await conn.fetch("SELECT relation, keep_s FROM retention"))
-            assert {r: keep[r] for r in NARROW} == dict.fromkeys(NARROW, 30 * 86400)
+            assert {r: keep[r] for r in added} == dict.fromkeys(added, 30 * 86400)
             if mode == "community":
                 jobs = await retention.retention_jobs(conn)
-                assert {r: jobs[r].drop_after_s for r in NARROW} == dict.fromkeys(
-                    NARROW, 30 * 86400
-                )
+                assert {r: jobs[r].drop_after_s for r in added} == dict.fromkeys(added, 30 * 86400)
         finally:
             await conn.close()
     finally:

@@ -33,11 +33,12 @@ from .rollups import RAW, ROLLUPS
 
 RELATIONS: tuple[str, ...] = (RAW, *(r.relation for r in ROLLUPS))
 # The option of `apinalytics retention set` for each relation, named in refusals.
-# --hour sets events_1h and the narrow hour rollups built from it alike: they answer
-# parts of what events_1h answers, at the same granularity, so they are kept as long.
+# --minute sets events_1m and events_1m_app alike, --hour events_1h and the narrow hour
+# rollups built from it: each answers part of what the first of its width answers, at
+# the same granularity, so they are kept as long.
 FLAGS = {
     RAW: "--raw",
-    "events_1m": "--minute",
+    **{r.relation: "--minute" for r in ROLLUPS if r.width_s == 60},
     **{r.relation: "--hour" for r in ROLLUPS if r.width_s == 3600},
 }
 # The time column of each relation (identifiers only from this declared table).
@@ -103,8 +104,9 @@ def refusals(keep: Mapping[str, int | None], rules: Rules) -> list[str]:
        everything the finer one does at its own granularity, and outliving it buys
        nothing but storage (on the Community edition the hour rollup is refreshed
        from the minute one, so it must outlive it). Rollups of one width that one
-       option sets (events_1h and the narrow hour rollups, all ``--hour``) are
-       compared once, through the first of them declared.
+       option sets (events_1m and events_1m_app, ``--minute``; events_1h and the narrow
+       hour rollups, ``--hour``) are compared once, through the first of them
+       declared.
     2. Community edition: each rollup's refresh policy reaches back ``start_offset``;
        the relation it reads must be kept longer than that plus one bucket (windows
        are widened to whole buckets).

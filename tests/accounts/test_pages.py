@@ -33,6 +33,7 @@ ROLLUPS = (
     "events_1h_app",
     "events_1h_function",
     "events_1h_consumer",
+    "events_1m_app",
 )
 
 

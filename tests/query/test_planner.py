@@ -35,6 +35,7 @@ COUNT = Aggregation(Kind.COUNT)
 P95 = Aggregation(Kind.PERCENTILE, 95)
 H, M, R = "events_1h", "events_1m", RAW
 APP, FN, CONSUMER = "events_1h_app", "events_1h_function", "events_1h_consumer"
+M_APP = "events_1m_app"
 WIDE = tuple(r for r in ROLLUPS if r.dimensions == DIMENSIONS)
 
 
@@ -267,7 +268,8 @@ def test_granularity_origin_must_align_with_rollup() -> None:
 MEAN = Aggregation(Kind.MEAN)
 
 # The rollups as declared: the narrowest hour rollup that covers the query's group and
-# include fields answers the whole hours; edges still come from events_1m and events.
+# include fields answers the whole hours, the narrowest minute rollup that does the
+# whole minutes; edges come from the minute rollups and events.
 DECLARED = [
     pytest.param(
         q(T, T + 30 * DAY, DAY), {}, parts((APP, T, T + 30 * DAY)), id="daily_count_uses_app_rollup"
@@ -319,9 +321,9 @@ DECLARED = [
         {},
         parts(
             (R, T + 90, T + 120),
-            (M, T + 120, T + HOUR),
+            (M_APP, T + 120, T + HOUR),
             (APP, T + HOUR, T + DAY),
-            (M, T + DAY, T + DAY + 1800),
+            (M_APP, T + DAY, T + DAY + 1800),
         ),
         id="ragged_edges_app_rollup_from_minutes_and_raw",
     ),
@@ -340,8 +342,26 @@ DECLARED = [
     pytest.param(
         q(T, T + 2 * HOUR, MINUTE),
         {},
+        parts((M_APP, T, T + 2 * HOUR)),
+        id="minute_granularity_uses_minute_app_rollup",
+    ),
+    pytest.param(
+        q(T, T + 2 * HOUR, MINUTE, MEAN, group="function"),
+        {},
         parts((M, T, T + 2 * HOUR)),
-        id="minute_granularity_still_minutes",
+        id="minute_granularity_grouped_uses_wide_minute",
+    ),
+    pytest.param(
+        q(T, T + 2 * HOUR, MINUTE, includes={"status_code": ("500",)}),
+        {},
+        parts((M, T, T + 2 * HOUR)),
+        id="minute_granularity_filtered_uses_wide_minute",
+    ),
+    pytest.param(
+        q(T, T + 2 * HOUR, MINUTE),
+        {M_APP: T + HOUR},
+        parts((M, T, T + HOUR), (M_APP, T + HOUR, T + 2 * HOUR)),
+        id="past_minute_app_horizon_from_wide_minute",
     ),
     pytest.param(
         q(T, T + 2 * DAY, HOUR),

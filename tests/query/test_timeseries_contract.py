@@ -267,9 +267,15 @@ SOURCES = [
         "events_1h_consumer",
         id="hourly_by_consumer",
     ),
-    pytest.param(f"{T}/{T + HOUR}", {"granularity": "minute"}, "events_1m", id="minutely"),
+    pytest.param(f"{T}/{T + HOUR}", {"granularity": "minute"}, "events_1m_app", id="minutely"),
     pytest.param(
-        f"{T + 30}/{T + 2 * HOUR}", {}, "events_1h_app,events_1m,events", id="ragged_start"
+        f"{T}/{T + HOUR}",
+        {"granularity": "minute", "group": "method"},
+        "events_1m",
+        id="minutely_by_method_wide_minute",
+    ),
+    pytest.param(
+        f"{T + 30}/{T + 2 * HOUR}", {}, "events_1h_app,events_1m_app,events", id="ragged_start"
     ),
     pytest.param(f"{T}/{T + DAY}", {"group": "url"}, "events", id="group_url"),
     pytest.param(f"{T}/{T + DAY}", {"aggregation": "percentile_95"}, "events", id="percentile"),
