@@ -158,11 +158,10 @@ async def _release(conn: asyncpg.Connection) -> None:
 
     asyncpg's default reset is one more round trip per use (advisory unlocks, CLOSE
     ALL, UNLISTEN, RESET ALL). The service leaves none of that behind: settings are
-    changed with SET LOCAL (or once, when the pool connects, by ``init``), cursors live
-    in transactions, nothing listens or takes
-    session advisory locks on a pooled connection, and ``rollups.rebuild`` resets the
-    one session setting it changes. Temporary tables (the rollup upkeep's staging
-    tables) are meant to stay.
+    changed with SET LOCAL (or once, by the pool's ``init``, when it connects), cursors
+    live in transactions, nothing listens or takes session advisory locks on a pooled
+    connection, and ``rollups.rebuild`` resets the one session setting it changes.
+    Temporary tables (the rollup upkeep's staging tables) are meant to stay.
     """
 
 

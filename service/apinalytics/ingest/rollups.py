@@ -358,8 +358,9 @@ async def rebuild(
     the ingest path's upserts (batches wait, then add to the rebuilt rows), delete the
     slice and insert it aggregated from each rollup's source, in declaration order
     (minute from ``events``, hour from ``events_1m``, the narrow hour ones from
-    ``events_1h``, the per-app minute one from ``events_1m``). Community: per day, ``refresh_continuous_aggregate`` of each
-    aggregate in the same order over the same slice. Every change to ``events``
+    ``events_1h``, the per-app minute one from ``events_1m``). Community: per day,
+    ``refresh_continuous_aggregate`` of each aggregate in the same order over the same
+    slice. Every change to ``events``
     below an aggregate's threshold is in its invalidation log, and everything above
     is materialized when the threshold moves, so a plain refresh recomputes exactly
     what a bulk load changed. Not ``force => true``: on TimescaleDB 2.19 a forced
