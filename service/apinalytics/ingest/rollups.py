@@ -253,7 +253,6 @@ _THRESHOLDS = """
     SELECT ca.user_view_name::text AS relation,
            greatest(t.watermark, _timescaledb_functions.cagg_watermark(ca.mat_hypertable_id))
                AS us,
-           src.mat_hypertable_id IS NOT NULL AS on_aggregate,
            st.watermark AS source_us
     FROM _timescaledb_catalog.continuous_agg ca
     JOIN _timescaledb_catalog.continuous_aggs_invalidation_threshold t
@@ -276,17 +275,18 @@ async def _thresholds_us(
     missing."""
     names = [r.relation for r in rollups]
     found = await timed(conn.fetch, _THRESHOLDS, (names,), f"thresholds {', '.join(names)}")
-    width = {r.relation: r.width_s * _US for r in rollups}
+    declared = {r.relation: r for r in rollups}
     out: dict[str, int | None] = {}
     for r in found:
         us: int | None = None if r["us"] is None else int(r["us"])
-        if r["on_aggregate"] and us is not None:
+        rollup = declared[r["relation"]]
+        if rollup.built_from != RAW and us is not None:
             source = r["source_us"]
             if source is None:
                 us = None
             else:
-                w = width[r["relation"]]
-                us = min(us, int(source) - int(source) % w)
+                width = rollup.width_s * _US
+                us = min(us, int(source) - int(source) % width)
         out[r["relation"]] = us
     return out
 
