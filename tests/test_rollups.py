@@ -4,11 +4,10 @@ Spec (SPEC "Storage", docs/rollups.md): per bucket (one minute, one hour, aligne
 the UNIX epoch), app and combination of the rollup's dimensions (consumer_id, method,
 function and status_code for events_1m and events_1h; none, function, consumer_id for
 events_1h_app, events_1h_function, events_1h_consumer; none for events_1m_app), the
-rollups hold calls,
-sum_us, min_us and max_us of response_us, and equal what a brute-force aggregation of
-the events gives. Once ingest answered 200 the rollups reflect the
-batch, back-dated events included (read-your-writes); concurrent batches all succeed
-with exact totals; deleting an app removes its rollup rows and only its.
+rollups hold calls, sum_us, min_us and max_us of response_us, and equal what a
+brute-force aggregation of the events gives. Once ingest answered 200 the rollups
+reflect the batch, back-dated events included (read-your-writes); concurrent batches
+all succeed with exact totals; deleting an app removes its rollup rows and only its.
 
 Every test runs in the Apache mode (tables kept by the ingest path) and the Community
 mode (continuous aggregates). The test clusters run no job scheduler, so Community
