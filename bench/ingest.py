@@ -17,6 +17,14 @@ median of each round's ratio to that round's ceiling.
 
     .venv/bin/python bench/ingest.py [--mode apache|community|all] [--events 100000]
         [--rounds 3] [--concurrency 16] [--profile] [--server-env NAME=VALUE ...]
+        [--compare NAME=VALUE[,NAME=VALUE...] ...]
+
+``--compare`` measures the service with other settings side by side: each such
+configuration runs as a service process of its own, started next to the default one,
+and every round posts the same bodies to each of them in turn (the order alternates
+from round to round). The report adds their HTTP rows and the median of each round's
+events/s ÷ the default service's in that round: a comparison that the machine's
+noise, which moves whole rounds, does not decide.
 
 ``--profile`` also runs the service once under pyinstrument (batches of 1,000, with
 decoding kept on the event loop thread so the sampler sees it) and writes the report
@@ -79,6 +87,14 @@ async def main() -> None:
         metavar="NAME=VALUE",
         help="an APINALYTICS_* setting for the service, e.g. APINALYTICS_DB_POOL_MAX=16",
     )
+    p.add_argument(
+        "--compare",
+        action="append",
+        default=[],
+        metavar="NAME=VALUE[,NAME=VALUE...]",
+        help="another service configuration measured in the same rounds, "
+        "e.g. APINALYTICS_WORKERS=2",
+    )
     args = p.parse_args()
     for mode in modes_available(args.mode):
         await bench_mode(mode, args)
@@ -122,9 +138,12 @@ async def bench_mode(mode: str, args: argparse.Namespace) -> None:
         latencies: dict[str, list[float]] = {}
 
         cpu: dict[str, list[tuple[float, float, float]]] = {}
-        server: subprocess.Popen[bytes] | None = None
 
-        async def record(name: str, fn: Callable[[], Awaitable[float | tuple[float, list[float]]]]):
+        async def record(
+            name: str,
+            fn: Callable[[], Awaitable[float | tuple[float, list[float]]]],
+            server: subprocess.Popen[bytes] | None = None,
+        ) -> None:
             await _reset(c.dsn)
             before = _cpu_now(server, c.datadir)
             out = await asyncio.wait_for(fn(), RUN_TIMEOUT_S)
@@ -143,16 +162,20 @@ async def bench_mode(mode: str, args: argparse.Namespace) -> None:
                 flush=True,
             )
 
-        port = localdb.free_port()
-        server_env = dict(kv.split("=", 1) for kv in args.server_env)
-        server = await start_service(c.dsn, port, env=server_env)
-        url = f"http://127.0.0.1:{port}/1/events/"
+        base_env = dict(kv.split("=", 1) for kv in args.server_env)
+        # The default service ("") first, then each --compare configuration.
+        services: list[tuple[str, subprocess.Popen[bytes], str]] = []
         headers = {
             "X-Auth-User": app.app_id,
             "X-Auth-Key": app.write_key or "",
             "Content-Type": "application/json",
         }
         try:
+            for spec in ["", *args.compare]:
+                port = localdb.free_port()
+                env = {**base_env, **dict(kv.split("=", 1) for kv in spec.split(",") if kv)}
+                server = await start_service(c.dsn, port, env=env)
+                services.append((spec, server, f"http://127.0.0.1:{port}/1/events/"))
             for r in range(args.rounds):
                 print(f"[{mode}] round {r + 1}/{args.rounds}", flush=True)
                 await record("copy_all", lambda: _copy_all(c.dsn, rows))
@@ -160,13 +183,20 @@ async def bench_mode(mode: str, args: argparse.Namespace) -> None:
                 await record(
                     "store_1000_c16", lambda: _store(c.dsn, batches, mode, args.concurrency)
                 )
-                for size in (1000, 100):
-                    await record(
-                        f"http_{size}_c{args.concurrency}",
-                        lambda size=size: _http(url, headers, bodies[size], args.concurrency),  # type: ignore[misc]
-                    )
+                # Every other round the other way round: no configuration always goes first.
+                in_turn = services if r % 2 == 0 else services[::-1]
+                for spec, server, url in in_turn:
+                    for size in (1000, 100):
+                        await record(
+                            _http_name(size, args.concurrency, spec),
+                            lambda size=size, url=url: _http(  # type: ignore[misc]
+                                url, headers, bodies[size], args.concurrency
+                            ),
+                            server,
+                        )
         finally:
-            await stop_service(server)
+            for _, server, _ in services:
+                await stop_service(server)
 
         profile = None
         if args.profile:
@@ -343,6 +373,18 @@ LABELS = {
 }
 
 
+def _http_name(size: int, concurrency: int, spec: str) -> str:
+    """The run's name: the default service's, or a --compare configuration's."""
+    name = f"http_{size}_c{concurrency}"
+    return f"{name} [{spec}]" if spec else name
+
+
+def _label(name: str) -> str:
+    base, _, spec = name.partition(" [")
+    label = LABELS.get(base, base)
+    return f"{label}, service with {spec.removesuffix(']')}" if spec else label
+
+
 def _report(
     mode: str,
     m: dict[str, str],
@@ -373,16 +415,33 @@ def _report(
         used = cpu.get(name) or []
         cpu_s = " / ".join(f"{median([u[i] for u in used]):.1f}" for i in range(3)) if used else ""
         lines.append(
-            f"| {LABELS.get(name, name)} | {median(values):,.0f} | {rounds} | "
+            f"| {_label(name)} | {median(values):,.0f} | {rounds} | "
             f"{median(values) / ceiling:.2f} | {per_round:.2f} | {lat_s} | {cpu_s} |"
         )
+    if args.compare:
+        lines += [
+            "",
+            "HTTP events/s of each compared service ÷ the first one's, round by round:",
+            "",
+        ]
+    for spec in args.compare:
+        for size in (1000, 100):
+            first = runs[_http_name(size, args.concurrency, "")]
+            other = runs[_http_name(size, args.concurrency, spec)]
+            ratios = [o / f for o, f in zip(other, first, strict=True)]
+            lines.append(
+                f"- {spec}, batches of {size:,}: "
+                + ", ".join(f"{x:.2f}" for x in ratios)
+                + f" (median {median(ratios):.2f})"
+            )
     lines += ["", f"Validation (`decode.parse`, 1,000-event body): {decode_us:.1f} µs per event."]
     if profile:
         lines.append(f"Profile: {profile.relative_to(ROOT)}")
     text = "\n".join(lines)
     print("\n" + text + "\n", flush=True)
     # Runs with service settings changed keep their own files.
-    tag = "".join(f"-{kv.split('=', 1)[0].removeprefix('APINALYTICS_')}" for kv in args.server_env)
+    settings = [*args.server_env, *(kv for spec in args.compare for kv in spec.split(",") if kv)]
+    tag = "".join(f"-{kv.split('=', 1)[0].removeprefix('APINALYTICS_')}" for kv in settings)
     out = DATA / f"ingest-results-{mode}{tag.lower()}"
     out.with_suffix(".json").write_text(
         json.dumps({"machine": m, "runs": runs, "cpu": cpu, "decode_us": decode_us}, indent=1)
