@@ -110,6 +110,19 @@ async def wait_until_ready(
     raise AssertionError("serve never became ready")
 
 
+async def wait_until_started(log: Path, processes: int) -> None:
+    """Until ``processes`` applications logged their start (the "event loop" line) to
+    ``log``, the service's stderr. A gunicorn worker has its signal handlers from then
+    on; before, a SIGTERM reaches the handler it inherited from the arbiter and is lost,
+    and the arbiter kills that worker only at the end of the graceful timeout."""
+    for _ in range(300):
+        text = log.read_text(errors="replace")
+        if text.count('"msg": "event loop"') >= processes:
+            return
+        await asyncio.sleep(0.1)
+    raise AssertionError(f"fewer than {processes} processes started: {log.read_text()}")
+
+
 async def wait_until_not_listening(port: int) -> None:
     for _ in range(300):
         try:

@@ -45,6 +45,7 @@ from .helpers import (
     wait_for_lock_waiter,
     wait_until_not_listening,
     wait_until_ready,
+    wait_until_started,
     write_headers,
 )
 
@@ -242,14 +243,16 @@ async def test_unreachable_database_is_a_one_line_error(cli: Any) -> None:
     assert "Traceback" not in r.err
 
 
+@pytest.mark.parametrize("event_loop", [None, "asyncio"], ids=["default", "asyncio"])
 async def test_serve_answers_then_stops_on_sigterm(
-    cli_env: dict[str, str], tmp_path: Path, db: asyncpg.Connection
+    cli_env: dict[str, str], tmp_path: Path, db: asyncpg.Connection, event_loop: str | None
 ) -> None:
     """`serve` is the whole service: ready, ingests, logs JSON lines without keys, and
-    exits 0 on SIGTERM."""
+    exits 0 on SIGTERM; on uvloop unless APINALYTICS_EVENT_LOOP says asyncio."""
     app = await apps.create(db, "served")
     port = free_port()
-    proc = await start_serve(cli_env, tmp_path, port)
+    env = {**cli_env, "APINALYTICS_EVENT_LOOP": event_loop} if event_loop else cli_env
+    proc = await start_serve(env, tmp_path, port)
     base = f"http://127.0.0.1:{port}"
     try:
         async with aiohttp.ClientSession() as http:
@@ -264,6 +267,8 @@ async def test_serve_answers_then_stops_on_sigterm(
     requests = [r for r in lines if r.get("msg") == "request" and r.get("path") == "/1/events/"]
     assert requests and requests[0]["status"] == 200 and requests[0]["app_id"] == app.app_id
     assert app.write_key and app.write_key not in err.decode() + out.decode()
+    loops = [r["event_loop"] for r in lines if r.get("msg") == "event loop"]
+    assert loops == [event_loop or "uvloop"]
 
 
 @pytest.mark.parametrize("workers", ["1", "2"], ids=["one-process", "two-workers"])
@@ -279,12 +284,18 @@ async def test_sigterm_lets_an_in_flight_request_finish(
     server has stopped listening."""
     app = await apps.create(db, "draining")
     port = free_port()
-    proc = await start_serve(cli_env, tmp_path, port, "--no-migrate", "--workers", workers)
+    log = tmp_path / "serve.log"
+    with log.open("wb") as stderr:
+        proc = await start_serve(
+            cli_env, tmp_path, port, "--no-migrate", "--workers", workers, stderr=stderr
+        )
     base = f"http://127.0.0.1:{port}"
     blocker = await asyncpg.connect(database_url)
     try:
         async with aiohttp.ClientSession() as http:
             await wait_until_ready(http, base, proc)
+            # Every worker, not just the one that answered: see wait_until_started.
+            await wait_until_started(log, int(workers))
             tx = blocker.transaction()
             await tx.start()
             await blocker.execute("LOCK TABLE events IN ACCESS EXCLUSIVE MODE")
@@ -298,8 +309,8 @@ async def test_sigterm_lets_an_in_flight_request_finish(
             resp = await in_flight
             assert resp.status == 200, await resp.text()
             assert await resp.json() == {"accepted": 3}
-        _, err = await asyncio.wait_for(proc.communicate(), timeout=30)
-        assert proc.returncode == 0, err.decode()
+        await asyncio.wait_for(proc.wait(), timeout=30)
+        assert proc.returncode == 0, log.read_text()
         assert await db.fetchval("SELECT count(*) FROM events") == 3
     finally:
         await blocker.close()

@@ -63,6 +63,11 @@ class Served:
             if line["msg"].startswith(BOOTING)
         ]
 
+    def started(self) -> set[int]:
+        """Pids of the workers whose application has started: from then on a SIGTERM
+        reaches them (see helpers.wait_until_started)."""
+        return {line["pid"] for line in self.lines() if line["msg"] == "event loop"}
+
     def pids_that_stored(self) -> set[int]:
         return {
             line["pid"]
@@ -188,6 +193,9 @@ async def test_two_workers_store_everything_and_count_it_together(
     first_boot = next(i for i, line in enumerate(lines) if line["msg"].startswith(BOOTING))
     assert migrations[0] < first_boot
     assert s.log.read_text().count("APInalytics listening on") == 1
+    # Every worker serves on uvloop (aiohttp's GunicornUVLoopWebWorker), the default.
+    loops = {line["pid"]: line["event_loop"] for line in lines if line["msg"] == "event loop"}
+    assert loops == {pid: "uvloop" for pid in workers}
 
     await s.stop()
 
@@ -206,6 +214,11 @@ async def test_a_worker_that_dies_is_replaced(served: Served, db: asyncpg.Connec
     booted = s.workers()
     assert len(booted) == 3, "no worker replaced the one that died"
     assert booted[2] not in (first, second)
+    for _ in range(300):
+        if booted[2] in s.started():
+            break
+        await asyncio.sleep(0.1)
+    assert booted[2] in s.started(), "the new worker's application never started"
     async with aiohttp.ClientSession() as http:
         await wait_until_ready(http, s.base, s.proc)
     # The dead worker's counts stay in the total; the new worker counts from there.

@@ -131,6 +131,7 @@ def serve(settings: Settings, *, migrate_first: bool) -> int:
 
     app = create_app(settings, run_migrations=migrate_first)
     tune_gc()
+    loop = new_event_loop(settings)
     print(banner, file=sys.stderr, flush=True)
     # aiohttp handles SIGINT/SIGTERM: stops accepting, lets in-flight requests finish
     # (shutdown_timeout), then runs the cleanup contexts.
@@ -141,8 +142,18 @@ def serve(settings: Settings, *, migrate_first: bool) -> int:
         access_log=None,
         shutdown_timeout=30,
         print=None,
+        loop=loop,
     )
     return 0
+
+
+def new_event_loop(settings: Settings) -> asyncio.AbstractEventLoop:
+    """The event loop ``settings.event_loop`` names (``serve`` runs on it)."""
+    if settings.event_loop == "uvloop":
+        import uvloop
+
+        return uvloop.new_event_loop()
+    return asyncio.new_event_loop()
 
 
 def serve_workers(settings: Settings, *, migrate_first: bool, banner: str) -> int:

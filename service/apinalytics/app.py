@@ -66,6 +66,7 @@ def create_app(settings: Settings, *, run_migrations: bool = True) -> web.Applic
     )
     app[SETTINGS] = settings
     app[METRICS] = Metrics()
+    app.on_startup.append(_log_event_loop)
     app.cleanup_ctx.append(_database(run_migrations))
     app.cleanup_ctx.append(_ingest_writer)
     app.cleanup_ctx.append(_decoder)
@@ -91,6 +92,12 @@ def add_routes(app: web.Application) -> None:
     # The landing page at "/", login, and the application and key pages.
     accounts.add_routes(app)
     dashboard.add_routes(app)
+
+
+async def _log_event_loop(app: web.Application) -> None:
+    # "uvloop" or "asyncio": what APINALYTICS_EVENT_LOOP chose, as the process runs it.
+    loop = type(asyncio.get_running_loop()).__module__.partition(".")[0]
+    log.info("event loop", extra={"event_loop": loop})
 
 
 def _database(run_migrations: bool) -> Callable[[web.Application], AsyncIterator[None]]:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from pathlib import Path
+from typing import Literal
 
 from pydantic import Field
 from pydantic_settings import BaseSettings, SettingsConfigDict
@@ -24,6 +25,9 @@ class Settings(BaseSettings):
     # Processes serving host:port (`serve --workers N`). 1: the service runs in the
     # process that was started; more: one per core is the rule (see README, Operations).
     workers: int = Field(default=1, ge=1)
+    # The event loop `serve` runs on. uvloop (libuv) answered a small query about 1.3
+    # times as fast in most rounds (docs/benchmarks.md); asyncio's is there for diagnosis.
+    event_loop: Literal["uvloop", "asyncio"] = "uvloop"
 
     # Public base URL (for OAuth redirects behind a proxy); derived from the request if unset.
     public_url: str | None = None

@@ -1,7 +1,8 @@
 """``serve --workers N``: N processes serving the same host:port.
 
 gunicorn's arbiter runs in the process that was started and forks the workers, each
-an aiohttp server (``aiohttp.worker.GunicornWebWorker``) with an application of its
+an aiohttp server (``aiohttp.worker.GunicornUVLoopWebWorker``, or
+``GunicornWebWorker`` for ``APINALYTICS_EVENT_LOOP=asyncio``) with an application of its
 own (``create_app``). The arbiter first does what must happen once: it starts the
 embedded cluster if there is no database URL, applies the migrations and makes the
 directory where the workers keep their Prometheus metrics (removed at exit). It
@@ -30,7 +31,11 @@ if TYPE_CHECKING:
 
 log = logging.getLogger(__name__)
 
-WORKER_CLASS = "aiohttp.worker.GunicornWebWorker"
+# Per APINALYTICS_EVENT_LOOP: aiohttp's worker classes, on uvloop or asyncio's own loop.
+WORKER_CLASSES = {
+    "uvloop": "aiohttp.worker.GunicornUVLoopWebWorker",
+    "asyncio": "aiohttp.worker.GunicornWebWorker",
+}
 # As the single process: web.run_app(shutdown_timeout=30) and its keep-alive default.
 GRACEFUL_TIMEOUT_S = 30
 KEEPALIVE_S = 75
@@ -84,7 +89,7 @@ class _Application(BaseApplication):  # type: ignore[misc]
         options: dict[str, Any] = {
             "bind": [bind_address(s.host, s.port)],
             "workers": s.workers,
-            "worker_class": WORKER_CLASS,
+            "worker_class": WORKER_CLASSES[s.event_loop],
             "graceful_timeout": GRACEFUL_TIMEOUT_S,
             "keepalive": KEEPALIVE_S,
             "accesslog": None,
