@@ -5,7 +5,8 @@ What runs where, on one machine: the database is the generated cluster in
 ``bench/data/query-<mode>`` (non-durable); the service is ``create_app(settings)``
 behind an aiohttp AppRunner on 127.0.0.1 in this process; the client is an aiohttp
 ClientSession in the same process, sending one request at a time (a latency
-benchmark: nothing queues behind anything else).
+benchmark: nothing queues behind anything else). The process runs on the event loop
+``serve`` would (``APINALYTICS_EVENT_LOOP``, uvloop unless set).
 
 Panels are those of the dashboard, for the busiest app, over ranges that end at the
 data's end (a whole minute, as the dashboard asks). Each panel runs ``--requests``
@@ -39,6 +40,7 @@ from aiohttp import web
 
 import generate
 from apinalytics import localdb
+from apinalytics.__main__ import new_event_loop
 from apinalytics.app import create_app
 from apinalytics.rollups import RAW, ROLLUPS
 from apinalytics.settings import Settings
@@ -234,6 +236,10 @@ async def _sizes(conn: asyncpg.Connection, mode: str) -> list[dict[str, Any]]:
     return out
 
 
+def _loop_name() -> str:
+    return type(asyncio.get_running_loop()).__module__.partition(".")[0]
+
+
 def _report(
     mode: str,
     m: dict[str, str],
@@ -247,7 +253,7 @@ def _report(
         f"### {mode} mode — {data['stored']:,} events over {data['days']} days, "
         f"{data['apps']} apps; panels for the busiest app ({app['events']:,} events)",
         "",
-        f"Machine: {machine_line(m)}.",
+        f"Machine: {machine_line(m)}. Event loop: {_loop_name()}.",
         "",
         "| panel | sources (planned) | planned p50 / p95 | raw p50 / p95 | raw ÷ planned (p50) | equal | n (planned/raw) |",
         "|---|---|---:|---:|---:|---|---|",
@@ -290,4 +296,5 @@ def _report(
 
 
 if __name__ == "__main__":
-    asyncio.run(main())
+    with asyncio.Runner(loop_factory=lambda: new_event_loop(Settings())) as runner:
+        runner.run(main())
