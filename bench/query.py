@@ -41,7 +41,7 @@ from aiohttp import web
 import generate
 from apinalytics import localdb
 from apinalytics.__main__ import new_event_loop
-from apinalytics.app import create_app
+from apinalytics.app import create_app, event_loop_name
 from apinalytics.rollups import RAW, ROLLUPS
 from apinalytics.settings import Settings
 from common import (
@@ -236,10 +236,6 @@ async def _sizes(conn: asyncpg.Connection, mode: str) -> list[dict[str, Any]]:
     return out
 
 
-def _loop_name() -> str:
-    return type(asyncio.get_running_loop()).__module__.partition(".")[0]
-
-
 def _report(
     mode: str,
     m: dict[str, str],
@@ -253,7 +249,7 @@ def _report(
         f"### {mode} mode — {data['stored']:,} events over {data['days']} days, "
         f"{data['apps']} apps; panels for the busiest app ({app['events']:,} events)",
         "",
-        f"Machine: {machine_line(m)}. Event loop: {_loop_name()}.",
+        f"Machine: {machine_line(m)}. Event loop: {event_loop_name()}.",
         "",
         "| panel | sources (planned) | planned p50 / p95 | raw p50 / p95 | raw ÷ planned (p50) | equal | n (planned/raw) |",
         "|---|---|---:|---:|---:|---|---|",

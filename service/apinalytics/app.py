@@ -94,10 +94,13 @@ def add_routes(app: web.Application) -> None:
     dashboard.add_routes(app)
 
 
+def event_loop_name() -> str:
+    """ "uvloop" or "asyncio": the running loop, as APINALYTICS_EVENT_LOOP names it."""
+    return type(asyncio.get_running_loop()).__module__.partition(".")[0]
+
+
 async def _log_event_loop(app: web.Application) -> None:
-    # "uvloop" or "asyncio": what APINALYTICS_EVENT_LOOP chose, as the process runs it.
-    loop = type(asyncio.get_running_loop()).__module__.partition(".")[0]
-    log.info("event loop", extra={"event_loop": loop})
+    log.info("event loop", extra={"event_loop": event_loop_name()})
 
 
 def _database(run_migrations: bool) -> Callable[[web.Application], AsyncIterator[None]]:
