@@ -125,10 +125,7 @@ async def _machine(dsn: str) -> dict[str, str]:
 def main() -> None:
     logging.getLogger("apinalytics.db").setLevel(logging.ERROR)
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    p.add_argument("--mode", default="apache", choices=["apache", "community", "all"])
-    p.add_argument("--events", type=int, default=10_000_000)
-    p.add_argument("--days", type=int, default=30)
-    p.add_argument("--apps", type=int, default=10)
+    generate.data_arguments(p)
     p.add_argument("--rounds", type=int, default=5)
     p.add_argument("--requests", type=int, default=200)
     args = p.parse_args()

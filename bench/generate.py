@@ -53,6 +53,15 @@ SEED = 20141015
 DATA_VERSION = 2
 
 
+def data_arguments(p: argparse.ArgumentParser) -> None:
+    """The flags of a benchmark that reads this data: the modes, and what ``ensure``
+    generates (or finds already generated)."""
+    p.add_argument("--mode", default="apache", choices=["apache", "community", "all"])
+    p.add_argument("--events", type=int, default=10_000_000)
+    p.add_argument("--days", type=int, default=30)
+    p.add_argument("--apps", type=int, default=10)
+
+
 def manifest_path(mode: str) -> Path:
     return DATA / f"query-{mode}" / "manifest.json"
 

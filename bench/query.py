@@ -100,10 +100,7 @@ async def main() -> None:
     # Slow statements are what raw reads on 10M events are made of: not worth a warning.
     logging.getLogger("apinalytics.db").setLevel(logging.ERROR)
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    p.add_argument("--mode", default="apache", choices=["apache", "community", "all"])
-    p.add_argument("--events", type=int, default=10_000_000)
-    p.add_argument("--days", type=int, default=30)
-    p.add_argument("--apps", type=int, default=10)
+    generate.data_arguments(p)
     p.add_argument("--requests", type=int, default=30)
     p.add_argument("--raw-requests", type=int, default=10)
     p.add_argument("--panel-seconds", type=float, default=120)
