@@ -59,6 +59,10 @@ function timeLabel(seconds, bucket) {
   });
 }
 
+/* A group's name as shown: events sent with an empty consumer_id or function form the
+ * group "", which a legend or axis would show as nothing. */
+function groupLabel(name) { return name === "" ? "(none)" : name; }
+
 /* Series of several groups onto one time axis: [labels, datasets]. */
 function timeSeries(groups, start, end, bucket, scale) {
   const first = Math.floor(start / bucket) * bucket;
@@ -66,7 +70,7 @@ function timeSeries(groups, start, end, bucket, scale) {
   for (let t = first; t < end; t += bucket) times.push(t);
   const datasets = Object.entries(groups).map(([name, pairs]) => {
     const byTime = new Map(pairs.map(([t, v]) => [t, v * scale]));
-    return { label: name, data: times.map((t) => byTime.get(t) ?? 0) };
+    return { label: groupLabel(name), data: times.map((t) => byTime.get(t) ?? 0) };
   });
   return [times.map((t) => timeLabel(t, bucket)), datasets];
 }
@@ -89,8 +93,10 @@ function single(groups) {
 async function refresh(cfg) {
   const range = Number(cfg.range);
   const bucket = RANGES[range];
+  // The range ends at the next whole minute and starts on a boundary of the time charts'
+  // buckets, so the first bar or point covers a whole bucket, not a sliver of one.
   const end = Math.ceil(Date.now() / 1000 / 60) * 60;
-  const start = end - range;
+  const start = Math.floor((end - range) / bucket) * bucket;
   setStatus("Loading…");
   const q = (params) => query(cfg, start, end, params);
   const totalBucket = range <= 86400 ? 60 : bucket;
@@ -110,12 +116,13 @@ async function refresh(cfg) {
 
   const calls = single(byFunction.groups);
   const fnNames = Object.keys(calls).sort((a, b) => calls[b] - calls[a]);
-  draw("calls-by-function", "bar", fnNames, [{ label: "calls", data: fnNames.map((f) => calls[f]) }],
+  const fnLabels = fnNames.map(groupLabel);
+  draw("calls-by-function", "bar", fnLabels, [{ label: "calls", data: fnNames.map((f) => calls[f]) }],
     { indexAxis: "y", plugins: { legend: { display: false } } });
 
   const mean = single(meanByFn.groups);
   const p95 = single(p95ByFn.groups);
-  draw("latency-by-function", "bar", fnNames, [
+  draw("latency-by-function", "bar", fnLabels, [
     { label: "mean", data: fnNames.map((f) => (mean[f] ?? 0) / 1000) },
     { label: "p95", data: fnNames.map((f) => (p95[f] ?? 0) / 1000) },
   ], { indexAxis: "y" });
@@ -136,7 +143,7 @@ async function refresh(cfg) {
   draw("total-time", "line", labels, sets, { plugins: { legend: { display: false } } });
 
   const n = Object.values(calls).reduce((a, b) => a + b, 0);
-  setStatus(`${n} calls from ${new Date(start * 1000).toLocaleString()} to ${new Date(end * 1000).toLocaleString()}.`);
+  setStatus(`${n.toLocaleString()} calls from ${new Date(start * 1000).toLocaleString()} to ${new Date(end * 1000).toLocaleString()}.`);
 }
 
 function init() {

@@ -12,6 +12,7 @@ from pathlib import Path
 
 import pytest
 from aiohttp.test_utils import TestClient
+from yarl import URL
 
 from apinalytics.apps import NewApp
 
@@ -63,18 +64,44 @@ async def test_dashboard_draws_every_panel(
         event(timestamp=now - 600, consumer_id="acme", function="list", status_code=200),
         event(timestamp=now - 500, consumer_id="acme", function="get", status_code=404),
         event(timestamp=now - 400, consumer_id="zeta", function="get", status_code=503),
+        event(timestamp=now - 300, consumer_id="", function="", status_code=200),
     ]
     resp = await client.post("/1/events/", json=events, headers=write_headers(app_keys))
     assert resp.status == 200
 
     url = client.make_url("/dashboard/").with_query(
-        app=app_keys.app_id, key=app_keys.read_key or "", range="3600"
+        app=app_keys.app_id, key=app_keys.read_key or "", range="86400"
     )
+    requested: list[str] = []
+    page.on("request", lambda r: requested.append(r.url))  # type: ignore[attr-defined]
     await page.goto(str(url))  # type: ignore[attr-defined]
     status = page.locator("#status")  # type: ignore[attr-defined]
-    await status.filter(has_text="3 calls").wait_for(timeout=15_000)
+    await status.filter(has_text="4 calls").wait_for(timeout=15_000)
     for panel in PANELS:
         assert await page.get_attribute(f"#{panel}", "data-ready") == "true", panel  # type: ignore[attr-defined]
+
+    # What the charts hold is what was sent; the empty consumer and function are named.
+    drawn = await page.evaluate(  # type: ignore[attr-defined]
+        """() => Object.fromEntries(["calls-by-consumer", "calls-by-function", "status-codes"]
+            .map((id) => { const c = Chart.getChart(id); return [id, {
+                labels: c.data.labels,
+                sets: c.data.datasets.map((d) => [d.label ?? null, d.data]) }]; }))"""
+    )
+    per_consumer = {name: sum(data) for name, data in drawn["calls-by-consumer"]["sets"]}
+    assert per_consumer == {"(none)": 1, "acme": 2, "zeta": 1}
+
+    def bars(chart: str) -> dict[str, int]:
+        return dict(zip(drawn[chart]["labels"], drawn[chart]["sets"][0][1], strict=True))
+
+    assert bars("calls-by-function") == {"get": 2, "list": 1, "(none)": 1}
+    assert bars("status-codes") == {"200": 2, "404": 1, "503": 1}
+
+    # The 24-hour range starts on a boundary of its 15-minute bars and ends at a minute.
+    queries = [URL(u) for u in requested if "/1/timeseries/" in u]
+    assert queries
+    for q in queries:
+        start, end = (int(x) for x in q.path.strip("/").split("/")[-2:])
+        assert start % 900 == 0 and end % 60 == 0 and 86400 <= end - start < 86400 + 900, q
 
 
 async def test_dashboard_shows_the_api_error(
