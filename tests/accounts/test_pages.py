@@ -64,13 +64,18 @@ async def bob(new_browser: Callable[[], Browser], github: FakeGitHub) -> Browser
     return browser
 
 
-async def test_landing_page_offers_login(new_browser: Callable[[], Browser]) -> None:
-    resp = await new_browser().get("/")
+async def test_landing_page_offers_login_and_the_dashboard(
+    new_browser: Callable[[], Browser],
+) -> None:
+    browser = new_browser()
+    resp = await browser.get("/")
     assert resp.status == 200
     assert resp.content_type == "text/html"
     html = await resp.text()
     assert '<a class="button" id="login" href="/login">Log in with GitHub</a>' in html
     assert "/logout" not in html
+    assert '<a id="dashboard" href="/dashboard/">' in html
+    assert (await browser.get("/dashboard/")).status == 200
 
 
 async def test_pages_need_a_login(new_browser: Callable[[], Browser]) -> None:
