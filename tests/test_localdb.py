@@ -69,7 +69,12 @@ async def test_second_ensure_running_reuses_the_cluster(home: Path) -> None:
 async def test_stopped_cluster_starts_again_on_its_port(home: Path) -> None:
     cluster = await asyncio.to_thread(fresh(home).ensure_running)
     port = cluster.port
+    # A client connected while the cluster stops is disconnected by the server, which
+    # leaves the port in TIME_WAIT: the restart must take the port all the same (a
+    # service started on this cluster keeps connecting to it).
+    held = await asyncpg.connect(cluster.dsn)
     await asyncio.to_thread(cluster.stop)
+    await held.close()
     assert not (cluster.datadir / "postmaster.pid").exists()
     again = await asyncio.to_thread(fresh(home).ensure_running)
     assert again.port == port

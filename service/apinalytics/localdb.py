@@ -279,7 +279,12 @@ def _pg_os_user() -> str | None:
 
 
 def _port_free(port: int) -> bool:
+    """Whether PostgreSQL can listen on ``port``. Like PostgreSQL's own listening
+    socket, the probe sets SO_REUSEADDR: a port whose last connections are in TIME_WAIT
+    (the server closed them as it stopped) is free to listen on again, while one with a
+    listener is not."""
     with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
+        s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
         try:
             s.bind(("127.0.0.1", port))
         except OSError:
