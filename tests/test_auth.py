@@ -215,6 +215,8 @@ async def test_cors_preflight_allows_auth_headers(
     assert resp.headers["Access-Control-Allow-Origin"] == "*"
     allowed = {h.strip().lower() for h in resp.headers["Access-Control-Allow-Headers"].split(",")}
     assert {"x-auth-user", "x-auth-key", "content-type"} <= allowed
+    # The documented headers a cross-origin client may send too.
+    assert {"idempotency-key", "content-encoding", "x-apinalytics-planner"} <= allowed
     assert method in resp.headers["Access-Control-Allow-Methods"]
 
 

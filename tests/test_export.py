@@ -293,6 +293,14 @@ async def test_only_the_apps_own_events(
             "invalid_parameter",
             "include",
         ),
+        (
+            f"/1/events/{START}/{END}/",
+            {"include": "url:\x00"},
+            "read",
+            400,
+            "invalid_parameter",
+            "NUL",
+        ),
     ],
     ids=[
         "write_key",
@@ -302,6 +310,7 @@ async def test_only_the_apps_own_events(
         "start_not_a_number",
         "unknown_format",
         "malformed_include",
+        "nul_in_include",
     ],
 )
 async def test_errors(

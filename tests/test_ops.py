@@ -25,14 +25,16 @@ from apinalytics.settings import Settings
 from .helpers import assert_error, event, write_headers
 
 
-async def test_healthz(client: TestClient) -> None:
-    resp = await client.get("/healthz")
+@pytest.mark.parametrize("path", ["/healthz", "/healthz/"])
+async def test_healthz(client: TestClient, path: str) -> None:
+    resp = await client.get(path)
     assert resp.status == 200
     assert await resp.json() == {"status": "ok"}
 
 
-async def test_readyz_when_migrated(client: TestClient) -> None:
-    resp = await client.get("/readyz")
+@pytest.mark.parametrize("path", ["/readyz", "/readyz/"])
+async def test_readyz_when_migrated(client: TestClient, path: str) -> None:
+    resp = await client.get(path)
     assert resp.status == 200, await resp.text()
     assert await resp.json() == {"status": "ready"}
 

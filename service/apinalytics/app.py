@@ -86,8 +86,10 @@ def add_routes(app: web.Application) -> None:
     for path in ("/1/events/{start}/{end}", "/1/event/{start}/{end}"):
         for p in (path, path + "/"):
             app.router.add_get(p, export.export_events)
-    app.router.add_get("/healthz", healthz)
-    app.router.add_get("/readyz", readyz)
+    for p in ("/healthz", "/healthz/"):
+        app.router.add_get(p, healthz)
+    for p in ("/readyz", "/readyz/"):
+        app.router.add_get(p, readyz)
     app.router.add_get("/metrics", metrics_view)
     # The landing page at "/", login, and the application and key pages.
     accounts.add_routes(app)

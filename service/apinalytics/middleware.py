@@ -22,7 +22,8 @@ PREFLIGHT_HEADERS = {
     **CORS_HEADERS,
     "Access-Control-Allow-Methods": "GET, POST, OPTIONS",
     "Access-Control-Allow-Headers": (
-        "X-Auth-User, X-Auth-Key, Content-Type, Content-Encoding, Idempotency-Key"
+        "X-Auth-User, X-Auth-Key, Content-Type, Content-Encoding, Idempotency-Key, "
+        "X-Apinalytics-Planner"
     ),
     "Access-Control-Max-Age": "86400",
 }

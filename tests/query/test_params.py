@@ -50,6 +50,9 @@ def test_parse_includes(values: list[str], expected: dict[str, list[str]]) -> No
         pytest.param(["status_code:600"], "100 to 599", id="status_above_range"),
         pytest.param(["status_code:99"], "100 to 599", id="status_below_range"),
         pytest.param(["data.:x"], "data.<key>", id="data_without_key"),
+        pytest.param(["consumer_id:a\x00b"], "NUL", id="nul_in_value"),
+        pytest.param(["url:\x00"], "NUL", id="nul_as_value"),
+        pytest.param(["data.a\x00:x"], "NUL", id="nul_in_data_key"),
     ],
 )
 def test_parse_includes_errors(values: list[str], why: str) -> None:
@@ -97,11 +100,27 @@ def test_parse_granularity(raw: str, expected: Granularity | None) -> None:
     assert parse_granularity(raw) == expected
 
 
-@pytest.mark.parametrize("raw", ["0", "-60", "month", "1.5", "Hour"])
-def test_parse_granularity_errors(raw: str) -> None:
+@pytest.mark.parametrize(
+    ("raw", "why"),
+    [
+        pytest.param("0", "whole positive number of seconds", id="zero"),
+        pytest.param("-60", "whole positive number of seconds", id="negative"),
+        pytest.param("month", "whole positive number of seconds", id="unknown_name"),
+        pytest.param("1.5", "whole positive number of seconds", id="fraction"),
+        pytest.param("Hour", "whole positive number of seconds", id="names_are_lower_case"),
+        pytest.param(str(MAX_TIME + 1), f"at most {MAX_TIME} seconds", id="past_year_9999"),
+        pytest.param("9" * 30, f"at most {MAX_TIME} seconds", id="huge"),
+    ],
+)
+def test_parse_granularity_errors(raw: str, why: str) -> None:
     with pytest.raises(InvalidQuery) as exc:
         parse_granularity(raw)
     assert exc.value.param == "granularity"
+    assert why in exc.value.why
+
+
+def test_parse_granularity_max() -> None:
+    assert parse_granularity(str(MAX_TIME)) == Granularity(MAX_TIME)
 
 
 @pytest.mark.parametrize(
@@ -148,3 +167,14 @@ def test_repeated_single_parameter() -> None:
     with pytest.raises(InvalidQuery) as exc:
         parse_query("0", "10", {"aggregation": ["sum", "max"]}, max_buckets=10)
     assert exc.value.param == "aggregation"
+
+
+def test_an_empty_repeat_gives_way() -> None:
+    q = parse_query("0", "7200", {"granularity": ["hour", ""]}, max_buckets=10)
+    assert q.granularity == Granularity(3600)
+
+
+def test_end_before_start_names_both() -> None:
+    with pytest.raises(InvalidQuery) as exc:
+        parse_range("20", "10")
+    assert exc.value.why == "must be after start (end 10 <= start 20)"

@@ -347,6 +347,10 @@ BAD = [
     pytest.param("0/10", {"include": "colour:red"}, "include", id="unknown_include_field"),
     pytest.param("0/10", {"include": "function"}, "include", id="include_without_colon"),
     pytest.param("0/10", {"include": "status_code:ok"}, "include", id="include_status_not_int"),
+    pytest.param("0/10", {"include": "consumer_id:\x00"}, "include", id="include_nul"),
+    pytest.param("0/10", {"include": "data.\x00:x"}, "include", id="include_data_key_nul"),
+    pytest.param("0/10", {"group": "data.\x00"}, "group", id="group_data_key_nul"),
+    pytest.param("0/10", {"granularity": "9" * 20}, "granularity", id="huge_granularity"),
     pytest.param("0/1001", {"granularity": "1"}, "granularity", id="one_bucket_over_max"),
     pytest.param(
         "0/10", [("aggregation", "sum"), ("aggregation", "max")], "aggregation", id="twice"

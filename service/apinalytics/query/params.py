@@ -2,8 +2,10 @@
 
 A parameter given but empty means its default (the original dashboard sends empty
 parameters). Unknown parameters are ignored, so cache-busting parameters such as
-``_=<timestamp>`` do no harm; a known parameter given twice is an error, except
-``include``, which is repeatable.
+``_=<timestamp>`` do no harm; a known parameter given twice with different non-empty
+values is an error (an empty repeat means the default, and gives way), except
+``include``, which is repeatable. Text given to filter or group by cannot hold a NUL
+character: no stored string can.
 """
 
 from __future__ import annotations
@@ -48,7 +50,7 @@ def parse_range(start: str, end: str) -> tuple[int, int]:
     s = parse_time("start", start)
     e = parse_time("end", end)
     if e <= s:
-        raise InvalidQuery("end", f"must be after start ({e} <= {s})")
+        raise InvalidQuery("end", f"must be after start (end {e} <= start {s})")
     return s, e
 
 
@@ -58,9 +60,13 @@ def field_name(param: str, raw: str) -> str:
         return raw
     if raw.startswith(DATA_PREFIX):
         key = raw[len(DATA_PREFIX) :]
-        if key and len(key) <= MAX_DATA_KEY and "\x00" not in key:
+        if "\x00" in key:
+            raise InvalidQuery(param, "data.<key> must not contain NUL characters")
+        if key and len(key) <= MAX_DATA_KEY:
             return raw
-        raise InvalidQuery(param, f"data.<key> needs a key of 1 to {MAX_DATA_KEY} characters")
+        raise InvalidQuery(
+            param, f"data.<key> needs a key of 1 to {MAX_DATA_KEY} characters, not {len(key)}"
+        )
     raise InvalidQuery(
         param, f"unknown field {raw!r}; use one of {', '.join(FIELDS)}, or data.<key>"
     )
@@ -81,6 +87,8 @@ def parse_includes(values: Sequence[str]) -> dict[str, list[str]]:
         if not sep:
             raise InvalidQuery("include", f"must be field:value, not {raw!r}")
         name = field_name("include", name)
+        if "\x00" in value:
+            raise InvalidQuery("include", f"the value for {name} must not contain NUL characters")
         if name == "method":
             value = value.upper()
         elif name == "status_code" and not (
@@ -101,12 +109,14 @@ def parse_granularity(raw: str) -> Granularity | None:
         return None
     if raw in NAMED_GRANULARITIES:
         return granularity_of(NAMED_GRANULARITIES[raw])
+    if raw.isascii() and raw.isdigit() and int(raw) > MAX_TIME:
+        raise InvalidQuery("granularity", f"must be at most {MAX_TIME} seconds, not {raw}")
     if _POSITIVE_INT.match(raw) and int(raw) > 0:
         return granularity_of(int(raw))
     raise InvalidQuery(
         "granularity",
-        f"must be a positive number of seconds or one of {', '.join(NAMED_GRANULARITIES)}, "
-        f"not {raw!r}",
+        f"must be a whole positive number of seconds or one of "
+        f"{', '.join(NAMED_GRANULARITIES)}, not {raw!r}",
     )
 
 
