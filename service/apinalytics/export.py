@@ -81,14 +81,17 @@ def ndjson_lines(rows: Sequence[asyncpg.Record]) -> str:
 
 
 def csv_lines(rows: Sequence[asyncpg.Record]) -> str:
+    # CRLF, as RFC 4180 has it; it also makes the writer quote a field holding a bare
+    # carriage return (it quotes only the line terminator's characters), which readers
+    # would otherwise take for a line break.
     out = io.StringIO()
-    w = csv.writer(out, lineterminator="\n")
+    w = csv.writer(out, lineterminator="\r\n")
     w.writerows((timestamp(r[0]), *r[1:7], r[7] or "") for r in rows)
     return out.getvalue()
 
 
 def csv_header() -> str:
-    return ",".join(FIELDS) + "\n"
+    return ",".join(FIELDS) + "\r\n"
 
 
 ENCODERS: dict[str, Callable[[Sequence[asyncpg.Record]], str]] = {
