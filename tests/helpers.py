@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import sys
 import time
+from fractions import Fraction
 from pathlib import Path
 from typing import IO, Any
 
@@ -133,3 +134,10 @@ async def wait_until_not_listening(port: int) -> None:
         await writer.wait_closed()
         await asyncio.sleep(0.05)
     raise AssertionError("the server kept listening after SIGTERM")
+
+
+def exact_us(timestamp: float) -> int:
+    """The microsecond SPEC says an event's timestamp is kept as: the float's exact
+    value rounded to the nearest microsecond, ties to even (computed with fractions,
+    independently of how ingest does it)."""
+    return round(Fraction(timestamp) * 1_000_000)

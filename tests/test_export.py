@@ -31,10 +31,11 @@ from aiohttp.test_utils import TestClient
 from apinalytics import apps
 from apinalytics.apps import NewApp
 from apinalytics.export import BATCH_ROWS
+from apinalytics.ingest.model import MAX_RESPONSE_US
 from apinalytics.settings import Settings
 
 from .conftest import ALL_MODES
-from .helpers import assert_error, read_headers, write_headers
+from .helpers import assert_error, exact_us, read_headers, write_headers
 
 DAY = 86400
 NOW = int(datetime.now(UTC).timestamp())
@@ -53,7 +54,15 @@ def make_events(n: int, seed: int = 7) -> list[dict[str, Any]]:
     """Events that exercise every field: microseconds, equal timestamps, commas,
     quotes, newlines and non-ASCII text, data null, absent or with values."""
     rnd = random.Random(seed)
-    texts = ["", "alice", 'quote " and, comma', "line\nbreak", "naïve café ☕", "tab\there"]
+    texts = [
+        "",
+        "alice",
+        'quote " and, comma',
+        "line\nbreak",
+        "cr\ronly",
+        "naïve café ☕",
+        "tab\there",
+    ]
     out = []
     for i in range(n):
         t = START + rnd.randrange(DAY * 1_000_000) / 1_000_000
@@ -65,7 +74,7 @@ def make_events(n: int, seed: int = 7) -> list[dict[str, Any]]:
             "method": rnd.choice(["get", "POST", "delete"]),
             "url": f"/v1/things/{i}?q={rnd.choice(texts)}&x=1",
             "function": rnd.choice(texts),
-            "response_us": rnd.choice([0, 1, 1500, 2**40]),
+            "response_us": rnd.choice([0, 1, 1500, MAX_RESPONSE_US]),
             "status_code": rnd.choice([100, 200, 404, 500, 599]),
         }
         choice = i % 3
@@ -79,7 +88,7 @@ def make_events(n: int, seed: int = 7) -> list[dict[str, Any]]:
 
 def normalized(ev: dict[str, Any]) -> tuple[Any, ...]:
     """An event as stored: microsecond timestamp, upper-case method, empty data as null."""
-    us = round(ev["timestamp"] * 1_000_000)
+    us = exact_us(ev["timestamp"])
     return (
         us,
         ev["consumer_id"],

@@ -27,7 +27,7 @@ from prometheus_client.parser import text_string_to_metric_families
 from apinalytics import apps
 from apinalytics.apps import NewApp
 
-from .helpers import assert_error, event, wait_for_lock_waiter, write_headers
+from .helpers import assert_error, event, exact_us, wait_for_lock_waiter, write_headers
 
 
 async def count(db: asyncpg.Connection) -> int:
@@ -74,6 +74,30 @@ async def test_event_is_stored_as_sent(
         "status_code": 418,
         "data": json.dumps({"plan": "gold", "region": "eu"}),
     }
+
+
+async def test_timestamps_are_kept_to_the_nearest_microsecond(
+    client: TestClient, app_keys: NewApp, db: asyncpg.Connection
+) -> None:
+    # Fractional timestamps with more digits than a microsecond, near now: those where
+    # scaling the float by 10^6 rounds to the wrong microsecond (1795646414.6548934 ->
+    # .654894) are the cases that matter; a few ordinary ones come along.
+    base = int(time.time()) - 100
+    tricky = [
+        t
+        for i in range(20_000)
+        if round((t := base + i * 0.0000123 + 0.65489341) * 1_000_000) != exact_us(t)
+    ][:20]
+    assert tricky, "no timestamp here is one that float scaling rounds wrongly"
+    sent = [*tricky, base + 0.5, base + 0.0000005, base + 0.9999996]
+    resp = await client.post(
+        "/1/events/", json=[event(timestamp=t) for t in sent], headers=write_headers(app_keys)
+    )
+    assert resp.status == 200, await resp.text()
+    stored = await db.fetch(
+        "SELECT (extract(epoch FROM time) * 1000000)::bigint AS us FROM events ORDER BY time"
+    )
+    assert [r["us"] for r in stored] == sorted(exact_us(t) for t in sent)
 
 
 METHODS = [

@@ -44,7 +44,7 @@ from apinalytics.rollups import ROLLUPS, Rollup
 
 from .conftest import ALL_MODES
 from .dbs import Servers, run
-from .helpers import event, write_headers
+from .helpers import event, exact_us, write_headers
 
 EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
 DIMENSION_SHAPE = {
@@ -82,7 +82,7 @@ def oracle(events: Iterable[dict[str, Any]], app: int, rollup: Rollup) -> Totals
     SPEC keeps it) and aggregate per app, bucket and the rollup's dimensions."""
     groups: dict[Key, list[int]] = {}
     for e in events:
-        us = round(e["timestamp"] * 1_000_000)
+        us = exact_us(e["timestamp"])
         bucket = EPOCH + timedelta(microseconds=us - us % (rollup.width_s * 1_000_000))
         values = {**e, "method": e["method"].upper()}
         key = (app, bucket, *(values[d] for d in rollup.dimensions))
@@ -375,14 +375,14 @@ async def test_deleting_an_app_removes_its_rollup_rows_only(
 
 def as_row(e: dict[str, Any], app: int) -> tuple[Any, ...]:
     """A row for COPY on a plain connection: its time is a datetime."""
-    t = EPOCH + timedelta(microseconds=round(e["timestamp"] * 1_000_000))
+    t = EPOCH + timedelta(microseconds=exact_us(e["timestamp"]))
     values = {**e, "time": t, "app_id": app, "method": e["method"].upper(), "data": None}
     return tuple(values[c] for c in COLUMNS)
 
 
 def as_ingest_row(e: dict[str, Any], app: int) -> tuple[Any, ...]:
     """The row the ingest path builds (decode.Row): its time in UNIX microseconds."""
-    us = round(e["timestamp"] * 1_000_000)
+    us = exact_us(e["timestamp"])
     return (us, *as_row(e, app)[1:])
 
 

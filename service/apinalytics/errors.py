@@ -110,12 +110,18 @@ class SystemFault(ApiError):
 
 
 class DatabaseUnavailable(SystemFault):
+    """503 + Retry-After. ``stored_nothing``: the request was a write that left nothing
+    behind, which the message then says (the ingest handler knows; the database layer,
+    which raises it, does not)."""
+
     status = 503
     code = "database_unavailable"
 
-    def __init__(self, retry_after: int = 5) -> None:
+    def __init__(self, retry_after: int = 5, *, stored_nothing: bool = False) -> None:
+        self.retry_after = retry_after
+        said = "; nothing was stored" if stored_nothing else ""
         super().__init__(
-            "The database is unavailable; nothing was stored. Retry later.",
+            f"The database is unavailable{said}. Retry later.",
             headers={"Retry-After": str(retry_after)},
         )
 

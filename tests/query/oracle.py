@@ -13,6 +13,10 @@ from typing import Any
 
 from hypothesis import strategies as st
 
+from apinalytics.ingest.model import MAX_RESPONSE_US
+
+from ..helpers import exact_us
+
 DAY = 86400
 WEEK = 7 * DAY
 MONDAY = 4 * DAY  # 1970-01-05, the first Monday after the epoch
@@ -42,7 +46,7 @@ class Ev:
     @property
     def us(self) -> int:
         # Exactly as ingest stores it: rounded to the microsecond.
-        return round(self.timestamp * 1_000_000)
+        return exact_us(self.timestamp)
 
     def body(self) -> dict[str, Any]:
         return {
@@ -111,7 +115,7 @@ def events_near(centers: list[int]) -> st.SearchStrategy[Ev]:
         method=st.sampled_from(METHODS),
         url=st.sampled_from(URLS),
         function=st.sampled_from(FUNCTIONS),
-        response_us=st.one_of(st.integers(0, 5000), st.integers(0, 10**12)),
+        response_us=st.one_of(st.integers(0, 5000), st.integers(0, MAX_RESPONSE_US)),
         status_code=st.sampled_from(STATUSES),
         data=st.one_of(st.none(), st.builds(lambda p: {"plan": p}, st.sampled_from(PLANS))),
     )

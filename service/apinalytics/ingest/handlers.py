@@ -9,7 +9,7 @@ from aiohttp import web
 
 from .. import auth
 from ..apps import KeyKind
-from ..errors import UserError
+from ..errors import DatabaseUnavailable, UserError
 from ..keys import DECODER, INGEST, METRICS, SETTINGS
 from . import decode
 
@@ -17,6 +17,14 @@ MAX_IDEMPOTENCY_KEY = 255
 
 
 async def post_events(request: web.Request) -> web.Response:
+    try:
+        return await _post_events(request)
+    except DatabaseUnavailable as exc:
+        # Before the batch's transaction, or a transaction that did not commit.
+        raise DatabaseUnavailable(exc.retry_after, stored_nothing=True) from exc
+
+
+async def _post_events(request: web.Request) -> web.Response:
     creds = await auth.require(request, KeyKind.WRITE)
     settings = request.app[SETTINGS]
     metrics = request.app[METRICS]

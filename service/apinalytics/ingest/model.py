@@ -19,15 +19,23 @@ from pydantic import ConfigDict, Field, TypeAdapter, with_config
 # pydantic needs typing_extensions' TypedDict before Python 3.12.
 from typing_extensions import TypedDict
 
+# One day. Rollups and query answers sum response times in 64-bit integers: with this
+# bound a sum overflows only past 10^8 events of a whole day each in one bucket of one
+# group, where an unbounded one overflowed with two events (and refreshes of the
+# continuous aggregates failed on them from then on).
+MAX_RESPONSE_US = 86_400_000_000
+
 
 @with_config(ConfigDict(extra="forbid", strict=True))
 class EventIn(TypedDict):
-    timestamp: float
+    # NaN and Infinity (which the JSON parser takes, as 1e400 becomes Infinity) are not
+    # instants.
+    timestamp: Annotated[float, Field(allow_inf_nan=False)]
     consumer_id: str
     method: Annotated[str, Field(min_length=1)]
     url: str
     function: str
-    response_us: Annotated[int, Field(ge=0, le=2**63 - 1)]
+    response_us: Annotated[int, Field(ge=0, le=MAX_RESPONSE_US)]
     status_code: Annotated[int, Field(ge=100, le=599)]
     data: NotRequired[dict[str, str] | None]
 
