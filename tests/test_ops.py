@@ -11,7 +11,9 @@
 
 from __future__ import annotations
 
+import asyncio
 import json
+import logging
 from collections.abc import Callable
 from typing import Any
 
@@ -143,3 +145,42 @@ async def test_error_bodies_are_json_with_the_error_content_type(
     )
     err = await assert_error(resp, 415, "unsupported_media_type")
     assert json.loads(await resp.read()) == {"error": err}
+
+
+async def test_a_redirect_is_recorded_with_its_status(client: TestClient) -> None:
+    resp = await client.get("/dashboard", allow_redirects=False)
+    assert resp.status in (301, 308), resp.status
+    got = samples(await (await client.get("/metrics")).text())
+    statuses = {
+        dict(labels)["status"]: v
+        for (name, labels), v in got.items()
+        if name == "apinalytics_request_seconds_count" and dict(labels)["route"] == "/dashboard"
+    }
+    assert statuses == {str(resp.status): 1}
+
+
+async def test_a_body_cut_short_is_no_server_error(
+    client: TestClient, app_keys: NewApp, caplog: pytest.LogCaptureFixture
+) -> None:
+    assert client.port is not None
+    reader, writer = await asyncio.open_connection("127.0.0.1", client.port)
+    head = (
+        f"POST /1/events/ HTTP/1.1\r\nHost: x\r\nX-Auth-User: {app_keys.app_id}\r\n"
+        f"X-Auth-Key: {app_keys.write_key}\r\nContent-Type: application/json\r\n"
+        "Content-Length: 500\r\n\r\n[{"
+    )
+    with caplog.at_level(logging.INFO):
+        writer.write(head.encode())
+        await writer.drain()
+        writer.write_eof()  # the client is done sending, 497 bytes short
+        # The server sees the connection closed: its answer (a 400) has nowhere to go.
+        await asyncio.wait_for(reader.read(), 15)
+        writer.close()
+        for _ in range(100):
+            logged = [r for r in caplog.records if r.getMessage() == "request"]
+            if logged:
+                break
+            await asyncio.sleep(0.05)
+    # 400 when the handler read the short body, 499 when aiohttp cancelled it first.
+    assert [getattr(r, "status", None) for r in logged] in ([400], [499])
+    assert not [r for r in caplog.records if r.levelno >= logging.ERROR]

@@ -101,6 +101,8 @@ async def list_apps(conn: asyncpg.Connection, owner_id: int | None = None) -> li
 
 
 async def get(conn: asyncpg.Connection, app_id: str) -> AppInfo | None:
+    if not app_id.isascii() or "\x00" in app_id:
+        return None  # Application IDs are URL-safe ASCII; text cannot hold a NUL anyway
     r = await conn.fetchrow(
         "SELECT id, public_id, name, owner_id, created_at FROM apps WHERE public_id = $1", app_id
     )

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import logging
 import time
 
@@ -14,6 +15,7 @@ from .keys import METRICS, REQUEST_APP_ID
 log = logging.getLogger("apinalytics.http")
 
 API_PREFIX = "/1/"
+CLIENT_GONE = 499
 CORS_HEADERS = {
     "Access-Control-Allow-Origin": "*",
     "Access-Control-Expose-Headers": "X-Apinalytics-Sources, Retry-After",
@@ -93,6 +95,15 @@ async def timing(request: web.Request, handler: Handler) -> web.StreamResponse:
         response = await handler(request)
         status = response.status
         return response
+    except web.HTTPException as exc:  # redirects, and what the errors middleware re-raises
+        status = exc.status
+        raise
+    except asyncio.CancelledError:
+        # Cancelled: aiohttp does so when the client closes the connection mid-request,
+        # and shutdown does after its grace period. Nobody gets an answer: recorded as
+        # nginx's 499 ("client closed request"), not as a server error.
+        status = CLIENT_GONE
+        raise
     finally:
         elapsed = time.perf_counter() - started
         route = request.match_info.route.resource

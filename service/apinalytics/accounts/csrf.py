@@ -11,9 +11,10 @@ import secrets
 
 import aiohttp_session
 from aiohttp import web
+from aiohttp.http_exceptions import HttpProcessingError
 from multidict import MultiDictProxy
 
-from ..errors import Forbidden
+from ..errors import Forbidden, UserError
 
 FIELD = "csrf_token"
 _SESSION_KEY = "csrf"
@@ -32,8 +33,13 @@ async def token(request: web.Request) -> str:
 async def checked_form(
     request: web.Request,
 ) -> MultiDictProxy[str | bytes | bytearray | web.FileField]:
-    """The posted form, once its CSRF token matches the session's; 403 otherwise."""
-    form = await request.post()
+    """The posted form, once its CSRF token matches the session's; 403 otherwise, and
+    400 for a body that is not a readable form."""
+    try:
+        form = await request.post()
+    except (ValueError, LookupError, HttpProcessingError, ConnectionResetError) as exc:
+        # Undecodable text, an unknown charset, a broken multipart body.
+        raise UserError(f"The form could not be read: {exc}.", code="invalid_form") from exc
     sent = form.get(FIELD)
     session = await aiohttp_session.get_session(request)
     expected = session.get(_SESSION_KEY)

@@ -77,7 +77,14 @@ def add_routes(app: web.Application) -> None:
 def base_url(request: web.Request) -> str:
     """The service's public address, for OAuth redirects and the curl examples."""
     public = request.app[SETTINGS].public_url
-    return public.rstrip("/") if public else str(request.url.origin())
+    if public:
+        return public.rstrip("/")
+    try:
+        return str(request.url.origin())
+    except ValueError as exc:  # a Host header that is no host[:port]
+        raise UserError(
+            f"The Host header is not a host name and port: {request.host!r}.", code="invalid_host"
+        ) from exc
 
 
 def redirect_uri(request: web.Request) -> str:

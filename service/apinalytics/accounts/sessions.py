@@ -72,8 +72,20 @@ def cookie_secure(settings: Settings) -> bool:
     return settings.cookie_secure or (settings.public_url or "").startswith("https://")
 
 
+class _CookieStorage(EncryptedCookieStorage):
+    """aiohttp-session's encrypted cookie, where a cookie that is not even text (bytes
+    that are not UTF-8) or that decrypts to something no instance of ours wrote is no
+    session, as a cookie that fails to decrypt already is, rather than an error."""
+
+    async def load_session(self, request: web.Request) -> aiohttp_session.Session:
+        try:
+            return await super().load_session(request)
+        except (ValueError, TypeError, KeyError):  # UnicodeError and JSON errors included
+            return aiohttp_session.Session(None, data=None, new=True, max_age=self.max_age)
+
+
 def middleware(settings: Settings) -> Middleware:
-    storage = EncryptedCookieStorage(
+    storage = _CookieStorage(
         secret(settings),
         cookie_name=COOKIE_NAME,
         max_age=settings.session_max_age_s,
@@ -89,7 +101,7 @@ async def user_id(request: web.Request) -> int | None:
     """The logged-in user's internal ID, or None."""
     session = await aiohttp_session.get_session(request)
     uid = session.get(USER_ID)
-    return uid if isinstance(uid, int) else None
+    return uid if isinstance(uid, int) and 0 < uid < 2**63 else None
 
 
 async def log_in(request: web.Request, uid: int) -> None:

@@ -80,11 +80,19 @@ async def read_body(request: web.Request, settings: Settings) -> bytes:
         raise _too_large(limit)
     chunks: list[bytes] = []
     size = 0
-    async for chunk in request.content.iter_chunked(1 << 16):
-        size += len(chunk)
-        if size > limit:
-            raise _too_large(limit)
-        chunks.append(chunk)
+    try:
+        async for chunk in request.content.iter_chunked(1 << 16):
+            size += len(chunk)
+            if size > limit:
+                raise _too_large(limit)
+            chunks.append(chunk)
+    except ConnectionResetError as exc:
+        # The client closed the connection before the end of its body: nothing is stored,
+        # and the answer, if the client still reads one, says so.
+        raise UserError(
+            f"The body ended after {size} bytes: the connection was closed before its end.",
+            code="incomplete_body",
+        ) from exc
     body = b"".join(chunks)
     if encoding == "gzip":
         body = _gunzip(body, limit)
