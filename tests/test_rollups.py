@@ -24,7 +24,7 @@ import shutil
 import subprocess
 import sys
 import time
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
@@ -41,10 +41,11 @@ from apinalytics.db import unix_us_timestamps
 from apinalytics.ingest import rollups as upkeep
 from apinalytics.ingest.decode import COLUMNS
 from apinalytics.rollups import ROLLUPS, Rollup
+from apinalytics.settings import Settings
 
 from .conftest import ALL_MODES
 from .dbs import Servers, run
-from .helpers import event, exact_us, write_headers
+from .helpers import assert_error, event, exact_us, write_headers
 
 EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
 DIMENSION_SHAPE = {
@@ -264,6 +265,71 @@ async def test_back_dated_events_are_reflected_at_once(
     live = mixed_events(rng, 20, now - 30, 25)
     await post(client, app_keys, half_hour_ago + live)
     await assert_rollups_match(db, {app: recent + two_days_ago + half_hour_ago + live})
+
+
+@pytest.mark.parametrize("mode", ["community"], indirect=True)
+async def test_a_refresh_that_fails_after_commit_is_retried(
+    mode: str,
+    make_client: Callable[[Settings], Any],
+    database_url: str,
+    tmp_path: Path,
+    app_keys: NewApp,
+    db: asyncpg.Connection,
+) -> None:
+    """The batch is stored: the answer says so (503 refresh_pending, not "nothing was
+    stored"), a retry with its Idempotency-Key stores nothing twice, and the rollups
+    catch up by themselves once the refresh can run."""
+    client: TestClient = await make_client(
+        Settings(
+            database_url=database_url,
+            home=tmp_path / "home",
+            log_json=True,
+            db_connect_timeout_s=2.0,
+            statement_timeout_s=1.0,
+        )
+    )
+    rng = random.Random(11)
+    now = time.time()
+    app = await internal_id(db, app_keys)
+    await run_policies(db, mode)
+    recent = mixed_events(rng, 20, now - 3 * 3600, 3 * 3600 - 5)
+    await post(client, app_keys, recent)
+    await run_policies(db, mode)
+    back = mixed_events(rng, 10, now - 2 * 86400, 300)
+
+    # The minute rollup's materialization locked: its refresh waits, and times out.
+    materialized = await db.fetchval(
+        """
+        SELECT format('%I.%I', materialization_hypertable_schema, materialization_hypertable_name)
+        FROM timescaledb_information.continuous_aggregates WHERE view_name = 'events_1m'
+        """
+    )
+    locker = await asyncpg.connect(database_url)
+    try:
+        tx = locker.transaction()
+        await tx.start()
+        await locker.execute(f"LOCK TABLE {materialized} IN ACCESS EXCLUSIVE MODE")
+        headers = {**write_headers(app_keys), "Idempotency-Key": "back-1"}
+        resp = await client.post("/1/events/", json=back, headers=headers)
+        await assert_error(resp, 503, "refresh_pending", "were stored")
+        await tx.rollback()
+    finally:
+        await locker.close()
+    stored = await db.fetchval("SELECT count(*) FROM events WHERE app_id = $1", app)
+    assert stored == len(recent) + len(back)
+
+    again = await client.post("/1/events/", json=back, headers=headers)
+    assert again.status == 200 and await again.json() == {"accepted": len(back)}
+    assert await db.fetchval("SELECT count(*) FROM events WHERE app_id = $1", app) == stored
+
+    # The retry in the background (first after a second) materializes the events.
+    for _ in range(100):
+        try:
+            await assert_rollups_match(db, {app: recent + back})
+            break
+        except AssertionError:
+            await asyncio.sleep(0.2)
+    await assert_rollups_match(db, {app: recent + back})
 
 
 @all_modes

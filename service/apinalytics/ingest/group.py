@@ -36,10 +36,12 @@ as each would alone. Any other failure (a statement timeout, an error that one b
 rows cause in the database) is not every batch's fault: each batch not yet answered is
 then written alone with ``write.store``, in order, and gets its own outcome. If the
 COMMIT itself fails, its outcome is unknown and writing the batches again could store
-them twice, so they all get that error, as a lone batch would. A failure after COMMIT
-(Community mode's refresh, or handing the connection back) is the error of every batch
-stored; as for a lone batch, a retry with the same Idempotency-Key is answered with the
-stored count.
+them twice, so they all get that error, as a lone batch would. If the Community mode's
+refresh after COMMIT fails (the database went away, a statement timeout), the batches
+are stored but their back-dated events are not yet in the rollups: every batch stored
+gets ``RefreshPending`` (503, saying the events are stored; a retry with the same
+Idempotency-Key is answered with the stored count), and the refresh is retried in the
+background, with growing pauses, until it succeeds or the service stops.
 """
 
 from __future__ import annotations
@@ -55,13 +57,17 @@ import asyncpg
 from prometheus_client import Histogram
 
 from ..db import Database, mapped_errors, timed
-from ..errors import DatabaseUnavailable, Unauthorized, UserError
+from ..errors import DatabaseUnavailable, RefreshPending, Unauthorized, UserError
 from ..rollups import RAW
 from . import rollups, write
 from .decode import COLUMNS, Row
 from .write import Stored
 
 log = logging.getLogger(__name__)
+
+# Pauses between retries of a failed refresh after COMMIT: doubling, up to a minute.
+RETRY_FIRST_S = 1.0
+RETRY_MAX_S = 60.0
 
 
 @dataclass(eq=False)
@@ -119,6 +125,7 @@ class GroupWriter:
         self._group_batches = group_batches
         self._queue: deque[_Batch] = deque()
         self._tasks: set[asyncio.Task[None]] = set()
+        self._retries: set[asyncio.Task[None]] = set()
 
     @property
     def queued(self) -> int:
@@ -136,9 +143,14 @@ class GroupWriter:
         return await future
 
     async def close(self) -> None:
-        """Wait until every batch submitted so far is written."""
+        """Wait until every batch submitted so far is written; stop retrying refreshes
+        (each logs the period it leaves unmaterialized: ``rollups.rebuild`` over it, or a
+        later refresh covering it, materializes it)."""
         while self._tasks:
             await asyncio.gather(*self._tasks, return_exceptions=True)
+        for task in list(self._retries):
+            task.cancel()
+        await asyncio.gather(*self._retries, return_exceptions=True)
 
     def _start(self) -> None:
         while self._free and self._queue:
@@ -189,7 +201,8 @@ class GroupWriter:
                             await rollups.after_commit(conn, self._mode, done.rows)
             except Exception as exc:
                 if done is not None:
-                    after = exc  # after COMMIT: the rows are stored, the error is theirs
+                    # After COMMIT: the rows are stored, the error is theirs.
+                    after = self._refresh_later(done.rows, exc) if done.rows else exc
                 elif isinstance(exc, (DatabaseUnavailable, _CommitFailed)):
                     error = exc.error if isinstance(exc, _CommitFailed) else exc
                     for batch in group:
@@ -269,14 +282,58 @@ class GroupWriter:
             return exc
 
     async def _alone(self, app: int, rows: Sequence[Row], key: str | None) -> Stored:
-        return await write.store(
-            self._db,
-            app,
-            rows,
-            mode=self._mode,
-            idempotency_key=key,
-            idempotency_ttl_s=self._ttl_s,
+        try:
+            return await write.store(
+                self._db,
+                app,
+                rows,
+                mode=self._mode,
+                idempotency_key=key,
+                idempotency_ttl_s=self._ttl_s,
+            )
+        except write.AfterCommitFailed as exc:
+            raise self._refresh_later(exc.rows, exc.error) from exc
+
+    def _refresh_later(self, rows: Sequence[Row], error: Exception) -> RefreshPending:
+        """Retry the refresh after COMMIT of ``rows`` in the background; the answer for
+        the batches that hold them."""
+        log.error(
+            "refreshing the rollups after commit failed; retrying in the background",
+            extra={"events": len(rows), "error": f"{type(error).__name__}: {error}"},
         )
+        task = asyncio.create_task(self._retry_refresh(rows))
+        self._retries.add(task)
+        task.add_done_callback(self._retries.discard)
+        return RefreshPending()
+
+    async def _retry_refresh(self, rows: Sequence[Row]) -> None:
+        pause = RETRY_FIRST_S
+        while True:
+            try:
+                await asyncio.sleep(pause)
+            except asyncio.CancelledError:
+                times = [row[0] for row in rows]
+                log.error(
+                    "stopping with rollups not refreshed for back-dated events",
+                    extra={
+                        "events": len(rows),
+                        "from_us": min(times),
+                        "to_us": max(times),
+                    },
+                )
+                raise
+            try:
+                async with self._db.connection() as conn:
+                    await rollups.after_commit(conn, self._mode, rows)
+            except Exception as exc:
+                log.warning(
+                    "refreshing the rollups after commit failed again",
+                    extra={"events": len(rows), "error": f"{type(exc).__name__}: {exc}"},
+                )
+                pause = min(pause * 2, RETRY_MAX_S)
+            else:
+                log.info("rollups refreshed after an earlier failure", extra={"events": len(rows)})
+                return
 
 
 def _key_order(batch: _Batch) -> tuple[int, str]:

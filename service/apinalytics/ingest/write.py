@@ -71,6 +71,16 @@ CLAIMED_COUNT = "SELECT accepted FROM idempotency_keys WHERE app_id = $1 AND key
 UNKNOWN_APP = "Unknown Application ID or wrong key."
 
 
+class AfterCommitFailed(Exception):
+    """The batch is committed; the rollup refresh that follows COMMIT failed with
+    ``error`` (the caller answers and retries it: ``GroupWriter``)."""
+
+    def __init__(self, rows: Sequence[Row], error: Exception) -> None:
+        super().__init__(str(error))
+        self.rows = rows
+        self.error = error
+
+
 def refuse_past_horizon(rows: Sequence[Row], horizon: float | None) -> None:
     """Raise the 400 naming the events older than the raw events' retention horizon."""
     if horizon is not None and earliest_us(rows) < horizon_us(horizon):
@@ -112,7 +122,10 @@ async def store(
                 await conn.copy_records_to_table("events", records=rows, columns=COLUMNS)
                 await rollups.upkeep_in_transaction(conn, mode, rows)
         if rows:
-            await rollups.after_commit(conn, mode, rows)
+            try:
+                await rollups.after_commit(conn, mode, rows)
+            except Exception as exc:
+                raise AfterCommitFailed(rows, exc) from exc
     return Stored(accepted=len(rows), replay=False)
 
 
