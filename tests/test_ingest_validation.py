@@ -207,6 +207,7 @@ BAD_EVENTS: list[tuple[str, Any, str | None, str]] = [
     ("data_null_value", with_(data={"k": None}), "data.k", "string"),
     ("method_empty", with_(method=""), "method", "must not be empty"),
     ("method_with_space", with_(method="GE T"), "method", "method"),
+    ("method_with_trailing_newline", with_(method="GET\n"), "method", "method"),
     ("event_a_number", 5, None, "object"),
     ("event_an_array", [event()], None, "object"),
     ("event_null", None, None, "object"),

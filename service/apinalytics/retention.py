@@ -46,7 +46,7 @@ TIME_COLUMN = {RAW: "time", **{r.relation: "bucket" for r in ROLLUPS}}
 
 DAY = 86400
 _UNITS = {"s": 1, "m": 60, "h": 3600, "d": DAY, "w": 7 * DAY, "y": 365 * DAY}
-_DURATION = re.compile(r"^([0-9]{1,9})([smhdwy])$")
+_DURATION = re.compile(r"^([0-9]{1,9})([smhdwy])\Z")
 FOREVER = ("forever", "none", "off")
 
 

@@ -70,6 +70,7 @@ def test_parse_includes_errors(values: list[str], why: str) -> None:
         pytest.param("x", "9", "start", id="start_not_a_number"),
         pytest.param("1.5", "9", "start", id="start_fraction"),
         pytest.param("-1", "9", "start", id="start_negative"),
+        pytest.param("1\n", "9", "start", id="start_trailing_newline"),
         pytest.param("1", str(MAX_TIME + 1), "end", id="end_past_year_9999"),
     ],
 )
@@ -108,6 +109,7 @@ def test_parse_granularity(raw: str, expected: Granularity | None) -> None:
         pytest.param("month", "whole positive number of seconds", id="unknown_name"),
         pytest.param("1.5", "whole positive number of seconds", id="fraction"),
         pytest.param("Hour", "whole positive number of seconds", id="names_are_lower_case"),
+        pytest.param("60\n", "whole positive number of seconds", id="trailing_newline"),
         pytest.param(str(MAX_TIME + 1), f"at most {MAX_TIME} seconds", id="past_year_9999"),
         pytest.param("9" * 30, f"at most {MAX_TIME} seconds", id="huge"),
     ],
@@ -137,7 +139,8 @@ def test_parse_aggregation(raw: str, expected: Aggregation) -> None:
 
 
 @pytest.mark.parametrize(
-    "raw", ["percentile_0", "percentile_100", "percentile_05", "percentile_", "median", "p95"]
+    "raw",
+    ["percentile_0", "percentile_100", "percentile_05", "percentile_", "percentile_5\n", "median"],
 )
 def test_parse_aggregation_errors(raw: str) -> None:
     with pytest.raises(InvalidQuery) as exc:

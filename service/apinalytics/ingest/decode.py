@@ -30,7 +30,7 @@ MAX_DETAILS = 100
 _NUL_ESCAPE = b"\\u0000"
 EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
 # RFC 9110 token characters: GET, PROPFIND, M-SEARCH, ...
-_METHOD = re.compile(r"^[A-Za-z0-9!#$%&'*+.^_`|~-]{1,32}$")
+_METHOD = re.compile(r"^[A-Za-z0-9!#$%&'*+.^_`|~-]{1,32}\Z")
 
 # The row of one event, in COLUMNS order. Its time is an int of UNIX microseconds:
 # the ingest path's connections take timestamptz as such (db.unix_us_timestamps).

@@ -27,9 +27,9 @@ from .model import (
 
 # 9999-12-31T23:59:59Z: the last second PostgreSQL and Python both represent.
 MAX_TIME = 253_402_300_799
-_TIME = re.compile(r"^[0-9]{1,12}$")
-_POSITIVE_INT = re.compile(r"^[0-9]{1,12}$")
-_PERCENTILE = re.compile(r"^percentile_([1-9][0-9]?)$")
+_TIME = re.compile(r"^[0-9]{1,12}\Z")
+_POSITIVE_INT = re.compile(r"^[0-9]{1,12}\Z")
+_PERCENTILE = re.compile(r"^percentile_([1-9][0-9]?)\Z")
 # Custom dimension keys are stored strings of at most this many characters.
 MAX_DATA_KEY = 256
 VALUES = ("response_us",)
