@@ -324,3 +324,17 @@ def test_app_ids_never_read_as_options() -> None:
     ids = [apps.new_public_id() for _ in range(2000)]
     assert all(i.isascii() and i.isalnum() and len(i) == 16 for i in ids)
     assert len(set(ids)) == len(ids)
+
+
+@pytest.mark.parametrize(
+    ("name", "why"),
+    [("", "1 to 100"), ("   ", "1 to 100"), ("x" * 101, "1 to 100"), ("a\tb", "control")],
+    ids=["empty", "blank", "too_long", "control_character"],
+)
+async def test_create_refuses_an_unfit_name(
+    cli: Any, db: asyncpg.Connection, name: str, why: str
+) -> None:
+    r = await cli("apps", "create", "--name", name)
+    assert r.code == 2, r
+    assert why in r.err and not r.out
+    assert await db.fetchval("SELECT count(*) FROM apps") == 0

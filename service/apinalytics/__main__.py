@@ -221,9 +221,14 @@ def _print_keys(app: apps.NewApp, as_json: bool) -> None:
 
 
 async def cmd_apps_create(args: argparse.Namespace, settings: Settings) -> int:
+    try:
+        name = apps.checked_name(args.name)
+    except ValueError as exc:
+        print(f"apinalytics: {exc}", file=sys.stderr)
+        return 2
     conn = await _connect(settings)
     try:
-        app = await apps.create(conn, args.name)
+        app = await apps.create(conn, name)
     finally:
         await conn.close()
     _print_keys(app, args.json)

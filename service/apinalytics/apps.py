@@ -11,6 +11,7 @@ import hashlib
 import hmac
 import secrets
 import string
+import unicodedata
 from dataclasses import dataclass
 from datetime import datetime
 from enum import Enum
@@ -69,7 +70,23 @@ def key_matches(key: str, stored_digest: bytes) -> bool:
     return hmac.compare_digest(digest(key), stored_digest)
 
 
+MAX_NAME = 100
+
+
+def checked_name(name: str) -> str:
+    """An application's name, trimmed: 1 to ``MAX_NAME`` characters, no control
+    characters; ValueError says what is wrong."""
+    name = name.strip()
+    if not 0 < len(name) <= MAX_NAME:
+        raise ValueError(f"The application name must be 1 to {MAX_NAME} characters.")
+    if any(unicodedata.category(c) == "Cc" for c in name):
+        raise ValueError("The application name must not contain control characters.")
+    return name
+
+
 async def create(conn: asyncpg.Connection, name: str, owner_id: int | None = None) -> NewApp:
+    """A new app named ``name`` (``checked_name``: ValueError for an unfit one)."""
+    name = checked_name(name)
     app = NewApp(new_public_id(), name, new_key(KeyKind.WRITE), new_key(KeyKind.READ))
     assert app.write_key and app.read_key
     await conn.execute(

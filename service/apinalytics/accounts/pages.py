@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import hmac
 import logging
-import unicodedata
 from pathlib import Path
 from typing import Any
 
@@ -30,7 +29,6 @@ log = logging.getLogger(__name__)
 
 ROUTE_PREFIX = "accounts."
 STATIC_DIR = Path(__file__).resolve().parent.parent / "static"
-MAX_NAME = 100
 _OAUTH_STATE = "oauth_state"
 _FLASH = "flash"
 
@@ -146,12 +144,10 @@ def examples(request: web.Request, new: NewApp) -> dict[str, str]:
 
 
 def app_name(form_value: object) -> str:
-    name = form_value.strip() if isinstance(form_value, str) else ""
-    if not 0 < len(name) <= MAX_NAME:
-        raise BadRequest(f"The application name must be 1 to {MAX_NAME} characters.")
-    if any(unicodedata.category(c) == "Cc" for c in name):
-        raise BadRequest("The application name must not contain control characters.")
-    return name
+    try:
+        return apps.checked_name(form_value if isinstance(form_value, str) else "")
+    except ValueError as exc:
+        raise BadRequest(str(exc)) from exc
 
 
 # -- login --------------------------------------------------------------------------
@@ -216,7 +212,7 @@ async def list_apps(request: web.Request) -> web.Response:
         owned = await apps.list_apps(conn, user.id)
     session = await aiohttp_session.get_session(request)
     flash = session.pop(_FLASH, None)
-    return await render(request, "apps.html", user, apps=owned, flash=flash, max_name=MAX_NAME)
+    return await render(request, "apps.html", user, apps=owned, flash=flash, max_name=apps.MAX_NAME)
 
 
 async def create_app(request: web.Request) -> web.Response:
