@@ -49,6 +49,10 @@ def tune_gc() -> None:
     gc.set_threshold(GC_YOUNG_THRESHOLD, *gc.get_threshold()[1:])
 
 
+# aiohttp's default limit of a request line.
+MIN_LINE_BYTES = 8190
+
+
 def create_app(settings: Settings, *, run_migrations: bool = True) -> web.Application:
     app = web.Application(
         middlewares=[
@@ -62,7 +66,14 @@ def create_app(settings: Settings, *, run_migrations: bool = True) -> web.Applic
         # Ingest gunzips itself, bounded by that limit: aiohttp's own decompression
         # would answer a bad gzip body with a 500 and other encodings than the
         # documented ones would get through.
-        handler_args={"auto_decompress": False},
+        #
+        # The request line may hold what an event may: include=url:<a URL of
+        # MAX_URL_LENGTH characters>, each up to four UTF-8 bytes, percent-encoded
+        # (aiohttp's default is 8,190 bytes).
+        handler_args={
+            "auto_decompress": False,
+            "max_line_size": max(MIN_LINE_BYTES, 12 * settings.max_url_length + 1024),
+        },
     )
     app[SETTINGS] = settings
     app[METRICS] = Metrics()

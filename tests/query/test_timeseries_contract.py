@@ -177,6 +177,16 @@ async def test_includes_or_within_and_across(client: TestClient, app_keys: NewAp
     assert body["groups"] == {app_keys.app_id: [[T, 5]]}, "methods match whatever their case"
 
 
+async def test_include_the_longest_url_an_event_may_hold(
+    client: TestClient, app_keys: NewApp, settings: Settings
+) -> None:
+    # Percent-encoded, 8,192 four-byte characters make a request line of about 98 KB.
+    url = "/" + "\U0001f600" * (settings.max_url_length - 1)
+    await post(client, app_keys, [event(timestamp=T + 1, url=url), event(timestamp=T + 2)])
+    body = await get(client, app_keys, f"/1/timeseries/{T}/{T + HOUR}", [("include", f"url:{url}")])
+    assert body["groups"] == {app_keys.app_id: [[T, 1]]}
+
+
 async def test_custom_dimension(client: TestClient, app_keys: NewApp) -> None:
     await post(
         client,
