@@ -184,3 +184,23 @@ async def test_a_body_cut_short_is_no_server_error(
     # 400 when the handler read the short body, 499 when aiohttp cancelled it first.
     assert [getattr(r, "status", None) for r in logged] in ([400], [499])
     assert not [r for r in caplog.records if r.levelno >= logging.ERROR]
+
+
+@pytest.mark.parametrize(
+    "request_line",
+    [b"GET /1/time series/0/60/ HTTP/1.1", b"GET /healthz HTTP/1.1\r\nBad\x01Header: x"],
+    ids=["space_in_target", "control_character_in_header"],
+)
+async def test_a_malformed_request_is_a_400_and_one_info_line(
+    client: TestClient, caplog: pytest.LogCaptureFixture, request_line: bytes
+) -> None:
+    assert client.port is not None
+    reader, writer = await asyncio.open_connection("127.0.0.1", client.port)
+    with caplog.at_level(logging.INFO):
+        writer.write(request_line + b"\r\nHost: x\r\nConnection: close\r\n\r\n")
+        answer = await asyncio.wait_for(reader.read(), 15)
+        writer.close()
+    assert answer.split(b" ", 2)[1] == b"400", answer
+    assert not [r for r in caplog.records if r.levelno >= logging.WARNING]
+    [line] = [r for r in caplog.records if r.getMessage().startswith("malformed request")]
+    assert line.levelname == "INFO" and line.exc_info is None and getattr(line, "error", "")

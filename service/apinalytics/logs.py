@@ -12,6 +12,8 @@ import sys
 from datetime import UTC, datetime
 from typing import Any
 
+from aiohttp.http_exceptions import HttpProcessingError
+
 # Attributes every LogRecord has; anything else was passed in `extra=` and is logged.
 _STANDARD = set(vars(logging.LogRecord("", 0, "", 0, "", None, None))) | {"message", "asctime"}
 
@@ -50,3 +52,30 @@ def configure(level: str = "INFO", as_json: bool = True, *, with_pid: bool = Fal
     root = logging.getLogger()
     root.handlers[:] = [handler]
     root.setLevel(level.upper())
+
+
+class _MalformedRequests(logging.Filter):
+    """aiohttp logs every request it cannot parse (a space in the target, a bad header,
+    a line over the limit) at ERROR, with a traceback, and answers it with a 400. That
+    is the client's doing, and anyone could fill the log with it: one INFO line, with
+    what was wrong, instead."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        exc = record.exc_info[1] if record.exc_info else None
+        if not isinstance(exc, HttpProcessingError):
+            return True
+        record.levelno, record.levelname = logging.INFO, "INFO"
+        record.exc_info = None
+        record.msg = "malformed request from %s"
+        record.error = f"{type(exc).__name__}: {exc.message}"
+        return logging.getLogger().isEnabledFor(logging.INFO)
+
+
+_MALFORMED = _MalformedRequests()
+
+
+def quiet_malformed_requests() -> None:
+    """Install the filter above on aiohttp's server logger (once)."""
+    server = logging.getLogger("aiohttp.server")
+    if _MALFORMED not in server.filters:
+        server.addFilter(_MALFORMED)
