@@ -290,3 +290,39 @@ async def test_a_batch_racing_the_apps_deletion_leaves_no_orphans(
     resp = await post
     await assert_error(resp, 401, "unauthorized")
     assert await db.fetchval("SELECT count(*) FROM events") == 0
+
+
+async def test_a_commit_whose_answer_is_lost_says_the_outcome_is_unknown(
+    client: TestClient, app_keys: NewApp, db: asyncpg.Connection
+) -> None:
+    """The backend dies during COMMIT (here: while a deferred trigger runs at COMMIT):
+    the service cannot know whether the batch was stored, and must not say "nothing was
+    stored"; the same Idempotency-Key then makes the resend safe."""
+    await db.execute(
+        """
+        CREATE FUNCTION slow_commit() RETURNS trigger LANGUAGE plpgsql AS
+            $$ BEGIN PERFORM pg_sleep(60); RETURN NULL; END $$;
+        CREATE CONSTRAINT TRIGGER slow_commit AFTER INSERT ON idempotency_keys
+            DEFERRABLE INITIALLY DEFERRED FOR EACH ROW EXECUTE FUNCTION slow_commit();
+        """
+    )
+    headers = {**write_headers(app_keys), "Idempotency-Key": "lost-commit"}
+    post = asyncio.create_task(client.post("/1/events/", json=[event()], headers=headers))
+    pid = None
+    for _ in range(200):
+        pid = await db.fetchval(
+            "SELECT pid FROM pg_stat_activity WHERE wait_event = 'PgSleep' AND pid <> pg_backend_pid()"
+        )
+        if pid:
+            break
+        await asyncio.sleep(0.05)
+    assert pid, "the batch's COMMIT never reached the deferred trigger"
+    assert await db.fetchval("SELECT pg_terminate_backend($1)", pid)
+    resp = await post
+    await assert_error(resp, 503, "database_unavailable", "may or may not be stored")
+    assert "Retry-After" in resp.headers
+
+    await db.execute("DROP TRIGGER slow_commit ON idempotency_keys")
+    again = await client.post("/1/events/", json=[event()], headers=headers)
+    assert again.status == 200, await again.text()
+    assert await count(db) == 1

@@ -38,6 +38,12 @@ _UNAVAILABLE = (
 )
 
 
+def connection_lost(exc: BaseException) -> bool:
+    """Whether ``exc`` means the connection to the database failed (the server's
+    answer, if any, is lost), rather than the server refusing a statement."""
+    return isinstance(exc, (DatabaseUnavailable, *_UNAVAILABLE))
+
+
 @contextmanager
 def mapped_errors(timeout_s: float) -> Iterator[None]:
     """Turn driver failures into the domain errors the API renders."""

@@ -126,6 +126,18 @@ class DatabaseUnavailable(SystemFault):
         )
 
 
+class CommitOutcomeUnknown(DatabaseUnavailable):
+    """The connection was lost during COMMIT: the batch may or may not be stored."""
+
+    def __init__(self, retry_after: int = 5) -> None:
+        super().__init__(retry_after)
+        self.message = (
+            "The database connection was lost while the batch was being committed: it may "
+            "or may not be stored. Resend it with the same Idempotency-Key, which stores it "
+            "at most once."
+        )
+
+
 class RefreshPending(SystemFault):
     """The batch is committed, but refreshing the rollups for its back-dated events
     failed: queries of that period miss it until the retry in the background succeeds."""

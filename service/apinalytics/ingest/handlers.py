@@ -9,7 +9,7 @@ from aiohttp import web
 
 from .. import auth
 from ..apps import KeyKind
-from ..errors import DatabaseUnavailable, UserError
+from ..errors import CommitOutcomeUnknown, DatabaseUnavailable, UserError
 from ..keys import DECODER, INGEST, METRICS, SETTINGS
 from . import decode
 
@@ -19,6 +19,8 @@ MAX_IDEMPOTENCY_KEY = 255
 async def post_events(request: web.Request) -> web.Response:
     try:
         return await _post_events(request)
+    except CommitOutcomeUnknown:
+        raise
     except DatabaseUnavailable as exc:
         # Before the batch's transaction, or a transaction that did not commit.
         raise DatabaseUnavailable(exc.retry_after, stored_nothing=True) from exc

@@ -18,8 +18,8 @@ from __future__ import annotations
 from collections.abc import Sequence
 from dataclasses import dataclass
 
-from ..db import Database, timed
-from ..errors import Unauthorized
+from ..db import Database, connection_lost, timed
+from ..errors import CommitOutcomeUnknown, Unauthorized
 from ..rollups import RAW
 from . import rollups
 from .decode import COLUMNS, Row, earliest_us, horizon_us, past_horizon
@@ -102,25 +102,36 @@ async def store(
     ints of UNIX microseconds.
     """
     async with db.connection() as conn:
-        async with conn.transaction():
-            if rows:
-                found = await timed(conn.fetchrow, LOCK_APPS, ([app], RAW), "app lock, raw horizon")
-                if found is None:
-                    raise Unauthorized(UNKNOWN_APP)
-                refuse_past_horizon(rows, found["horizon"])
-            if idempotency_key is not None:
-                claimed = await timed(
-                    conn.fetchval,
-                    CLAIM_KEY,
-                    (app, idempotency_key, len(rows), idempotency_ttl_s),
-                    "idempotency claim",
-                )
-                if not claimed:
-                    original: int = await conn.fetchval(CLAIMED_COUNT, app, idempotency_key)
-                    return Stored(accepted=original, replay=True)
-            if rows:
-                await conn.copy_records_to_table("events", records=rows, columns=COLUMNS)
-                await rollups.upkeep_in_transaction(conn, mode, rows)
+        committing = False
+        try:
+            async with conn.transaction():
+                if rows:
+                    found = await timed(
+                        conn.fetchrow, LOCK_APPS, ([app], RAW), "app lock, raw horizon"
+                    )
+                    if found is None:
+                        raise Unauthorized(UNKNOWN_APP)
+                    refuse_past_horizon(rows, found["horizon"])
+                if idempotency_key is not None:
+                    claimed = await timed(
+                        conn.fetchval,
+                        CLAIM_KEY,
+                        (app, idempotency_key, len(rows), idempotency_ttl_s),
+                        "idempotency claim",
+                    )
+                    if not claimed:
+                        original: int = await conn.fetchval(CLAIMED_COUNT, app, idempotency_key)
+                        return Stored(accepted=original, replay=True)
+                if rows:
+                    await conn.copy_records_to_table("events", records=rows, columns=COLUMNS)
+                    await rollups.upkeep_in_transaction(conn, mode, rows)
+                committing = True
+        except Exception as exc:
+            # A COMMIT the server refused stored nothing; one whose answer was lost may
+            # have stored everything.
+            if committing and connection_lost(exc):
+                raise CommitOutcomeUnknown() from exc
+            raise
         if rows:
             try:
                 await rollups.after_commit(conn, mode, rows)
