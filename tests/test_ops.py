@@ -61,6 +61,10 @@ async def test_metrics_count_accepted_and_rejected_events(
         "/1/events/", data=b"{", headers={**h, "Content-Type": "application/json"}
     )
     assert not_json.status == 400
+    wrong_key = {**h, "X-Auth-Key": "apw_wrong"}
+    assert (await client.post("/1/events/", json=[event()], headers=wrong_key)).status == 401
+    plain = {**h, "Content-Type": "text/plain"}
+    assert (await client.post("/1/events/", data=b"[]", headers=plain)).status == 415
 
     resp = await client.get("/metrics")
     assert resp.status == 200
@@ -70,6 +74,18 @@ async def test_metrics_count_accepted_and_rejected_events(
     assert got[("apinalytics_events_rejected_total", (("reason", "invalid_events"),))] == 4
     # A body that is not JSON has no events to count; the reason still shows.
     assert ("apinalytics_events_rejected_total", (("reason", "invalid_json"),)) in got
+    # Requests refused, whole bodies and wrong keys included, one each.
+    batches = {
+        dict(labels)["reason"]: v
+        for (name, labels), v in got.items()
+        if name == "apinalytics_batches_rejected_total"
+    }
+    assert batches == {
+        "invalid_events": 1,
+        "invalid_json": 1,
+        "unauthorized": 1,
+        "unsupported_media_type": 1,
+    }
     ok_posts = [
         v
         for (name, labels), v in got.items()

@@ -31,6 +31,13 @@ class Metrics:
             ["reason"],
             registry=self.registry,
         )
+        self.batches_rejected = Counter(
+            "apinalytics_batches_rejected",
+            "Ingest requests refused with a 4xx, by error code: those refused as a whole "
+            "(a body that is not JSON, a wrong key) too, which hold no events to count.",
+            ["reason"],
+            registry=self.registry,
+        )
         self.ingest_group_batches = Histogram(
             "apinalytics_ingest_group_batches",
             "Batches written per group transaction of the ingest path.",

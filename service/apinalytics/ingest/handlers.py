@@ -19,6 +19,9 @@ MAX_IDEMPOTENCY_KEY = 255
 async def post_events(request: web.Request) -> web.Response:
     try:
         return await _post_events(request)
+    except UserError as exc:
+        request.app[METRICS].batches_rejected.labels(reason=exc.code).inc()
+        raise
     except CommitOutcomeUnknown:
         raise
     except DatabaseUnavailable as exc:
