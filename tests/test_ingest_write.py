@@ -326,3 +326,16 @@ async def test_a_commit_whose_answer_is_lost_says_the_outcome_is_unknown(
     again = await client.post("/1/events/", json=[event()], headers=headers)
     assert again.status == 200, await again.text()
     assert await count(db) == 1
+
+
+async def test_a_field_given_twice_counts_with_its_last_value(
+    client: TestClient, app_keys: NewApp, db: asyncpg.Connection
+) -> None:
+    body = json.dumps([event(consumer_id="first")])[:-2] + ', "consumer_id": "last"}]'
+    resp = await client.post(
+        "/1/events/",
+        data=body.encode(),
+        headers={**write_headers(app_keys), "Content-Type": "application/json"},
+    )
+    assert resp.status == 200, await resp.text()
+    assert await db.fetchval("SELECT consumer_id FROM events") == "last"
