@@ -10,11 +10,11 @@ problem of the batch is reported, up to ``MAX_DETAILS``, and nothing is stored.
 from __future__ import annotations
 
 import json
-import math
 import re
 import zlib
 from collections.abc import Sequence
 from datetime import UTC, datetime, timedelta
+from math import floor
 from operator import itemgetter
 from typing import Any
 
@@ -196,7 +196,7 @@ def timestamp_us(timestamp: float) -> int:
     to the 0.25 µs spacing of floats near 10^15, and lands on the wrong microsecond
     for about one fractional timestamp in a hundred (1795646414.6548934 became
     .654894)."""
-    whole = math.floor(timestamp)
+    whole = floor(timestamp)
     return whole * 1_000_000 + round((timestamp - whole) * 1_000_000)
 
 
