@@ -14,7 +14,7 @@ import re
 import zlib
 from collections.abc import Sequence
 from datetime import UTC, datetime, timedelta
-from math import floor
+from math import floor, isfinite
 from operator import itemgetter
 from typing import Any
 
@@ -221,7 +221,9 @@ def _data_ok(data: dict[str, str], s: Settings, nul: bool) -> bool:
 
 def _check(ev: EventIn, s: Settings, earliest: float, latest: float) -> list[tuple[str, str]]:
     bad: list[tuple[str, str]] = []
-    if not earliest <= ev["timestamp"] <= latest:
+    if not isfinite(ev["timestamp"]):
+        bad.append(("timestamp", "must be a finite number (UNIX seconds), not NaN or Infinity"))
+    elif not earliest <= ev["timestamp"] <= latest:
         bad.append(("timestamp", _window_message(ev["timestamp"], earliest, latest)))
     if not _METHOD.match(ev["method"]):
         bad.append(("method", "must be an HTTP method token of at most 32 characters"))
@@ -294,7 +296,6 @@ _MESSAGES = {
     "extra_forbidden": "is not a known field",
     "string_type": "must be a string",
     "float_type": "must be a number (UNIX seconds)",
-    "finite_number": "must be a finite number (UNIX seconds), not NaN or Infinity",
     "int_type": "must be an integer",
     "dict_type": "must be an object of string to string, or null",
     "string_too_short": "must not be empty",
