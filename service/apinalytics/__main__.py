@@ -79,7 +79,7 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("apps", help="manage applications")
     apps_sub = p.add_subparsers(dest="apps_command", required=True)
     p = apps_sub.add_parser("create", parents=[common], help="create an app and print its keys")
-    p.add_argument("--name", required=True)
+    p.add_argument("--name", required=True, help="1 to 100 characters, no control characters")
     p.add_argument("--json", action="store_true", help="print one JSON object")
     p.set_defaults(func=cmd_apps_create)
     p = apps_sub.add_parser("list", parents=[common], help="list apps (no keys)")
