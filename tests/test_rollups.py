@@ -770,3 +770,42 @@ async def test_migration_brings_narrow_rollups_to_an_existing_database(
             await admin.execute(f"DROP DATABASE IF EXISTS {name} WITH (FORCE)")
         finally:
             await admin.close()
+
+
+@all_modes
+async def test_the_rollups_rebuild_command_takes_in_a_bulk_load(
+    mode: str, database_url: str, tmp_path: Path, app_keys: NewApp, db: asyncpg.Connection
+) -> None:
+    """``apinalytics rollups rebuild START END``, the DBA's command after loading events
+    straight into the table: the rollups then hold them, with ISO or UNIX bounds."""
+    rng = random.Random(13)
+    now = time.time()
+    app = await internal_id(db, app_keys)
+
+    async def load(events: list[dict[str, Any]]) -> None:
+        rows = [as_row(e, app) for e in events]
+        await db.copy_records_to_table("events", records=rows, columns=COLUMNS)
+
+    # Recent events, then the policies' runs (Community: which move the thresholds past
+    # them), then a load older than every policy's window (7 days at most): the ingest
+    # path's upkeep (Apache) and the policies (Community) leave it out of the rollups.
+    recent = mixed_events(rng, 20, now - 6 * 3600, 3600)
+    await load(recent)
+    await run_policies(db, mode)
+    bulk = mixed_events(rng, 200, now - 12 * 86400, 2 * 86400)
+    await load(bulk)
+    await run_policies(db, mode)
+    calls = sum(c for c, *_ in (await held(db, "events_1h_app", app)).values())
+    assert calls == (len(recent) if mode == "community" else 0)
+
+    start = datetime.fromtimestamp(now - 13 * 86400, UTC).replace(tzinfo=None).isoformat()
+    proc = await asyncio.create_subprocess_exec(
+        sys.executable, "-m", "apinalytics", "rollups", "rebuild", start, str(int(now)),
+        env={**os.environ, "APINALYTICS_DATABASE_URL": database_url,
+             "APINALYTICS_HOME": str(tmp_path / "home")},
+        stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE,
+    )  # fmt: skip
+    out, err = await proc.communicate()
+    assert proc.returncode == 0, err.decode()
+    assert "events_1m: rebuilt" in out.decode() and "events_1h: rebuilt" in out.decode()
+    await assert_rollups_match(db, {app: recent + bulk})

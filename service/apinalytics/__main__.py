@@ -11,12 +11,14 @@ import asyncio
 import json
 import sys
 from collections.abc import Callable, Coroutine, Sequence
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
 import asyncpg
 
 from . import __version__, apps, localdb, logs, migrate, retention_cli
+from .ingest import rollups as upkeep
 from .settings import Settings
 
 Command = Callable[[argparse.Namespace, Settings], Coroutine[Any, Any, int]]
@@ -103,8 +105,34 @@ def build_parser() -> argparse.ArgumentParser:
     p.set_defaults(func=cmd_db_start)
     p = db_sub.add_parser("stop", parents=[common], help="stop it")
     p.set_defaults(func=cmd_db_stop)
+    p = sub.add_parser("rollups", help="the per-minute and per-hour rollups")
+    rollups_sub = p.add_subparsers(dest="rollups_command", required=True)
+    p = rollups_sub.add_parser(
+        "rebuild",
+        parents=[common],
+        help="recompute every rollup from the raw events over [START, END): after a bulk "
+        "load straight into events, or for a period whose refresh was left pending",
+    )
+    p.add_argument("start", type=_instant, help="UNIX seconds or an ISO 8601 time (UTC if bare)")
+    p.add_argument("end", type=_instant, help="UNIX seconds or an ISO 8601 time (UTC if bare)")
+    p.set_defaults(func=cmd_rollups_rebuild)
     retention_cli.register(sub)
     return parser
+
+
+def _instant(text: str) -> float:
+    """UNIX seconds, or an ISO 8601 date or time (UTC unless it says otherwise)."""
+    try:
+        return float(text)
+    except ValueError:
+        pass
+    try:
+        t = datetime.fromisoformat(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(
+            f"{text!r} is neither UNIX seconds nor an ISO 8601 time"
+        ) from None
+    return (t if t.tzinfo else t.replace(tzinfo=UTC)).timestamp()
 
 
 def _positive_int(text: str) -> int:
@@ -296,6 +324,30 @@ async def cmd_apps_delete(args: argparse.Namespace, settings: Settings) -> int:
         return 2
     print(f"deleted application {args.app_id} and its data")
     return 0
+
+
+async def cmd_rollups_rebuild(args: argparse.Namespace, settings: Settings) -> int:
+    if not args.end > args.start:
+        print("apinalytics: END must be after START", file=sys.stderr)
+        return 2
+    conn = await _connect(settings)
+    try:
+        mode = await migrate.rollup_mode(conn)
+        assert mode is not None  # _connect migrated the database
+        windows = await upkeep.rebuild(conn, mode, args.start, args.end)
+    finally:
+        await conn.close()
+    for relation, (start, end) in windows.items():
+        if end > start:
+            print(f"{relation}: rebuilt {_iso(start)} to {_iso(end)}")
+        else:
+            # Past its source's retention, or the current bucket (real-time aggregation's).
+            print(f"{relation}: nothing to rebuild in that range")
+    return 0
+
+
+def _iso(seconds: float) -> str:
+    return datetime.fromtimestamp(seconds, UTC).isoformat(timespec="seconds")
 
 
 async def cmd_db_start(args: argparse.Namespace, settings: Settings) -> int:

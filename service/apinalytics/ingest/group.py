@@ -152,8 +152,8 @@ class GroupWriter:
 
     async def close(self) -> None:
         """Wait until every batch submitted so far is written; stop retrying refreshes
-        (each logs the period it leaves unmaterialized: ``rollups.rebuild`` over it, or a
-        later refresh covering it, materializes it)."""
+        (each logs the period it leaves unmaterialized: ``apinalytics rollups rebuild``
+        over it, or a later refresh covering it, materializes it)."""
         while self._tasks:
             await asyncio.gather(*self._tasks, return_exceptions=True)
         for task in list(self._retries):
