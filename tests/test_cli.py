@@ -338,3 +338,16 @@ async def test_create_refuses_an_unfit_name(
     assert r.code == 2, r
     assert why in r.err and not r.out
     assert await db.fetchval("SELECT count(*) FROM apps") == 0
+
+
+@pytest.mark.parametrize(
+    ("start", "end", "why"),
+    [("2026-11-02", "2026-11-01", "END must be after START"), ("yesterday", "0", "ISO 8601")],
+    ids=["end_before_start", "not_a_time"],
+)
+async def test_rollups_rebuild_refuses_a_bad_range(
+    cli: Any, start: str, end: str, why: str
+) -> None:
+    r = await cli("rollups", "rebuild", start, end)
+    assert r.code == 2, r
+    assert why in r.err
