@@ -36,10 +36,9 @@ as each would alone. Any other failure (a statement timeout, an error that one b
 rows cause in the database) is not every batch's fault: each batch not yet answered is
 then written alone with ``write.store``, in order, and gets its own outcome. If the
 COMMIT itself fails, the batches are not written again (that could store them twice):
-a COMMIT the server refused stored nothing, and they all get its error; one whose
-connection was lost may have stored everything, and they all get
-``CommitOutcomeUnknown`` (503 + Retry-After, saying so), as a lone batch would. If the Community mode's
-refresh after COMMIT fails (the database went away, a statement timeout), the batches
+they all get ``write.commit_failure``'s answer, as a lone batch would (a refused
+COMMIT's own error, or ``CommitOutcomeUnknown`` when the connection was lost). If the
+Community mode's refresh after COMMIT fails (the database went away, a statement timeout), the batches
 are stored but their back-dated events are not yet in the rollups: every batch stored
 gets ``RefreshPending`` (503, saying the events are stored; a retry with the same
 Idempotency-Key is answered with the stored count), and the refresh is retried in the
@@ -58,14 +57,8 @@ from itertools import chain
 import asyncpg
 from prometheus_client import Histogram
 
-from ..db import Database, connection_lost, mapped_errors, timed
-from ..errors import (
-    CommitOutcomeUnknown,
-    DatabaseUnavailable,
-    RefreshPending,
-    Unauthorized,
-    UserError,
-)
+from ..db import Database, mapped_errors, timed
+from ..errors import DatabaseUnavailable, RefreshPending, Unauthorized, UserError
 from ..rollups import RAW
 from . import rollups, write
 from .decode import COLUMNS, Row
@@ -212,12 +205,9 @@ class GroupWriter:
                     # After COMMIT: the rows are stored, the error is theirs.
                     after = self._refresh_later(done.rows, exc) if done.rows else exc
                 elif isinstance(exc, (DatabaseUnavailable, _CommitFailed)):
-                    error: Exception = exc
-                    if isinstance(exc, _CommitFailed):
-                        # A COMMIT the server refused stored nothing; one whose answer was
-                        # lost may have stored everything.
-                        lost = connection_lost(exc.error)
-                        error = CommitOutcomeUnknown() if lost else exc.error
+                    error = (
+                        write.commit_failure(exc.error) if isinstance(exc, _CommitFailed) else exc
+                    )
                     for batch in group:
                         batch.answer(error)
                     return

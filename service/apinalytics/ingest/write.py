@@ -81,6 +81,13 @@ class AfterCommitFailed(Exception):
         self.error = error
 
 
+def commit_failure(exc: Exception) -> Exception:
+    """The answer for batches whose COMMIT failed with ``exc``: a COMMIT the server
+    refused stored nothing (its own error); one whose connection was lost may have
+    stored everything (``CommitOutcomeUnknown``)."""
+    return CommitOutcomeUnknown() if connection_lost(exc) else exc
+
+
 def refuse_past_horizon(rows: Sequence[Row], horizon: float | None) -> None:
     """Raise the 400 naming the events older than the raw events' retention horizon."""
     if horizon is not None and earliest_us(rows) < horizon_us(horizon):
@@ -127,10 +134,8 @@ async def store(
                     await rollups.upkeep_in_transaction(conn, mode, rows)
                 committing = True
         except Exception as exc:
-            # A COMMIT the server refused stored nothing; one whose answer was lost may
-            # have stored everything.
-            if committing and connection_lost(exc):
-                raise CommitOutcomeUnknown() from exc
+            if committing:
+                raise commit_failure(exc) from exc
             raise
         if rows:
             try:
