@@ -342,8 +342,12 @@ async def test_create_refuses_an_unfit_name(
 
 @pytest.mark.parametrize(
     ("start", "end", "why"),
-    [("2026-11-02", "2026-11-01", "END must be after START"), ("yesterday", "0", "ISO 8601")],
-    ids=["end_before_start", "not_a_time"],
+    [
+        ("2026-11-02", "2026-11-01", "END must be after START"),
+        ("yesterday", "0", "ISO 8601"),
+        ("0", "inf", "ISO 8601"),
+    ],
+    ids=["end_before_start", "not_a_time", "infinity"],
 )
 async def test_rollups_rebuild_refuses_a_bad_range(
     cli: Any, start: str, end: str, why: str

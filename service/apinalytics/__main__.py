@@ -8,10 +8,12 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import contextlib
 import json
 import sys
 from collections.abc import Callable, Coroutine, Sequence
 from datetime import UTC, datetime
+from math import isfinite
 from pathlib import Path
 from typing import Any
 
@@ -122,10 +124,10 @@ def build_parser() -> argparse.ArgumentParser:
 
 def _instant(text: str) -> float:
     """UNIX seconds, or an ISO 8601 date or time (UTC unless it says otherwise)."""
-    try:
-        return float(text)
-    except ValueError:
-        pass
+    with contextlib.suppress(ValueError):
+        seconds = float(text)
+        if isfinite(seconds):
+            return seconds
     try:
         t = datetime.fromisoformat(text)
     except ValueError:
