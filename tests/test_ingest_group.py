@@ -36,11 +36,11 @@ from prometheus_client.parser import text_string_to_metric_families
 
 from apinalytics import apps
 from apinalytics.apps import NewApp
-from apinalytics.ingest import rollups
+from apinalytics.edition import Edition
 from apinalytics.ingest.group import GroupWriter
 from apinalytics.keys import INGEST
 from apinalytics.localdb import LocalCluster
-from apinalytics.rollups import ROLLUPS
+from apinalytics.rollups import ROLLUPS, rebuild
 from apinalytics.settings import Settings
 
 from .conftest import ALL_MODES
@@ -312,7 +312,7 @@ async def test_apache_rollups_after_concurrent_groups_equal_a_rebuild(
 
     kept = await rollup_tables(db)
     assert all(kept.values())
-    await rollups.rebuild(db, "apache", now - 3 * DAY, now + 60)
+    await rebuild.rebuild(db, Edition.APACHE, now - 3 * DAY, now + 60)
     assert await rollup_tables(db) == kept
 
 

@@ -32,8 +32,9 @@ from aiohttp.test_utils import TestClient
 from apinalytics import retention
 from apinalytics.__main__ import build_parser
 from apinalytics.apps import NewApp
-from apinalytics.ingest import rollups
+from apinalytics.edition import Edition
 from apinalytics.retention import FLAGS, Rules, format_duration, parse_duration, refusals
+from apinalytics.rollups import rebuild
 from apinalytics.settings import Settings
 
 from .conftest import ALL_MODES
@@ -120,8 +121,8 @@ def test_format_duration(seconds: int | None, text: str) -> None:
 # -- the safety rules (pure) ------------------------------------------------------
 
 WINDOWS = {"events_1m": DAY, "events_1h": 3 * DAY}
-APACHE = Rules("apache", {})
-COMMUNITY = Rules("community", WINDOWS)
+APACHE = Rules(Edition.APACHE, {})
+COMMUNITY = Rules(Edition.COMMUNITY, WINDOWS)
 
 
 def keep(raw: int | None, minute: int | None, hour: int | None) -> dict[str, int | None]:
@@ -154,11 +155,11 @@ def keep(raw: int | None, minute: int | None, hour: int | None) -> dict[str, int
         ),
         (COMMUNITY, keep(3 * DAY, 30 * DAY, None), []),
         (
-            Rules("community", {"events_1m": None, "events_1h": 3 * DAY}),
+            Rules(Edition.COMMUNITY, {"events_1m": None, "events_1h": 3 * DAY}),
             keep(30 * DAY, None, None),
             ["no start_offset", "--raw forever"],
         ),
-        (Rules("community", {"events_1m": None}), keep(None, None, None), []),
+        (Rules(Edition.COMMUNITY, {"events_1m": None}), keep(None, None, None), []),
     ],
     ids=[
         "apache_forever_default",
@@ -187,7 +188,7 @@ def test_refusals(rules: Rules, kept: dict[str, int | None], mentions: list[str]
 
 
 NARROW = ("events_1h_app", "events_1h_function", "events_1h_consumer")
-NARROW_WINDOWS = Rules("community", {**WINDOWS, **dict.fromkeys(NARROW, 7 * DAY)})
+NARROW_WINDOWS = Rules(Edition.COMMUNITY, {**WINDOWS, **dict.fromkeys(NARROW, 7 * DAY)})
 
 
 def test_hour_option_covers_the_narrow_hour_rollups() -> None:
@@ -246,7 +247,7 @@ async def spread(
         EVERY_S,
         n,
     )
-    await rollups.rebuild(db, mode, first.timestamp(), now.timestamp())
+    await rebuild.rebuild(db, Edition(mode), first.timestamp(), now.timestamp())
     rows = await db.fetch(
         "SELECT extract(epoch FROM time)::float8 AS t, function, url, response_us FROM events"
     )
@@ -436,7 +437,7 @@ async def test_rollups_outlive_raw_events(
         "WHERE proc_name = 'policy_refresh_continuous_aggregate' ORDER BY job_id"
     ):
         await db.execute("CALL run_job($1)", job["job_id"])
-    await rollups.rebuild(db, mode, old[0].timestamp(), now.timestamp())
+    await rebuild.rebuild(db, Edition(mode), old[0].timestamp(), now.timestamp())
     for rel in ("events_1m", "events_1h", *NARROW):
         assert await db.fetchval(count.format(rel), *old) == want, rel
 

@@ -38,9 +38,9 @@ from hypothesis import strategies as st
 from apinalytics import apps, migrate, retention
 from apinalytics.apps import NewApp
 from apinalytics.db import unix_us_timestamps
-from apinalytics.ingest import rollups as upkeep
+from apinalytics.edition import Edition
 from apinalytics.ingest.decode import COLUMNS
-from apinalytics.rollups import ROLLUPS, Rollup
+from apinalytics.rollups import ROLLUPS, Rollup, apache, community, rebuild
 from apinalytics.settings import Settings
 
 from .conftest import ALL_MODES
@@ -432,7 +432,7 @@ async def test_deleting_an_app_removes_its_rollup_rows_only(
         assert left == 0, relation
     # Later refreshes (the policies, a rebuild) agree: nothing comes back, nothing else goes.
     await run_policies(db, mode)
-    await upkeep.rebuild(db, mode, now - 4 * 86400, now)
+    await rebuild.rebuild(db, Edition(mode), now - 4 * 86400, now)
     await assert_rollups_match(db, sent)
 
 
@@ -467,11 +467,11 @@ async def test_rebuild_recomputes_bulk_loaded_events(
     await db.copy_records_to_table(
         "events", records=[as_row(e, app) for e in bulk], columns=COLUMNS
     )
-    windows = await upkeep.rebuild(db, mode, now - 3 * 86400, now)
+    windows = await rebuild.rebuild(db, Edition(mode), now - 3 * 86400, now)
     assert set(windows) == {r.relation for r in ROLLUPS}
     await assert_rollups_match(db, {app: via_api + bulk})
     # Rebuilding again changes nothing (Apache: delete + insert; Community: refresh).
-    await upkeep.rebuild(db, mode, now - 3 * 86400, now)
+    await rebuild.rebuild(db, Edition(mode), now - 3 * 86400, now)
     await assert_rollups_match(db, {app: via_api + bulk})
     # Ingest keeps working on top of a rebuild.
     live = mixed_events(rng, 10, now - 60, 50)
@@ -506,7 +506,7 @@ async def test_rebuild_and_refreshes_stay_inside_the_raw_horizon(
         == 0
     )
 
-    windows = await upkeep.rebuild(db, mode, now - 5 * 86400, now)
+    windows = await rebuild.rebuild(db, Edition(mode), now - 5 * 86400, now)
     await assert_rollups_match(db, {app: old + recent})
     assert windows["events_1m"][0] >= now - 2 * 86400
     # A batch that reaches back across the horizon refreshes only inside it.
@@ -547,7 +547,7 @@ M = 60 * 1_000_000
     ],
 )
 def test_refresh_windows(buckets: list[int], limit: int, windows: list[tuple[int, int]]) -> None:
-    assert upkeep._windows(buckets, M, limit) == windows
+    assert community._windows(buckets, M, limit) == windows
 
 
 @pytest.mark.parametrize(
@@ -562,7 +562,7 @@ def test_refresh_windows(buckets: list[int], limit: int, windows: list[tuple[int
 def test_refresh_window_clamped_to_horizon(
     start: int, end: int, horizon: float | None, window: tuple[int, int] | None
 ) -> None:
-    assert upkeep._clamp(start, end, M, horizon) == window
+    assert community._clamp(start, end, M, horizon) == window
 
 
 # -- the batch aggregation in the database (property) --------------------------------
@@ -592,7 +592,7 @@ async def upkept(database_url: str, batches: list[list[tuple[Any, ...]]]) -> dic
         await tx.start()
         try:
             for rows in batches:
-                await upkeep.upkeep_in_transaction(conn, "apache", rows)
+                await apache.upkeep(conn, rows)
             # Read the buckets back as datetimes, as the oracle has them.
             await conn.reset_type_codec("timestamptz", schema="pg_catalog")
             return {r.relation: await held(conn, r.relation) for r in ROLLUPS}
@@ -732,7 +732,7 @@ async def test_migration_brings_narrow_rollups_to_an_existing_database(
             if mode == "apache":
                 for rollup in ROLLUPS[:2]:
                     await conn.execute(
-                        upkeep._REBUILD[rollup.relation],
+                        rebuild._REBUILD[rollup.relation],
                         int(start.timestamp()),
                         int(end.timestamp()),
                     )

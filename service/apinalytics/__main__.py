@@ -20,7 +20,8 @@ from typing import Any
 import asyncpg
 
 from . import __version__, apps, localdb, logs, migrate, retention_cli
-from .ingest import rollups as upkeep
+from .edition import Edition
+from .rollups import rebuild
 from .settings import Settings
 
 Command = Callable[[argparse.Namespace, Settings], Coroutine[Any, Any, int]]
@@ -217,10 +218,11 @@ async def _connect(settings: Settings) -> asyncpg.Connection:
 
 async def cmd_migrate(args: argparse.Namespace, settings: Settings) -> int:
     result = await migrate.migrate(await dsn_for(settings))
-    edition = "Community" if result.license == "timescale" else "Apache-2"
+    server = Edition.for_license(result.license)
+    edition = "Community" if server is Edition.COMMUNITY else "Apache-2"
     how = (
         "continuous aggregates with refresh policies"
-        if result.mode == "community"
+        if result.mode.continuous_aggregates
         else "tables kept up to date by the ingest path"
     )
     print(f"TimescaleDB license: {result.license} ({edition} edition)")
@@ -336,7 +338,7 @@ async def cmd_rollups_rebuild(args: argparse.Namespace, settings: Settings) -> i
     try:
         mode = await migrate.rollup_mode(conn)
         assert mode is not None  # _connect migrated the database
-        windows = await upkeep.rebuild(conn, mode, args.start, args.end)
+        windows = await rebuild.rebuild(conn, mode, args.start, args.end)
     finally:
         await conn.close()
     for relation, (start, end) in windows.items():

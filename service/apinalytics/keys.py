@@ -7,6 +7,7 @@ from concurrent.futures import ThreadPoolExecutor
 from aiohttp import web
 
 from .db import Database
+from .edition import Edition
 from .ingest.group import GroupWriter
 from .metrics import Metrics
 from .settings import Settings
@@ -16,8 +17,8 @@ DB = web.AppKey("db", Database)
 # The ingest path's pool: timestamptz as ints of UNIX microseconds (db.unix_us_timestamps).
 INGEST_DB = web.AppKey("ingest_db", Database)
 METRICS = web.AppKey("metrics", Metrics)
-# "apache" (rollups kept by the ingest path) or "community" (continuous aggregates).
-ROLLUP_MODE = web.AppKey("rollup_mode", str)
+# The database's edition, read once at start: what the rollup upkeep does.
+EDITION = web.AppKey("edition", Edition)
 # Where ingest requests hand their validated batches (group commit).
 INGEST = web.AppKey("ingest", GroupWriter)
 # The one thread that validates big ingest bodies off the event loop.

@@ -15,10 +15,12 @@ from pathlib import Path
 
 import asyncpg
 
+from .edition import Edition
+
 # Any constant works; it only has to be the same for every migrating process.
 _LOCK_ID = 0x41504E4C  # "APNL"
 _NAME = re.compile(r"^(\d{4})_([a-z0-9_]+?)(?:\.(apache|community))?\.sql$")
-MODES = ("apache", "community")
+MODES = tuple(Edition)
 
 
 def migrations_dir() -> Path:
@@ -39,7 +41,7 @@ class Migration:
 
 @dataclass(frozen=True)
 class Result:
-    mode: str
+    mode: Edition
     applied: list[str]
     license: str
 
@@ -59,8 +61,8 @@ def discover(directory: Path, mode: str) -> list[Migration]:
     return [found[v] for v in sorted(found)]
 
 
-def mode_for_license(license: str) -> str:
-    return "community" if license == "timescale" else "apache"
+def mode_for_license(license: str) -> Edition:
+    return Edition.for_license(license)
 
 
 async def migrate(dsn: str, directory: Path | None = None) -> Result:
@@ -92,13 +94,13 @@ async def _migrate_locked(conn: asyncpg.Connection, directory: Path) -> Result:
         """
     )
     license = str(await conn.fetchval("SHOW timescaledb.license"))
-    mode = await conn.fetchval("SELECT value FROM apinalytics_meta WHERE key = 'rollup_mode'")
-    if mode is None:
+    recorded = await conn.fetchval("SELECT value FROM apinalytics_meta WHERE key = 'rollup_mode'")
+    if recorded is None:
         mode = mode_for_license(license)
         await conn.execute(
             "INSERT INTO apinalytics_meta (key, value) VALUES ('rollup_mode', $1)", mode
         )
-    elif mode == "community" and license != "timescale":
+    elif not (mode := Edition(recorded)).runs_on(license):
         raise RuntimeError(
             "this database was set up with continuous aggregates (Community edition) but "
             f"the server now runs TimescaleDB with license '{license}'; start it with the "
@@ -120,13 +122,13 @@ async def _migrate_locked(conn: asyncpg.Connection, directory: Path) -> Result:
     return Result(mode=mode, applied=applied, license=license)
 
 
-async def rollup_mode(conn: asyncpg.Connection) -> str | None:
+async def rollup_mode(conn: asyncpg.Connection) -> Edition | None:
     """The recorded rollup mode, or None before the first migration."""
     exists = await conn.fetchval("SELECT to_regclass('apinalytics_meta') IS NOT NULL")
     if not exists:
         return None
     value = await conn.fetchval("SELECT value FROM apinalytics_meta WHERE key = 'rollup_mode'")
-    return str(value) if value is not None else None
+    return Edition(value) if value is not None else None
 
 
 async def pending(conn: asyncpg.Connection, directory: Path | None = None) -> list[str]:
@@ -138,7 +140,7 @@ async def pending(conn: asyncpg.Connection, directory: Path | None = None) -> li
         # (the license is unknown until the extension exists in this database, and
         # then the Apache variants are named: same numbers, same names).
         license = await conn.fetchval("SELECT current_setting('timescaledb.license', true)")
-        mode = mode_for_license(str(license or "apache"))
+        mode = Edition.for_license(str(license or Edition.APACHE))
     else:
         done = {r["version"] for r in await conn.fetch("SELECT version FROM schema_migrations")}
     return [

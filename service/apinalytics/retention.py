@@ -17,6 +17,10 @@ changed, and any later refresh over that range recomputes the aggregate from the
 nothing that is left, deleting its rows. So every refresh window, including the
 refreshes the ingest path runs for back-dated events, must stay inside the retention
 of the relation it reads from.
+
+Over 300 lines: the rules, the horizons and the operations that drop chunks and
+replace policies are one reason to change (what is kept, and how safely); the CLI
+around them is ``retention_cli.py``.
 """
 
 from __future__ import annotations
@@ -29,18 +33,16 @@ from itertools import pairwise
 
 import asyncpg
 
-from .rollups import RAW, ROLLUPS
+from .db import timed
+from .edition import Edition
+from .rollups.declared import RAW, ROLLUPS
 
 RELATIONS: tuple[str, ...] = (RAW, *(r.relation for r in ROLLUPS))
-# The option of `apinalytics retention set` for each relation, named in refusals.
-# --minute sets events_1m and events_1m_app alike, --hour events_1h and the narrow hour
-# rollups built from it: each answers part of what the first of its width answers, at
-# the same granularity, so they are kept as long.
-FLAGS = {
-    RAW: "--raw",
-    **{r.relation: "--minute" for r in ROLLUPS if r.width_s == 60},
-    **{r.relation: "--hour" for r in ROLLUPS if r.width_s == 3600},
-}
+# The option of `apinalytics retention set` for each relation, named in refusals: one
+# per declared rollup width. --minute sets events_1m and events_1m_app alike, --hour
+# events_1h and the narrow hour rollups built from it: each answers part of what the
+# first of its width answers, at the same granularity, so they are kept as long.
+FLAGS = {RAW: "--raw", **{r.relation: f"--{r.width_name}" for r in ROLLUPS}}
 # The time column of each relation (identifiers only from this declared table).
 TIME_COLUMN = {RAW: "time", **{r.relation: "bucket" for r in ROLLUPS}}
 
@@ -87,11 +89,21 @@ def _days_up(seconds: int) -> str:
     return f"{-(-seconds // DAY)}d"
 
 
+def horizon_sql(table: str) -> str:
+    """A relation's horizon from its ``retention`` row (aliased ``table``), in UNIX
+    seconds: ``now - keep``, or the time before which data was already dropped, if
+    later; NULL when kept forever and nothing was dropped."""
+    return (
+        f"extract(epoch FROM greatest({table}.dropped_before, "
+        f"now() - make_interval(secs => {table}.keep_s)))::float8"
+    )
+
+
 @dataclass(frozen=True)
 class Rules:
     """What the safety rules need to know besides the retention itself."""
 
-    mode: str
+    mode: Edition
     # Community: per rollup, how far back its refresh policy reaches (start_offset, s);
     # None means it has no start, i.e. refreshes from the beginning of time.
     refresh_windows: Mapping[str, int | None]
@@ -125,7 +137,7 @@ def refusals(keep: Mapping[str, int | None], rules: Rules) -> list[str]:
                 f"raise {FLAGS[coarser.relation]} to at least {format_duration(f)} or lower "
                 f"{FLAGS[finer.relation]} to at most {format_duration(c)}."
             )
-    if rules.mode != "community":
+    if not rules.mode.continuous_aggregates:
         return out
     for rollup in ROLLUPS:
         source = rollup.built_from
@@ -157,12 +169,11 @@ async def horizons(conn: asyncpg.Connection) -> dict[str, float | None]:
     The planner never reads a relation before its horizon. One read of a table of a
     few rows (one per relation): it runs on every query.
     """
-    rows = await conn.fetch(
-        """
-        SELECT relation, extract(epoch FROM greatest(
-            dropped_before, now() - make_interval(secs => keep_s)))::float8 AS horizon
-        FROM retention
-        """
+    rows = await timed(
+        conn.fetch,
+        f"SELECT relation, {horizon_sql('r')} AS horizon FROM retention r",
+        (),
+        "horizons",
     )
     return {r["relation"]: r["horizon"] for r in rows}
 
@@ -334,10 +345,10 @@ async def run_policies(conn: asyncpg.Connection) -> list[Chunk]:
 
 
 async def check(
-    conn: asyncpg.Connection, keep: Mapping[str, int | None], *, mode: str
+    conn: asyncpg.Connection, keep: Mapping[str, int | None], *, mode: Edition
 ) -> list[str]:
     """``refusals`` of a whole retention, against this database's refresh policies."""
-    windows = await refresh_windows(conn) if mode == "community" else {}
+    windows = await refresh_windows(conn) if mode.continuous_aggregates else {}
     return refusals(keep, Rules(mode, windows))
 
 
@@ -345,7 +356,7 @@ async def set_retention(
     conn: asyncpg.Connection,
     changes: Mapping[str, int | None],
     *,
-    mode: str,
+    mode: Edition,
 ) -> dict[str, int | None]:
     """Change the retention of some relations; raises UnsafeRetention, changing nothing.
 
@@ -362,7 +373,9 @@ async def set_retention(
             raise UnsafeRetention(reasons)
         for rel, keep in changes.items():
             before = old[rel]
-            frozen = mode == "community" and before is not None and (keep is None or keep > before)
+            frozen = (
+                mode.retention_policies and before is not None and (keep is None or keep > before)
+            )
             await conn.execute(
                 """
                 UPDATE retention SET keep_s = $2, updated_at = now(),
@@ -376,7 +389,7 @@ async def set_retention(
                 frozen,
                 before,
             )
-            if mode == "community":
+            if mode.retention_policies:
                 await conn.execute(
                     "SELECT remove_retention_policy($1::regclass, if_exists => true)", rel
                 )
@@ -402,11 +415,11 @@ class RelationStatus:
     policy: Job | None
 
 
-async def status(conn: asyncpg.Connection, mode: str) -> list[RelationStatus]:
+async def status(conn: asyncpg.Connection, mode: Edition) -> list[RelationStatus]:
     """What `apinalytics retention show` prints, per relation."""
     keep = await retention_in_force(conn)
     hz = await horizons(conn)
-    jobs = await retention_jobs(conn) if mode == "community" else {}
+    jobs = await retention_jobs(conn) if mode.retention_policies else {}
     out = []
     for rel in RELATIONS:
         parts = await chunks(conn, rel)

@@ -22,6 +22,7 @@ from typing import Any
 import asyncpg
 
 from . import migrate, retention
+from .edition import Edition
 from .retention import FLAGS, RELATIONS, Chunk, format_duration
 from .settings import Settings
 
@@ -91,7 +92,7 @@ def _duration(text: str) -> int | None:
         raise argparse.ArgumentTypeError(str(exc)) from exc
 
 
-async def _connect(settings: Settings) -> tuple[asyncpg.Connection, str]:
+async def _connect(settings: Settings) -> tuple[asyncpg.Connection, Edition]:
     from .__main__ import dsn_for
 
     conn: asyncpg.Connection = await asyncpg.connect(await dsn_for(settings))
@@ -136,7 +137,7 @@ async def cmd_show(args: argparse.Namespace, settings: Settings) -> int:
     conn, mode = await _connect(settings)
     try:
         rows = await retention.status(conn, mode)
-        windows = await retention.refresh_windows(conn) if mode == "community" else {}
+        windows = await retention.refresh_windows(conn) if mode.continuous_aggregates else {}
     finally:
         await conn.close()
     if args.json:
@@ -144,7 +145,7 @@ async def cmd_show(args: argparse.Namespace, settings: Settings) -> int:
         return OK
     how = (
         "continuous aggregates; TimescaleDB retention policies drop expired chunks"
-        if mode == "community"
+        if mode.retention_policies
         else "tables kept by the ingest path; `apinalytics retention apply` drops expired chunks"
     )
     print(f"rollup mode: {mode} ({how})")
@@ -174,7 +175,7 @@ async def cmd_show(args: argparse.Namespace, settings: Settings) -> int:
     for r in table:
         print("  ".join(v.ljust(w) for v, w in zip(r, widths, strict=True)).rstrip())
     print("times in UTC; 'complete from': queries read the relation from then on")
-    if mode == "community":
+    if mode.retention_policies:
         for s in rows:
             if s.policy:
                 print(
@@ -230,7 +231,8 @@ async def cmd_set(args: argparse.Namespace, settings: Settings) -> int:
         if hasattr(args, flag.lstrip("-"))
     }
     if not changes:
-        print("apinalytics: set needs at least one of --raw, --minute, --hour", file=sys.stderr)
+        options = ", ".join(dict.fromkeys(FLAGS.values()))
+        print(f"apinalytics: set needs at least one of {options}", file=sys.stderr)
         return USAGE
     conn, mode = await _connect(settings)
     try:
@@ -256,7 +258,7 @@ async def cmd_set(args: argparse.Namespace, settings: Settings) -> int:
         await conn.close()
     for rel in RELATIONS:
         print(f"{rel}: keep {format_duration(new[rel])}")
-    if mode == "community":
+    if mode.retention_policies:
         print("retention policies updated; TimescaleDB runs them daily")
     else:
         print(
@@ -292,7 +294,7 @@ async def cmd_apply(args: argparse.Namespace, settings: Settings) -> int:
     conn, mode = await _connect(settings)
     try:
         now: datetime = await conn.fetchval("SELECT now()")
-        if mode == "community":
+        if mode.retention_policies:
             return await _apply_community(conn, now, args)
         expired = await retention.expired_chunks(conn, now)
         if args.dry_run or not expired:
