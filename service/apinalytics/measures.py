@@ -26,6 +26,7 @@ from __future__ import annotations
 import string
 from dataclasses import dataclass
 from enum import Enum
+from functools import cached_property
 
 # The event field the rollups' measures aggregate (schema.VALUES lists what a query
 # may name; a value the rollups do not hold is answered from raw events).
@@ -111,7 +112,7 @@ class Aggregate:
     def needs_raw(self) -> bool:
         return self.template is None
 
-    @property
+    @cached_property
     def needs(self) -> tuple[str, ...]:
         """The measures the template reads, in declaration order."""
         if self.template is None:
@@ -126,11 +127,13 @@ class Aggregate:
             return self.raw.format(value=value, fraction=fraction)
         return self.template.format(**{m: BY_COLUMN[m].raw(value) for m in self.needs})
 
+    @cached_property
     def from_parts(self) -> str:
         """The answer's value over partial rows (each part's measures, merged)."""
         assert self.template is not None
         return self.template.format(**{m: BY_COLUMN[m].merged() for m in self.needs})
 
+    @cached_property
     def from_row(self) -> str:
         """The answer's value from a rollup row that already is one point of it."""
         assert self.template is not None

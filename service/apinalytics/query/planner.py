@@ -7,7 +7,7 @@ no clock (``now`` is passed in).
 from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass, field, replace
+from dataclasses import dataclass, field
 
 from ..errors import Gone
 from ..measures import VALUE
@@ -107,10 +107,10 @@ def plan(
 def _decided(query: Query, chosen: Plan, rollups: Sequence[Rollup]) -> Plan:
     """The plan with what its parts' SQL must do: merge, points, re-bucketing."""
     g = query.granularity
-    declared = {r.relation: r for r in rollups}
+    grouped = {query.group} if query.group else set()
     parts = []
     for p in chosen.parts:
-        rollup = declared.get(p.source)
+        rollup = next((r for r in rollups if r.relation == p.source), None)
         # A rollup whose buckets are the query's needs no re-bucketing.
         same = (
             rollup is not None
@@ -120,16 +120,14 @@ def _decided(query: Query, chosen: Plan, rollups: Sequence[Rollup]) -> Plan:
         )
         # Filters on the grouped field keep one row per point; the planner never sends
         # other filters to a rollup without their dimension.
-        points = same and set(rollup.dimensions if rollup else ()) == (
-            {query.group} if query.group else set()
-        )
-        parts.append(replace(p, points=points, rebucket=not same))
+        points = same and rollup is not None and set(rollup.dimensions) == grouped
+        parts.append(Part(p.source, p.start, p.end, points=points, rebucket=not same))
     # One part, or every boundary between parts on a bucket boundary of the query's
     # granularity: every bucket of the answer lies in one part.
     disjoint = len(parts) == 1 or (
         g is not None and all((p.start - g.origin_s) % g.width_s == 0 for p in parts[1:])
     )
-    return replace(chosen, parts=tuple(parts), merge=not disjoint)
+    return Plan(tuple(parts), chosen.sources, merge=not disjoint)
 
 
 @dataclass(frozen=True)

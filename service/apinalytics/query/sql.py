@@ -123,9 +123,9 @@ def _each_part(st: _Statement, plan: Plan, aggregate: Aggregate) -> str:
 
     def value(part: Part) -> str:
         if part.points:
-            return aggregate.from_row()
+            return aggregate.from_row
         if part.source != RAW:
-            return aggregate.from_parts()
+            return aggregate.from_parts
         percentile = st.query.aggregation.percentile
         if percentile is not None and not fraction:
             fraction.append(st.args.add(percentile / 100, "::float8"))
@@ -151,7 +151,7 @@ def _merged(st: _Statement, plan: Plan, aggregate: Aggregate) -> str:
         else:
             parts.append(st.select(p, [f"{BY_COLUMN[n].merged()} AS {n}" for n in needs]))
     union = "\n UNION ALL ".join(parts)
-    final = aggregate.from_parts()
+    final = aggregate.from_parts
     return f"SELECT {_SECONDS} AS b, g, {final} AS v FROM (\n {union}\n) parts GROUP BY bt, g"
 
 
