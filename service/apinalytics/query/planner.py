@@ -85,7 +85,7 @@ def plan(
     """
     if force_raw or query.aggregation.needs_raw or query.value != VALUE:
         parts = _raw(query.start, query.end, _Context(query, now, horizons, rollups))
-        return _decided(query, Plan(parts, (RAW,)), rollups)
+        return _decided(query, parts, (RAW,))
     used = query.fields()
     g = query.granularity
     candidates = sorted(
@@ -101,33 +101,31 @@ def plan(
     parts = tuple(_cover(query.start, query.end, candidates, ctx))
     used_sources = {p.source for p in parts}
     order = [r.relation for r in candidates] + [RAW]
-    return _decided(query, Plan(parts, tuple(s for s in order if s in used_sources)), rollups)
+    return _decided(query, parts, tuple(s for s in order if s in used_sources))
 
 
-def _decided(query: Query, chosen: Plan, rollups: Sequence[Rollup]) -> Plan:
-    """The plan with what its parts' SQL must do: merge, points, re-bucketing."""
+def _decided(query: Query, parts: tuple[Part, ...], sources: tuple[str, ...]) -> Plan:
+    """The plan, with whether its parts are merged: not when every bucket of the
+    answer lies in one part (one part, or every boundary between parts on a bucket
+    boundary of the query's granularity)."""
     g = query.granularity
-    grouped = {query.group} if query.group else set()
-    parts = []
-    for p in chosen.parts:
-        rollup = next((r for r in rollups if r.relation == p.source), None)
-        # A rollup whose buckets are the query's needs no re-bucketing.
-        same = (
-            rollup is not None
-            and g is not None
-            and rollup.width_s == g.width_s
-            and g.origin_s % rollup.width_s == 0
-        )
-        # Filters on the grouped field keep one row per point; the planner never sends
-        # other filters to a rollup without their dimension.
-        points = same and rollup is not None and set(rollup.dimensions) == grouped
-        parts.append(Part(p.source, p.start, p.end, points=points, rebucket=not same))
-    # One part, or every boundary between parts on a bucket boundary of the query's
-    # granularity: every bucket of the answer lies in one part.
     disjoint = len(parts) == 1 or (
         g is not None and all((p.start - g.origin_s) % g.width_s == 0 for p in parts[1:])
     )
-    return Plan(tuple(parts), chosen.sources, merge=not disjoint)
+    return Plan(parts, sources, merge=not disjoint)
+
+
+def _rollup_part(rollup: Rollup, start: int, end: int, query: Query) -> Part:
+    """A part read from ``rollup``, with what its SQL must do."""
+    g = query.granularity
+    # A rollup whose buckets are the query's needs no re-bucketing.
+    same = g is not None and rollup.width_s == g.width_s and g.origin_s % rollup.width_s == 0
+    # Its rows are the answer's points when it has no dimension but the grouped field
+    # (filters on that field keep it so; the planner never sends other filters here).
+    points = same and (
+        rollup.dimensions == (query.group,) if query.group else not rollup.dimensions
+    )
+    return Part(rollup.relation, start, end, points=points, rebucket=not same)
 
 
 @dataclass(frozen=True)
@@ -155,7 +153,7 @@ def _cover(start: int, end: int, candidates: Sequence[Rollup], ctx: _Context) ->
         return _cover(start, end, finer, ctx)
     return [
         *_cover(start, lo, finer, ctx),
-        Part(rollup.relation, lo, hi),
+        _rollup_part(rollup, lo, hi, ctx.query),
         *_cover(hi, end, finer, ctx),
     ]
 
