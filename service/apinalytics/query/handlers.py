@@ -12,7 +12,7 @@ from aiohttp import web
 
 from .. import auth, retention
 from ..apps import Credentials, KeyKind
-from ..db import Database, timed
+from ..db import Database, execute, timed
 from ..errors import InvalidQuery
 from ..keys import DB, METRICS, SETTINGS
 from . import params, planner, sql
@@ -60,7 +60,9 @@ async def run(db: Database, query: Query, creds: Credentials, *, force_raw: bool
         else:
             # Raw reads may scan millions of events: they get the server's workers.
             async with conn.transaction():
-                await conn.execute("SET LOCAL max_parallel_workers_per_gather TO DEFAULT")
+                await execute(
+                    conn, "parallel workers", "SET LOCAL max_parallel_workers_per_gather TO DEFAULT"
+                )
                 rows = await timed(conn.fetch, text, args, "timeseries")
     return Answer(chosen, rows)
 
