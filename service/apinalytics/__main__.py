@@ -191,32 +191,21 @@ def serve_workers(settings: Settings, *, migrate_first: bool, banner: str) -> in
     from . import workers
 
     try:
-        dsn = asyncio.run(dsn_for(settings))
+        dsn = asyncio.run(localdb.dsn_for(settings))
         return workers.serve(settings, dsn, migrate_first=migrate_first, banner=banner)
     except (OSError, asyncpg.PostgresError, localdb.LocalDbError) as exc:
         print(f"apinalytics: {exc}", file=sys.stderr)
         return 1
 
 
-async def dsn_for(settings: Settings) -> str:
-    """The configured database, or the embedded cluster (started if needed), migrated."""
-    if settings.database_url:
-        return settings.database_url
-    cluster = localdb.LocalCluster(
-        settings.home / "pgdata", localdb.find_bindir(settings.pg_bindir)
-    )
-    await asyncio.to_thread(cluster.ensure_running)
-    return cluster.dsn
-
-
 async def _connect(settings: Settings) -> asyncpg.Connection:
-    dsn = await dsn_for(settings)
+    dsn = await localdb.dsn_for(settings)
     await migrate.migrate(dsn)
     return await asyncpg.connect(dsn)
 
 
 async def cmd_migrate(args: argparse.Namespace, settings: Settings) -> int:
-    result = await migrate.migrate(await dsn_for(settings))
+    result = await migrate.migrate(await localdb.dsn_for(settings))
     edition = "Community" if result.license == "timescale" else "Apache-2"
     how = (
         "continuous aggregates with refresh policies"
@@ -353,16 +342,12 @@ def _iso(seconds: float) -> str:
 
 
 async def cmd_db_start(args: argparse.Namespace, settings: Settings) -> int:
-    print(await dsn_for(settings))
+    print(await localdb.dsn_for(settings))
     return 0
 
 
 async def cmd_db_stop(args: argparse.Namespace, settings: Settings) -> int:
-    cluster = localdb.LocalCluster(
-        settings.home / "pgdata", localdb.find_bindir(settings.pg_bindir)
-    )
-    cluster.datadir = cluster.datadir.resolve()
-    cluster.stop()
+    localdb.project_cluster(settings).stop()
     print("stopped")
     return 0
 
