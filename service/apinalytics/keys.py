@@ -3,13 +3,17 @@
 from __future__ import annotations
 
 from concurrent.futures import ThreadPoolExecutor
+from typing import TYPE_CHECKING
 
 from aiohttp import web
 
 from .db import Database
-from .ingest.group import GroupWriter
 from .metrics import Metrics
 from .settings import Settings
+
+if TYPE_CHECKING:
+    # For its type only: importing it would load the ingest stack wherever a key is read.
+    from .ingest.group import GroupWriter
 
 SETTINGS = web.AppKey("settings", Settings)
 DB = web.AppKey("db", Database)
@@ -19,7 +23,7 @@ METRICS = web.AppKey("metrics", Metrics)
 # "apache" (rollups kept by the ingest path) or "community" (continuous aggregates).
 ROLLUP_MODE = web.AppKey("rollup_mode", str)
 # Where ingest requests hand their validated batches (group commit).
-INGEST = web.AppKey("ingest", GroupWriter)
+INGEST: web.AppKey[GroupWriter] = web.AppKey("ingest")
 # The one thread that validates big ingest bodies off the event loop.
 DECODER = web.AppKey("decoder", ThreadPoolExecutor)
 
