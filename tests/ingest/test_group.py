@@ -43,9 +43,9 @@ from apinalytics.localdb import LocalCluster
 from apinalytics.rollups import ROLLUPS
 from apinalytics.settings import Settings
 
-from .conftest import ALL_MODES
-from .helpers import assert_error, event, wait_for_lock_waiter, write_headers
-from .test_outage import cluster  # noqa: F401 (a fixture: a cluster of the test's own)
+from ..conftest import ALL_MODES
+from ..helpers import assert_error, event, wait_for_lock_waiter, write_headers
+from ..test_outage import cluster  # noqa: F401 (a fixture: a cluster of the test's own)
 
 all_modes = pytest.mark.parametrize("mode", ALL_MODES, indirect=True)
 DAY = 86400

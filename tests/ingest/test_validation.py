@@ -32,8 +32,8 @@ from apinalytics.app import create_app
 from apinalytics.apps import NewApp
 from apinalytics.settings import Settings
 
-from .dbs import Servers
-from .helpers import assert_error, event, write_headers
+from ..dbs import Servers
+from ..helpers import assert_error, event, write_headers
 
 DEFAULTS = Settings()
 MISSING = object()  # in an override: drop the field from the event

@@ -36,10 +36,10 @@ from apinalytics.ingest import rollups
 from apinalytics.retention import FLAGS, Rules, format_duration, parse_duration, refusals
 from apinalytics.settings import Settings
 
-from .conftest import ALL_MODES
-from .helpers import assert_error, event, read_headers, write_headers
+from ..conftest import ALL_MODES
+from ..helpers import assert_error, event, read_headers, write_headers
 
-ROOT = Path(__file__).resolve().parents[1]
+ROOT = Path(__file__).resolve().parents[2]
 MIN, HOUR, DAY = 60, 3600, 86400
 SPAN_DAYS = 40
 EVERY_S = 900

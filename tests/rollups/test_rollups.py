@@ -43,9 +43,9 @@ from apinalytics.ingest.decode import COLUMNS
 from apinalytics.rollups import ROLLUPS, Rollup
 from apinalytics.settings import Settings
 
-from .conftest import ALL_MODES
-from .dbs import Servers, run
-from .helpers import assert_error, event, exact_us, write_headers
+from ..conftest import ALL_MODES
+from ..dbs import Servers, run
+from ..helpers import assert_error, event, exact_us, write_headers
 
 EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
 DIMENSION_SHAPE = {
