@@ -44,7 +44,7 @@ from apinalytics.rollups import ROLLUPS
 from apinalytics.settings import Settings
 
 from ..conftest import ALL_MODES
-from ..helpers import assert_error, event, wait_for_lock_waiter, write_headers
+from ..helpers import assert_error, event, post, wait_for_lock_waiter
 from ..test_outage import cluster  # noqa: F401 (a fixture: a cluster of the test's own)
 
 all_modes = pytest.mark.parametrize("mode", ALL_MODES, indirect=True)
@@ -75,15 +75,6 @@ async def wait_queued(client: TestClient, n: int) -> None:
             return
         await asyncio.sleep(0.01)
     raise AssertionError(f"{writer(client).queued} batches queued, expected {n}")
-
-
-async def post(
-    client: TestClient, app: NewApp, events: list[dict[str, Any]], key: str | None = None
-) -> ClientResponse:
-    headers = write_headers(app)
-    if key is not None:
-        headers["Idempotency-Key"] = key
-    return await client.post("/1/events/", json=events, headers=headers)
 
 
 async def internal_id(db: asyncpg.Connection, app: NewApp) -> int:
@@ -171,7 +162,7 @@ async def test_each_batch_of_a_group_gets_its_own_answer(
     doomed, other = await apps.create(db, "doomed"), await apps.create(db, "other")
     a, c = await internal_id(db, app_keys), await internal_id(db, other)
     now = time.time()
-    first = await post(client, app_keys, [event(), event()], "k-old")
+    first = await post(client, app_keys, [event(), event()], key="k-old")
     assert await first.json() == {"accepted": 2}
     await db.execute("UPDATE retention SET keep_s = 2 * 86400 WHERE relation = 'events'")
 
@@ -361,7 +352,7 @@ async def test_outage_under_a_group_is_503_for_each_batch_and_stores_nothing(
         assert await conn.fetchval("SELECT count(*) FROM events") == 0
         assert await conn.fetchval("SELECT key FROM idempotency_keys") == "plug"
         for events, key in batches:
-            again = await post(client, app, events, key)
+            again = await post(client, app, events, key=key)
             assert await again.json() == {"accepted": len(events)}
         assert await conn.fetchval("SELECT count(*) FROM events") == 5
     finally:

@@ -47,16 +47,6 @@ KEEP = {"events": 10 * DAY, "events_1m": 20 * DAY, "events_1h": None}
 NARROW = ("events_1h_app", "events_1h_function", "events_1h_consumer")
 
 
-@pytest.fixture
-def settings(database_url: str, tmp_path: Path) -> Settings:
-    return Settings(
-        database_url=database_url,
-        home=tmp_path / "home",
-        db_connect_timeout_s=2.0,
-        log_json=True,
-    )
-
-
 # -- data spread over many days and chunks ----------------------------------------
 
 
