@@ -104,7 +104,7 @@ async def writer_held(
             "INSERT INTO idempotency_keys (app_id, key, accepted) VALUES ($1, 'plug', 1)",
             app_internal,
         )
-        plug = asyncio.create_task(post(client, app, [event(url="/plug")], "plug"))
+        plug = asyncio.create_task(post(client, app, [event(url="/plug")], key="plug"))
         await wait_for_lock_waiter(blocker)
         try:
             yield plug
@@ -120,7 +120,7 @@ async def queue(
     """Post each batch in turn, each once the one before it is queued (keeps their order)."""
     tasks = []
     for i, (app, events, key) in enumerate(posts, 1):
-        tasks.append(asyncio.create_task(post(client, app, events, key)))
+        tasks.append(asyncio.create_task(post(client, app, events, key=key)))
         await wait_queued(client, i)
     return tasks
 
