@@ -166,3 +166,9 @@ async def pending(conn: asyncpg.Connection, directory: Path | None = None) -> li
     return [
         m.path.name for m in discover(directory or migrations_dir(), mode) if m.version not in done
     ]
+
+
+async def connect_migrated(dsn: str) -> asyncpg.Connection:
+    """A connection to ``dsn`` once its schema is up to date: the commands' way in."""
+    await migrate(dsn)
+    return await asyncpg.connect(dsn)
