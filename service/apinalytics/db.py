@@ -86,22 +86,19 @@ class Database:
 
     async def fetch(self, sql: str, *args: Any, label: str = "") -> list[asyncpg.Record]:
         async with self.connection() as conn:
-            rows: list[asyncpg.Record] = await timed(conn.fetch, sql, args, label)
-            return rows
+            return await fetch(conn, label, sql, *args)
 
     async def fetchrow(self, sql: str, *args: Any, label: str = "") -> asyncpg.Record | None:
         async with self.connection() as conn:
-            row: asyncpg.Record | None = await timed(conn.fetchrow, sql, args, label)
-            return row
+            return await fetchrow(conn, label, sql, *args)
 
     async def fetchval(self, sql: str, *args: Any, label: str = "") -> Any:
         async with self.connection() as conn:
-            return await timed(conn.fetchval, sql, args, label)
+            return await fetchval(conn, label, sql, *args)
 
     async def execute(self, sql: str, *args: Any, label: str = "") -> str:
         async with self.connection() as conn:
-            result: str = await timed(conn.execute, sql, args, label)
-            return result
+            return await execute(conn, label, sql, *args)
 
 
 async def timed(fn: Any, sql: str, args: Sequence[Any], label: str = "") -> Any:
