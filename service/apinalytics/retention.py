@@ -160,7 +160,7 @@ async def horizons(conn: asyncpg.Connection) -> dict[str, float | None]:
     """
     rows = await db.fetch(
         conn,
-        "retention horizons",
+        "horizons",
         """
         SELECT relation, extract(epoch FROM greatest(
             dropped_before, now() - make_interval(secs => keep_s)))::float8 AS horizon
