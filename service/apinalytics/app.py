@@ -123,10 +123,7 @@ def _database(run_migrations: bool) -> Callable[[web.Application], AsyncIterator
         settings = app[SETTINGS]
         dsn = settings.database_url
         if not dsn:
-            cluster = localdb.LocalCluster(
-                datadir=settings.home / "pgdata",
-                bindir=localdb.find_bindir(settings.pg_bindir),
-            )
+            cluster = localdb.project_cluster(settings)
             await asyncio.to_thread(cluster.ensure_running)
             app[LOCAL_CLUSTER] = cluster
             dsn = cluster.dsn

@@ -18,6 +18,7 @@ from __future__ import annotations
 
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
+from functools import partial
 
 import asyncpg
 
@@ -159,9 +160,10 @@ async def transaction(
                 written.stored = await _claim_keys(conn, kept, idempotency_ttl_s, written)
                 written.rows = [row for b in written.stored for row in b.rows]
                 if written.rows:
-                    await conn.copy_records_to_table(
-                        "events", records=written.rows, columns=COLUMNS
+                    copy = partial(
+                        conn.copy_records_to_table, records=written.rows, columns=COLUMNS
                     )
+                    await timed(copy, "events", (), "copy events")
                     if edition.upkeep_in_transaction:
                         await apache.upkeep(conn, written.rows)
                 committing = True
