@@ -35,6 +35,7 @@ check: lint typecheck
 lint: $(STAMP)
 	$(BIN)/ruff check service tests bench
 	$(BIN)/ruff format --check service tests bench
+	$(BIN)/hadolint docker/Dockerfile
 
 typecheck: $(STAMP)
 	$(BIN)/mypy
