@@ -1,4 +1,4 @@
-"""The ``apinalytics`` command: serve, migrate, apps, ... (also ``python -m apinalytics``).
+"""The apinalytics command: serve, migrate, apps, ... (also python -m apinalytics).
 
 Configuration comes from ``APINALYTICS_*`` environment variables (see settings.py);
 the flags below override them.
@@ -9,7 +9,9 @@ from __future__ import annotations
 import argparse
 import asyncio
 import contextlib
+import errno
 import json
+import shutil
 import sys
 from collections.abc import Callable, Coroutine, Sequence
 from datetime import UTC, datetime
@@ -29,6 +31,10 @@ Command = Callable[[argparse.Namespace, Settings], Coroutine[Any, Any, int]]
 def main(argv: Sequence[str] | None = None) -> None:
     parser = build_parser()
     args = parser.parse_args(argv)
+    if args.command is None or (getattr(args, "func", None) is None and args.command != "serve"):
+        # A command group without its command (`apinalytics`, `apinalytics apps`): its help.
+        getattr(args, "help_of", parser).print_help()
+        sys.exit(0)
     overrides = {
         k: v
         for k, v in {
@@ -64,7 +70,8 @@ def build_parser() -> argparse.ArgumentParser:
 
     parser = argparse.ArgumentParser(prog="apinalytics", description=__doc__.splitlines()[0])
     parser.add_argument("--version", action="version", version=__version__)
-    sub = parser.add_subparsers(dest="command", required=True)
+    parser.set_defaults(help_of=parser)
+    sub = parser.add_subparsers(dest="command")
 
     p = sub.add_parser("serve", parents=[common], help="run the HTTP service")
     p.add_argument("--host", help="listen address (APINALYTICS_HOST, default 127.0.0.1)")
@@ -81,7 +88,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.set_defaults(func=cmd_migrate)
 
     p = sub.add_parser("apps", help="manage applications")
-    apps_sub = p.add_subparsers(dest="apps_command", required=True)
+    p.set_defaults(help_of=p)
+    apps_sub = p.add_subparsers(dest="apps_command")
     p = apps_sub.add_parser("create", parents=[common], help="create an app and print its keys")
     p.add_argument("--name", required=True, help="1 to 100 characters, no control characters")
     p.add_argument("--json", action="store_true", help="print one JSON object")
@@ -102,13 +110,15 @@ def build_parser() -> argparse.ArgumentParser:
     p.set_defaults(func=cmd_apps_delete)
 
     p = sub.add_parser("db", help="the embedded local TimescaleDB")
-    db_sub = p.add_subparsers(dest="db_command", required=True)
+    p.set_defaults(help_of=p)
+    db_sub = p.add_subparsers(dest="db_command")
     p = db_sub.add_parser("start", parents=[common], help="start (or reuse) and print its URL")
     p.set_defaults(func=cmd_db_start)
     p = db_sub.add_parser("stop", parents=[common], help="stop it")
     p.set_defaults(func=cmd_db_stop)
     p = sub.add_parser("rollups", help="the per-minute and per-hour rollups")
-    rollups_sub = p.add_subparsers(dest="rollups_command", required=True)
+    p.set_defaults(help_of=p)
+    rollups_sub = p.add_subparsers(dest="rollups_command")
     p = rollups_sub.add_parser(
         "rebuild",
         parents=[common],
@@ -147,33 +157,80 @@ def _positive_int(text: str) -> int:
     return value
 
 
+def cli_name() -> str:
+    """How to run this command from the shell it was started in: ``apinalytics`` when
+    that is on PATH (and is this one), else its path, such as ``.venv/bin/apinalytics``."""
+    mine = Path(sys.prefix) / "bin" / "apinalytics"
+    found = shutil.which("apinalytics")
+    if found is not None and Path(found).resolve() == mine.resolve():
+        return "apinalytics"
+    with contextlib.suppress(ValueError):
+        return str(mine.absolute().relative_to(Path.cwd().absolute()))
+    return str(mine)
+
+
+def banner(settings: Settings) -> str:
+    from . import dashboard
+
+    # An address that listens everywhere is reached here at the loopback one.
+    host = {"0.0.0.0": "127.0.0.1", "::": "[::1]"}.get(settings.host, settings.host)
+    host = f"[{host}]" if ":" in host and not host.startswith("[") else host
+    base = f"http://{host}:{settings.port}"
+    lines = [f"APInalytics listening on {base}/"]
+    if dashboard.DASHBOARD_DIR.is_dir():
+        lines.append(f"Dashboard: {base}/dashboard/")
+    lines.append(f"Create an app with: {cli_name()} apps create --name my-api")
+    return "\n".join(lines)
+
+
+# What a listening socket cannot do, said in one line rather than a traceback.
+_BIND_ERRORS = {
+    errno.EADDRINUSE: "the port is in use (another apinalytics serve?); choose one with --port",
+    errno.EACCES: "permission denied; ports below 1024 need privileges",
+    errno.EADDRNOTAVAIL: "this machine has no such address",
+}
+
+
 def serve(settings: Settings, *, migrate_first: bool) -> int:
-    banner = (
-        f"APInalytics listening on http://{settings.host}:{settings.port}/\n"
-        "Create an app with: apinalytics apps create --name my-api"
-    )
     if settings.workers > 1:
-        return serve_workers(settings, migrate_first=migrate_first, banner=banner)
+        return serve_workers(settings, migrate_first=migrate_first, banner=banner(settings))
 
     from aiohttp import web
 
-    from .app import create_app, tune_gc
+    from .app import LOCAL_CLUSTER, create_app, tune_gc
 
     app = create_app(settings, run_migrations=migrate_first)
     tune_gc()
     loop = new_event_loop(settings)
-    print(banner, file=sys.stderr, flush=True)
     # aiohttp handles SIGINT/SIGTERM: stops accepting, lets in-flight requests finish
-    # (shutdown_timeout), then runs the cleanup contexts.
-    web.run_app(
-        app,
-        host=settings.host,
-        port=settings.port,
-        access_log=None,
-        shutdown_timeout=30,
-        print=None,
-        loop=loop,
-    )
+    # (shutdown_timeout), then runs the cleanup contexts. It calls `print` once the
+    # socket is bound: only then is the service listening.
+    try:
+        web.run_app(
+            app,
+            host=settings.host,
+            port=settings.port,
+            access_log=None,
+            shutdown_timeout=30,
+            print=lambda _: print(banner(settings), file=sys.stderr, flush=True),
+            loop=loop,
+        )
+    except OSError as exc:
+        if exc.errno not in _BIND_ERRORS:
+            raise
+        print(
+            f"apinalytics: cannot listen on {settings.host}:{settings.port}: "
+            f"{_BIND_ERRORS[exc.errno]}",
+            file=sys.stderr,
+        )
+        return 1
+    finally:
+        if LOCAL_CLUSTER in app:
+            print(
+                "The embedded TimescaleDB keeps running, for the next serve; stop it with: "
+                f"{cli_name()} db stop",
+                file=sys.stderr,
+            )
     return 0
 
 
@@ -281,8 +338,11 @@ async def cmd_apps_list(args: argparse.Namespace, settings: Settings) -> int:
             )
         )
     else:
+        print("APP ID\tNAME\tCREATED (UTC)")
         for a in rows:
-            print(f"{a.app_id}\t{a.name}\t{a.created_at:%Y-%m-%d %H:%M:%S}")
+            print(f"{a.app_id}\t{a.name}\t{a.created_at.astimezone(UTC):%Y-%m-%d %H:%M:%S}")
+        if not rows:
+            print(f"No applications yet: {cli_name()} apps create --name NAME", file=sys.stderr)
     return 0
 
 
@@ -362,7 +422,9 @@ async def cmd_db_stop(args: argparse.Namespace, settings: Settings) -> int:
         settings.home / "pgdata", localdb.find_bindir(settings.pg_bindir)
     )
     cluster.datadir = cluster.datadir.resolve()
-    cluster.stop()
+    if not cluster.stop():
+        print(f"not running (no embedded cluster runs in {cluster.datadir})")
+        return 0
     print("stopped")
     return 0
 
