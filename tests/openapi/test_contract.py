@@ -22,6 +22,7 @@ from openapi_spec_validator import validate
 
 from apinalytics import apps, openapi
 from apinalytics.app import create_app
+from apinalytics.keys import SETTINGS
 from apinalytics.settings import Settings
 
 from ..helpers import assert_error, event, read_headers
@@ -51,7 +52,7 @@ async def test_the_served_document_is_valid_openapi_3_1(client: TestClient) -> N
     doc = await resp.json()
     validate(doc)
     assert doc["openapi"].startswith("3.1")
-    assert doc == openapi.document(client.app[openapi.SETTINGS], openapi.routes(client.app))
+    assert doc == openapi.document(client.app[SETTINGS], openapi.routes(client.app))
 
 
 @pytest.mark.parametrize("route", sorted(routed()), ids=lambda r: f"{r[0]} {r[1]}")
