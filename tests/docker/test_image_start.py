@@ -11,7 +11,9 @@ image's unprivileged user. What the run adds to the image's ENV is only what
 compose.yaml or `docker run` gives: the database URL, and a free port on 127.0.0.1
 instead of 0.0.0.0:8080. No session secret is in the environment.
 
-- /readyz answers 200, and the HEALTHCHECK's own command exits 0;
+- started as ``docker run`` would (the image's ENV) or as compose.yaml does (with its
+  environment, empty optional values included): /readyz answers 200, and the
+  HEALTHCHECK's own command exits 0;
 - /dashboard/ answers 200, and so does the Chart.js file it loads (the npm stage's);
 - the generated session secret is the one file written, in the state directory;
 - SIGTERM stops it with exit status 0;
@@ -38,6 +40,7 @@ import pytest
 from apinalytics.localdb import free_port
 
 from . import dockerfile
+from . import test_compose as compose
 from .dockerfile import ROOT, Stage
 
 VENV_BIN = Path(sys.executable).parent
@@ -202,10 +205,23 @@ def test_the_dockerfile_says_how_the_image_starts() -> None:
     )
 
 
-async def test_the_image_start_command_serves_as_its_user(image: Image, database_url: str) -> None:
+def compose_environment() -> dict[str, str]:
+    """What compose.yaml adds for the service, .env.example's empty values included;
+    its database URL is replaced by the test's."""
+    env: dict[str, str] = compose.config()["services"]["apinalytics"]["environment"]
+    return {k: v for k, v in env.items() if k != "APINALYTICS_DATABASE_URL"}
+
+
+@pytest.mark.parametrize("started_by", ["docker run", "compose"])
+async def test_the_image_start_command_serves_as_its_user(
+    image: Image, database_url: str, started_by: str
+) -> None:
     port = free_port()
     env = image.env(database_url, port)
     assert "APINALYTICS_SESSION_SECRET" not in env
+    if started_by == "compose":
+        env.update(compose_environment())
+        assert env["APINALYTICS_SESSION_SECRET"] == ""
     log = image.root.parent / f"{image.root.name}.log"
     # The process imports the image's copy of the package, not the checkout's.
     where = await asyncio.create_subprocess_exec(
