@@ -11,6 +11,7 @@ import asyncio
 import contextlib
 import errno
 import json
+import os
 import shutil
 import sys
 from collections.abc import Callable, Coroutine, Sequence
@@ -191,6 +192,11 @@ _BIND_ERRORS = {
 }
 
 
+_EMBEDDED_RUNS_ON = (
+    "The embedded TimescaleDB keeps running, for the next serve; stop it with: {cli} db stop"
+)
+
+
 def serve(settings: Settings, *, migrate_first: bool) -> int:
     if settings.workers > 1:
         return serve_workers(settings, migrate_first=migrate_first, banner=banner(settings))
@@ -226,11 +232,7 @@ def serve(settings: Settings, *, migrate_first: bool) -> int:
         return 1
     finally:
         if LOCAL_CLUSTER in app:
-            print(
-                "The embedded TimescaleDB keeps running, for the next serve; stop it with: "
-                f"{cli_name()} db stop",
-                file=sys.stderr,
-            )
+            print(_EMBEDDED_RUNS_ON.format(cli=cli_name()), file=sys.stderr)
     return 0
 
 
@@ -249,10 +251,19 @@ def serve_workers(settings: Settings, *, migrate_first: bool, banner: str) -> in
 
     try:
         dsn = asyncio.run(dsn_for(settings))
+    except (OSError, asyncpg.PostgresError, localdb.LocalDbError) as exc:
+        print(f"apinalytics: {exc}", file=sys.stderr)
+        return 1
+    arbiter = os.getpid()
+    try:
         return workers.serve(settings, dsn, migrate_first=migrate_first, banner=banner)
     except (OSError, asyncpg.PostgresError, localdb.LocalDbError) as exc:
         print(f"apinalytics: {exc}", file=sys.stderr)
         return 1
+    finally:
+        # The workers, forked inside, leave through this frame too: only the arbiter says it.
+        if not settings.database_url and os.getpid() == arbiter:
+            print(_EMBEDDED_RUNS_ON.format(cli=cli_name()), file=sys.stderr)
 
 
 async def dsn_for(settings: Settings) -> str:

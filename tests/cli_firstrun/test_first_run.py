@@ -140,18 +140,29 @@ async def read_banner(proc: asyncio.subprocess.Process) -> list[str]:
             return lines
 
 
+async def started(proc: asyncio.subprocess.Process, lines: list[str], processes: int) -> None:
+    """Until every process logged its start: from then on each has its signal handlers
+    (a worker that has not would lose a SIGTERM: see helpers.wait_until_started)."""
+    assert proc.stderr is not None
+    while sum('"msg": "event loop"' in line for line in lines) < processes:
+        line = await asyncio.wait_for(proc.stderr.readline(), 60)
+        assert line, lines
+        lines.append(line.decode())
+
+
 def bound(port: int) -> bool:
     with socket.socket() as s:
         return s.connect_ex(("127.0.0.1", port)) == 0
 
 
+@pytest.mark.parametrize("workers", ["1", "2"])
 async def test_serve_says_listening_once_bound_with_the_dashboard_and_cli(
-    database_url: str, tmp_path: Path
+    database_url: str, tmp_path: Path, workers: str
 ) -> None:
     port = free_port()
     env = serve_env(tmp_path, database_url)
     proc = await asyncio.create_subprocess_exec(
-        *cli("serve", "--port", str(port)),
+        *cli("serve", "--port", str(port), "--workers", workers),
         env=env,
         cwd=tmp_path,
         stdin=asyncio.subprocess.DEVNULL,
@@ -168,6 +179,7 @@ async def test_serve_says_listening_once_bound_with_the_dashboard_and_cli(
         # Runnable from the user's shell as printed: on PATH, or a path to it.
         runnable = shutil.which(hint, path=env["PATH"]) or (tmp_path / hint)
         assert Path(runnable).is_file() and os.access(runnable, os.X_OK), hint
+        await started(proc, lines, int(workers))
     finally:
         proc.send_signal(signal.SIGTERM)
         await asyncio.wait_for(proc.communicate(), 30)
@@ -205,12 +217,13 @@ async def project() -> AsyncIterator[Path]:
         shutil.rmtree(root, ignore_errors=True)
 
 
+@pytest.mark.parametrize("workers", ["1", "2"])
 async def test_ctrl_c_says_the_embedded_cluster_runs_on_and_db_stop_says_what_it_did(
-    project: Path,
+    project: Path, workers: str
 ) -> None:
     env = serve_env(project, None)
     proc = await asyncio.create_subprocess_exec(
-        *cli("serve", "--port", str(free_port())),
+        *cli("serve", "--port", str(free_port()), "--workers", workers),
         env=env,
         cwd=project,
         stdin=asyncio.subprocess.DEVNULL,
@@ -218,14 +231,16 @@ async def test_ctrl_c_says_the_embedded_cluster_runs_on_and_db_stop_says_what_it
         stderr=asyncio.subprocess.PIPE,
     )
     try:
-        await read_banner(proc)
+        lines = await read_banner(proc)
+        await started(proc, lines, int(workers))
     finally:
         proc.send_signal(signal.SIGINT)
         _, err = await asyncio.wait_for(proc.communicate(), 60)
     assert proc.returncode == 0
-    last = err.decode().strip().splitlines()[-1]
-    assert "embedded TimescaleDB keeps running" in last
-    assert last.endswith(" db stop")
+    said = [line for line in err.decode().splitlines() if "keeps running" in line]
+    assert len(said) == 1, said
+    assert said[0].startswith("The embedded TimescaleDB keeps running")
+    assert said[0].endswith(" db stop")
 
     code, out, _ = await run(*cli("db", "stop"), env=env, cwd=project)
     assert (code, out.strip()) == (0, "stopped")
