@@ -6,7 +6,7 @@ BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 DASHBOARD := dashboard/node_modules/.package-lock.json
 
-.PHONY: run test check lint typecheck pytest system setup bench-ingest bench-query clean
+.PHONY: run test check lint typecheck pytest system setup bench-ingest bench-query clean fuzz
 
 run: setup
 	$(BIN)/apinalytics serve
@@ -35,12 +35,19 @@ check: lint typecheck
 lint: $(STAMP)
 	$(BIN)/ruff check service tests bench
 	$(BIN)/ruff format --check service tests bench
+	$(BIN)/hadolint docker/Dockerfile
 
 typecheck: $(STAMP)
 	$(BIN)/mypy
 
 pytest: $(STAMP)
 	$(BIN)/pytest
+
+# The OpenAPI contract against a live service, with many more generated requests than
+# the suite's (tests/openapi/test_fuzz.py); FUZZ_EXAMPLES per operation.
+FUZZ_EXAMPLES ?= 500
+fuzz: setup
+	FUZZ_EXAMPLES=$(FUZZ_EXAMPLES) $(BIN)/pytest tests/openapi/test_fuzz.py -p no:cacheprovider
 
 bench-ingest: setup
 	$(BIN)/python bench/ingest.py

@@ -1,4 +1,4 @@
-"""The ``apinalytics`` command: serve, migrate, apps, ... (also ``python -m apinalytics``).
+"""The apinalytics command: serve, migrate, apps, ... (also python -m apinalytics).
 
 Configuration comes from ``APINALYTICS_*`` environment variables (see settings.py);
 the flags below override them.
@@ -21,6 +21,7 @@ import asyncpg
 from . import __version__, apps_cli, localdb, logs, migrate, retention_cli
 from .edition import Edition
 from .rollups import rebuild
+from .serve_cli import serve
 from .settings import Settings
 
 Command = Callable[[argparse.Namespace, Settings], Coroutine[Any, Any, int]]
@@ -29,6 +30,10 @@ Command = Callable[[argparse.Namespace, Settings], Coroutine[Any, Any, int]]
 def main(argv: Sequence[str] | None = None) -> None:
     parser = build_parser()
     args = parser.parse_args(argv)
+    if args.command is None or (getattr(args, "func", None) is None and args.command != "serve"):
+        # A command group without its command (`apinalytics`, `apinalytics apps`): its help.
+        getattr(args, "help_of", parser).print_help()
+        sys.exit(0)
     overrides = {
         k: v
         for k, v in {
@@ -64,7 +69,8 @@ def build_parser() -> argparse.ArgumentParser:
 
     parser = argparse.ArgumentParser(prog="apinalytics", description=__doc__.splitlines()[0])
     parser.add_argument("--version", action="version", version=__version__)
-    sub = parser.add_subparsers(dest="command", required=True)
+    parser.set_defaults(help_of=parser)
+    sub = parser.add_subparsers(dest="command")
 
     p = sub.add_parser("serve", parents=[common], help="run the HTTP service")
     p.add_argument("--host", help="listen address (APINALYTICS_HOST, default 127.0.0.1)")
@@ -83,13 +89,15 @@ def build_parser() -> argparse.ArgumentParser:
     apps_cli.register(sub, common)
 
     p = sub.add_parser("db", help="the embedded local TimescaleDB")
-    db_sub = p.add_subparsers(dest="db_command", required=True)
+    p.set_defaults(help_of=p)
+    db_sub = p.add_subparsers(dest="db_command")
     p = db_sub.add_parser("start", parents=[common], help="start (or reuse) and print its URL")
     p.set_defaults(func=cmd_db_start)
     p = db_sub.add_parser("stop", parents=[common], help="stop it")
     p.set_defaults(func=cmd_db_stop)
     p = sub.add_parser("rollups", help="the per-minute and per-hour rollups")
-    rollups_sub = p.add_subparsers(dest="rollups_command", required=True)
+    p.set_defaults(help_of=p)
+    rollups_sub = p.add_subparsers(dest="rollups_command")
     p = rollups_sub.add_parser(
         "rebuild",
         parents=[common],
@@ -126,57 +134,6 @@ def _positive_int(text: str) -> int:
     if value < 1:
         raise argparse.ArgumentTypeError(f"{text!r} is not a whole number of at least 1")
     return value
-
-
-def serve(settings: Settings, *, migrate_first: bool) -> int:
-    banner = (
-        f"APInalytics listening on http://{settings.host}:{settings.port}/\n"
-        "Create an app with: apinalytics apps create --name my-api"
-    )
-    if settings.workers > 1:
-        return serve_workers(settings, migrate_first=migrate_first, banner=banner)
-
-    from aiohttp import web
-
-    from .app import create_app, tune_gc
-
-    app = create_app(settings, run_migrations=migrate_first)
-    tune_gc()
-    loop = new_event_loop(settings)
-    print(banner, file=sys.stderr, flush=True)
-    # aiohttp handles SIGINT/SIGTERM: stops accepting, lets in-flight requests finish
-    # (shutdown_timeout), then runs the cleanup contexts.
-    web.run_app(
-        app,
-        host=settings.host,
-        port=settings.port,
-        access_log=None,
-        shutdown_timeout=30,
-        print=None,
-        loop=loop,
-    )
-    return 0
-
-
-def new_event_loop(settings: Settings) -> asyncio.AbstractEventLoop:
-    """The event loop ``settings.event_loop`` names (``serve`` runs on it)."""
-    if settings.event_loop == "uvloop":
-        import uvloop
-
-        return uvloop.new_event_loop()
-    return asyncio.new_event_loop()
-
-
-def serve_workers(settings: Settings, *, migrate_first: bool, banner: str) -> int:
-    """Several processes (see workers.py): the database is found once, here."""
-    from . import workers
-
-    try:
-        dsn = asyncio.run(localdb.dsn_for(settings))
-        return workers.serve(settings, dsn, migrate_first=migrate_first, banner=banner)
-    except (OSError, asyncpg.PostgresError, localdb.LocalDbError) as exc:
-        print(f"apinalytics: {exc}", file=sys.stderr)
-        return 1
 
 
 async def cmd_migrate(args: argparse.Namespace, settings: Settings) -> int:
@@ -228,7 +185,10 @@ async def cmd_db_start(args: argparse.Namespace, settings: Settings) -> int:
 
 
 async def cmd_db_stop(args: argparse.Namespace, settings: Settings) -> int:
-    localdb.project_cluster(settings).stop()
+    cluster = localdb.project_cluster(settings)
+    if not cluster.stop():
+        print(f"not running (no embedded cluster runs in {cluster.datadir})")
+        return 0
     print("stopped")
     return 0
 

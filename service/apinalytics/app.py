@@ -11,7 +11,7 @@ from concurrent.futures import ThreadPoolExecutor
 
 from aiohttp import web
 
-from . import accounts, dashboard, export, localdb, logs, middleware, migrate
+from . import accounts, dashboard, export, localdb, logs, middleware, migrate, openapi
 from .db import Database, create_pool, serial_plans, unix_us_timestamps
 from .edition import Edition
 from .ingest import handlers as ingest
@@ -104,6 +104,7 @@ def add_routes(app: web.Application) -> None:
     for p in ("/readyz", "/readyz/"):
         app.router.add_get(p, readyz)
     app.router.add_get("/metrics", metrics_view)
+    app.router.add_get("/openapi.json", openapi.view)
     # The landing page at "/", login, and the application and key pages.
     accounts.add_routes(app)
     dashboard.add_routes(app)

@@ -7,18 +7,21 @@ from __future__ import annotations
 import argparse
 import json
 import sys
+from datetime import UTC
 from typing import Any
 
 import asyncpg
 
 from . import apps, localdb, migrate
+from .serve_cli import cli_name
 from .settings import Settings
 
 
 def register(sub: Any, common: argparse.ArgumentParser) -> None:
     """Add ``apps`` and its commands to the ``apinalytics`` subparsers."""
     p = sub.add_parser("apps", help="manage applications")
-    apps_sub = p.add_subparsers(dest="apps_command", required=True)
+    p.set_defaults(help_of=p)
+    apps_sub = p.add_subparsers(dest="apps_command")
     p = apps_sub.add_parser("create", parents=[common], help="create an app and print its keys")
     p.add_argument("--name", required=True, help="1 to 100 characters, no control characters")
     p.add_argument("--json", action="store_true", help="print one JSON object")
@@ -91,8 +94,11 @@ async def cmd_apps_list(args: argparse.Namespace, settings: Settings) -> int:
             )
         )
     else:
+        print("APP ID\tNAME\tCREATED (UTC)")
         for a in rows:
-            print(f"{a.app_id}\t{a.name}\t{a.created_at:%Y-%m-%d %H:%M:%S}")
+            print(f"{a.app_id}\t{a.name}\t{a.created_at.astimezone(UTC):%Y-%m-%d %H:%M:%S}")
+        if not rows:
+            print(f"No applications yet: {cli_name()} apps create --name NAME", file=sys.stderr)
     return 0
 
 

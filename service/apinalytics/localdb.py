@@ -156,11 +156,12 @@ class LocalCluster:
         self._create_default_db()
         return self
 
-    def stop(self) -> None:
-        if (self.datadir / "postmaster.pid").exists():
-            self._run_pg(
-                ["pg_ctl", "-D", str(self.datadir), "-m", "fast", "-w", "stop"], check=False
-            )
+    def stop(self) -> bool:
+        """Stop the cluster; False if it was not running."""
+        if not self._is_running():
+            return False
+        self._run_pg(["pg_ctl", "-D", str(self.datadir), "-m", "fast", "-w", "stop"], check=False)
+        return True
 
     # -- internals ---------------------------------------------------------------
 
