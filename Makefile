@@ -19,10 +19,11 @@ system:
 
 setup: system $(STAMP) $(DASHBOARD)
 
-$(STAMP): pyproject.toml
+$(STAMP): pyproject.toml clients/python/pyproject.toml
 	@test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
 	$(BIN)/pip install -q --upgrade pip
 	$(BIN)/pip install -q -e '.[dev]'
+	$(BIN)/pip install -q -e 'clients/python[aiohttp,flask,django]'
 	@touch $@
 
 # The dashboard's JavaScript dependencies (Chart.js), exactly as locked.
@@ -33,11 +34,12 @@ $(DASHBOARD): dashboard/package.json dashboard/package-lock.json
 check: lint typecheck
 
 lint: $(STAMP)
-	$(BIN)/ruff check service tests bench
-	$(BIN)/ruff format --check service tests bench
+	$(BIN)/ruff check service tests bench clients/python
+	$(BIN)/ruff format --check service tests bench clients/python
 
 typecheck: $(STAMP)
 	$(BIN)/mypy
+	$(BIN)/mypy --config-file clients/python/pyproject.toml
 
 pytest: $(STAMP)
 	$(BIN)/pytest

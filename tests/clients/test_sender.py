@@ -13,9 +13,9 @@ import time
 
 import pytest
 from aiohttp.test_utils import TestClient
-from apinalytics_client import AsyncSender, Sender
 
 from apinalytics.apps import NewApp
+from apinalytics_client import AsyncSender, Sender
 
 from .support import counts, error, hanging_server, ok, scripted_server, service_url, total
 
