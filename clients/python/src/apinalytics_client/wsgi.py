@@ -127,6 +127,7 @@ def init_flask(
     *,
     consumer_id: Callable[[Any], str | None] | None = None,
     data: Callable[[Any], Mapping[str, str] | None] | None = None,
+    function: Callable[[Any], str | None] | None = None,
     skip_paths: Iterable[str] = DEFAULT_SKIP_PATHS,
     secret_params: Iterable[str] = DEFAULT_SECRET_PARAMS,
 ) -> ApinalyticsWSGI:
@@ -145,6 +146,8 @@ def init_flask(
                 environ[CONSUMER_KEY] = consumer_id(request)
             if data is not None:
                 environ[DATA_KEY] = data(request)
+            if function is not None:
+                environ[FUNCTION_KEY] = function(request) or ""
         except Exception:
             environ[CONSUMER_KEY] = environ[DATA_KEY] = None
             from ._middleware import _hook_warnings
