@@ -6,7 +6,7 @@ BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 DASHBOARD := dashboard/node_modules/.package-lock.json
 
-.PHONY: run test check lint typecheck pytest system setup bench-ingest bench-query clean
+.PHONY: run test check lint typecheck pytest system setup bench-ingest bench-query bench-client clean
 
 run: setup
 	$(BIN)/apinalytics serve
@@ -49,6 +49,9 @@ bench-ingest: setup
 
 bench-query: setup
 	$(BIN)/python bench/query.py
+
+bench-client: setup
+	$(BIN)/python bench/client.py
 
 clean:
 	rm -rf $(VENV) .apinalytics .pytest_cache .mypy_cache .ruff_cache

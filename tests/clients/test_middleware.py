@@ -236,8 +236,6 @@ def flask_app() -> Any:
 async def test_flask(
     client: TestClient, app_keys: NewApp, caplog: pytest.LogCaptureFixture
 ) -> None:
-    from flask import request
-
     from apinalytics_client.wsgi import init_flask
 
     sender = sender_for(client, app_keys)
@@ -250,7 +248,6 @@ async def test_flask(
         resp.close()
         return int(resp.status_code)
 
-    assert request is not None
     await request_all(get)
     assert await asyncio.to_thread(sender.close, 10)
     await expect_recorded(client, app_keys, "/orders/<int:order_id>", "/boom")

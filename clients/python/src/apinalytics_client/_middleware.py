@@ -44,6 +44,7 @@ DEFAULT_SECRET_PARAMS: frozenset[str] = frozenset(
         "credentials",
     }
 )
+MAX_REMEMBERED_NAMES = 4096
 SECRET_SUFFIXES = ("key", "token", "secret", "password", "signature")
 
 
@@ -67,7 +68,15 @@ class Options(Generic[R]):
     function(request) -> str | None overrides the route template as ``function``.
     """
 
-    __slots__ = ("consumer_id", "data", "function", "secret_params", "sink", "skip_paths")
+    __slots__ = (
+        "_secret",
+        "consumer_id",
+        "data",
+        "function",
+        "secret_params",
+        "sink",
+        "skip_paths",
+    )
 
     def __init__(
         self,
@@ -85,12 +94,26 @@ class Options(Generic[R]):
         self.function = function
         self.skip_paths = frozenset(skip_paths)
         self.secret_params = frozenset(_norm(p) for p in secret_params)
+        # Whether a parameter name (as sent) is a secret, remembered: an API has few
+        # distinct names, and deciding costs a couple of microseconds each time.
+        self._secret: dict[str, bool] = {}
 
     def url(self, path: str, query: str) -> str:
         """The URL as recorded: the path, and the query without secret parameters."""
         if not query:
             return path
-        kept = [p for p in query.split("&") if p and not self.is_secret(p.split("=", 1)[0])]
+        known = self._secret
+        kept = []
+        for param in query.split("&"):
+            name = param.partition("=")[0]
+            secret = known.get(name)
+            if secret is None:
+                secret = self.is_secret(name)
+                if len(known) >= MAX_REMEMBERED_NAMES:
+                    known.clear()
+                known[name] = secret
+            if param and not secret:
+                kept.append(param)
         return f"{path}?{'&'.join(kept)}" if kept else path
 
     def is_secret(self, name: str) -> bool:

@@ -156,7 +156,8 @@ def init_flask(
 
     # First of the before_request hooks: another one may answer without calling the rest.
     app.before_request_funcs.setdefault(None, []).insert(0, note_route)
-    app.teardown_request(note_hooks)
+    if consumer_id is not None or data is not None or function is not None:
+        app.teardown_request(note_hooks)
     wrapped = ApinalyticsWSGI(
         app.wsgi_app,
         sender,
