@@ -9,6 +9,8 @@ from __future__ import annotations
 import asyncio
 import logging
 import os
+import subprocess
+import sys
 import time
 
 import pytest
@@ -169,6 +171,25 @@ async def test_close_flushes_and_then_drops(client: TestClient, app_keys: NewApp
     assert not sender.record(method="GET", url="/", status_code=200, response_us=1)
     assert sender.stats.dropped == 1
     assert await total(client, app_keys) == 7
+
+
+def test_events_are_flushed_at_interpreter_exit() -> None:
+    with scripted_server(ok()) as (url, script):
+        program = (
+            "from apinalytics_client import Sender\n"
+            f"s = Sender('app1', 'wk', {url!r}, max_age_s=60)\n"
+            "for i in range(5):\n"
+            "    s.record(method='GET', url='/', status_code=200, response_us=i)\n"
+        )
+        subprocess.run([sys.executable, "-c", program], check=True, timeout=30)
+    [batch] = script.seen
+    assert [e["response_us"] for e in batch.events] == [0, 1, 2, 3, 4]
+
+
+def test_async_sender_outside_a_loop_drops_instead_of_raising() -> None:
+    sender = AsyncSender("app1", "wk", "http://127.0.0.1:9")
+    assert not sender.record(method="GET", url="/", status_code=200, response_us=1)
+    assert sender.stats.dropped == 1
 
 
 async def test_a_forked_child_sends_its_own_events_and_none_twice(

@@ -134,7 +134,15 @@ class AsyncSender:
             )
             return False
         if self._task is None:
-            self._start()
+            try:
+                self._start()
+            except RuntimeError:  # no running loop in this thread: a Sender's place
+                with self._counters.lock:
+                    self._counters.dropped += 1
+                self._warn.warning(
+                    "no loop", "apinalytics: AsyncSender used outside its event loop; use Sender"
+                )
+                return False
         queue.append(event)
         wake = self._wake
         if len(queue) >= self.batch_size and wake is not None and not wake.is_set():
@@ -256,7 +264,7 @@ class AsyncSender:
             except (OSError, asyncio.TimeoutError, ValueError) as exc:
                 reason = f"{type(exc).__name__}: {exc}"
             else:
-                if status == 200:
+                if 200 <= status < 300:
                     with self._counters.lock:
                         self._counters.sent += len(batch)
                     return

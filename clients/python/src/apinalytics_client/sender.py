@@ -291,7 +291,7 @@ class Sender:
             except (OSError, http.client.HTTPException) as exc:
                 reason = f"{type(exc).__name__}: {exc}"
             else:
-                if status == 200:
+                if 200 <= status < 300:
                     with self._counters.lock:
                         self._counters.sent += len(batch)
                     return
@@ -306,8 +306,9 @@ class Sender:
                     )
                     return
                 reason = f"HTTP {status} {error_message(status, answer)}"
-            delay = retry_after if retry_after is not None else None
-            if delay is None:
+            if retry_after is not None:
+                delay = retry_after
+            else:
                 delay = backoff_s(attempt, self.backoff_base_s, self.backoff_max_s)
             if self._stopping or time.monotonic() - started + delay > self.give_up_after_s:
                 self._failed(batch)
