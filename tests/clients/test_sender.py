@@ -162,6 +162,18 @@ def test_a_full_queue_drops_and_counts_without_blocking(caplog: pytest.LogCaptur
     assert len([r for r in caplog.records if "queue full" in r.getMessage()]) == 1
 
 
+def test_a_read_timeout_is_retried() -> None:
+    with hanging_server() as url:
+        sender = quick(NewApp("app1", "a", "wk", None), url, read_timeout_s=0.2)
+        record(sender, 1)
+        deadline = time.monotonic() + 10
+        while sender.stats.retries < 2 and time.monotonic() < deadline:
+            time.sleep(0.05)
+        stats = sender.stats
+        sender.close(0.1)
+    assert stats.retries >= 2 and stats.queued == 1 and stats.sent == 0
+
+
 async def test_close_flushes_and_then_drops(client: TestClient, app_keys: NewApp) -> None:
     sender = quick(app_keys, service_url(client), max_age_s=60, batch_size=1000)
     record(sender, 7)
