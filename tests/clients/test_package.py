@@ -5,11 +5,14 @@ imports the other."""
 from __future__ import annotations
 
 import ast
+import os
 import shutil
 import subprocess
 import sys
 import zipfile
 from pathlib import Path
+
+import pytest
 
 ROOT = Path(__file__).resolve().parents[2]
 CLIENT = ROOT / "clients" / "python"
@@ -106,3 +109,24 @@ def test_the_wheel_builds_installs_and_imports_alone(tmp_path: Path) -> None:
     ).stdout.splitlines()
     assert out[0].startswith(str(site))
     assert out[1] == "[]"
+
+
+PYENV = Path(os.environ.get("PYENV_ROOT", Path.home() / ".pyenv")) / "versions"
+
+
+@pytest.mark.parametrize("minor", ["3.9", "3.10", "3.12", "3.13"])
+def test_the_client_runs_on_every_python_it_claims(minor: str) -> None:
+    """requires-python >= 3.9: the senders and middleware run there, not only on the
+    service's 3.11 (interpreters as pyenv installs them on the project's machines)."""
+    found = sorted(PYENV.glob(f"{minor}.*/bin/python"))
+    if not found:
+        pytest.skip(f"no Python {minor} under {PYENV} (pyenv install {minor})")
+    out = subprocess.run(
+        [str(found[-1]), "-s", str(Path(__file__).with_name("smoke_client.py"))],
+        env={"PYTHONPATH": str(CLIENT / "src")},
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    assert out.returncode == 0, out.stderr
+    assert out.stdout.split() == ["/asgi?a=2", "/async", "/wsgi"]
