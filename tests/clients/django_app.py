@@ -2,7 +2,10 @@
 
 from __future__ import annotations
 
-from django.http import HttpRequest, HttpResponse, JsonResponse
+import time
+from collections.abc import Iterator
+
+from django.http import HttpRequest, HttpResponse, JsonResponse, StreamingHttpResponse
 from django.urls import path
 
 
@@ -18,7 +21,17 @@ def health(request: HttpRequest) -> HttpResponse:
     return HttpResponse("ok")
 
 
+def stream(request: HttpRequest) -> StreamingHttpResponse:
+    def chunks() -> Iterator[bytes]:
+        for _ in range(4):
+            time.sleep(0.05)
+            yield b"chunk\n"
+
+    return StreamingHttpResponse(chunks())
+
+
 urlpatterns = [
+    path("stream", stream),
     path("orders/<int:order_id>", order, name="order"),
     path("boom", boom),
     path("healthz", health),

@@ -328,3 +328,29 @@ async def test_django(client: TestClient, app_keys: NewApp, django_configured: N
     assert await asyncio.to_thread(run) == [200, 200, 500, 200, 404]
     assert await asyncio.to_thread(sender.close, 10)
     await expect_recorded(client, app_keys, "/orders/<int:order_id>", "/boom")
+
+
+async def test_django_times_a_streaming_response_until_its_end(
+    client: TestClient, app_keys: NewApp, django_configured: None
+) -> None:
+    from django.test import Client, override_settings
+
+    sender = sender_for(client, app_keys)
+
+    def run() -> bytes:
+        with override_settings(APINALYTICS={"sender": sender}):
+            resp = Client().get("/stream")
+            body = b"".join(resp.streaming_content)  # type: ignore[attr-defined]
+            resp.close()
+            return body
+
+    assert await asyncio.to_thread(run) == b"chunk\n" * 4
+    assert await asyncio.to_thread(sender.close, 10)
+    now = int(time.time())
+    resp = await client.get(
+        f"/1/timeseries/{now - 3600}/{now + 3600}/",
+        params={"aggregation": "min", "group": "function"},
+        headers=read_headers(app_keys),
+    )
+    [[_, fastest]] = (await resp.json())["groups"]["/stream"]
+    assert fastest >= 200_000  # 4 x 50 ms

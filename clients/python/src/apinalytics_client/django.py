@@ -11,12 +11,14 @@ also hold ``sender`` (a ``Sender`` made elsewhere, instead of the three above),
 ``secret_params``. ``function`` is the matched URL pattern
 (``request.resolver_match.route``, e.g. ``/orders/<int:pk>/``), else the view's name,
 empty when nothing matched. A view's exception is answered 500 by Django's handler
-before this middleware sees it, and recorded as 500. Works under WSGI and ASGI.
+before this middleware sees it, and recorded as 500. A ``StreamingHttpResponse`` is
+timed until its last chunk was sent. Works under WSGI and ASGI.
 """
 
 from __future__ import annotations
 
 import time
+from collections.abc import AsyncIterator, Iterator
 from typing import Any, Callable
 
 from ._middleware import DEFAULT_SECRET_PARAMS, DEFAULT_SKIP_PATHS, EventSink, Options
@@ -112,6 +114,37 @@ class ApinalyticsMiddleware:
         return response
 
     def _record(self, request: Any, response: Any, started: float, t0: float) -> None:
+        if getattr(response, "streaming", False):
+            self._record_when_streamed(request, response, started, t0)
+            return
+        self._record_now(request, response, started, t0)
+
+    def _record_when_streamed(self, request: Any, response: Any, started: float, t0: float) -> None:
+        """A streaming response is recorded once its last chunk was sent (or the
+        server closed it early)."""
+        content = response.streaming_content
+
+        if getattr(response, "is_async", False):
+
+            async def timed_async() -> AsyncIterator[Any]:
+                try:
+                    async for chunk in content:
+                        yield chunk
+                finally:
+                    self._record_now(request, response, started, t0)
+
+            response.streaming_content = timed_async()
+        else:
+
+            def timed() -> Iterator[Any]:
+                try:
+                    yield from content
+                finally:
+                    self._record_now(request, response, started, t0)
+
+            response.streaming_content = timed()
+
+    def _record_now(self, request: Any, response: Any, started: float, t0: float) -> None:
         o = self.options
         o.record(
             request,
