@@ -58,7 +58,10 @@ async def test_events_arrive_in_batches_and_are_queryable(
     assert await counts(client, app_keys, "data.plan") == {"pro": 100}
 
 
-def test_a_batch_is_gzip_with_one_idempotency_key_kept_across_its_retries() -> None:
+def test_a_batch_is_gzip_with_one_idempotency_key_kept_across_its_retries(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    caplog.set_level(logging.DEBUG, "apinalytics_client")
     with scripted_server(
         error(503, "database_unavailable", "down"), error(502, "x", "bad gateway"), ok()
     ) as (url, script):
@@ -74,6 +77,8 @@ def test_a_batch_is_gzip_with_one_idempotency_key_kept_across_its_retries() -> N
         assert s.headers["X-Auth-User"] == "app1"
         assert len(s.events) == 10
     assert (sender.stats.sent, sender.stats.retries) == (10, 2)
+    assert "retrying" in caplog.text  # the retries were logged, without the key
+    assert "wk_secret_value" not in caplog.text and "wk_secret_value" not in repr(sender)
 
 
 def test_each_batch_has_its_own_idempotency_key() -> None:
