@@ -13,10 +13,11 @@ from aiohttp import web
 
 from . import accounts, dashboard, export, localdb, logs, middleware, migrate
 from .db import Database, create_pool, serial_plans, unix_us_timestamps
+from .edition import Edition
 from .ingest import handlers as ingest
 from .ingest.group import GroupWriter
 from .ingest.write import purge_idempotency_keys
-from .keys import DB, DECODER, INGEST, INGEST_DB, METRICS, ROLLUP_MODE, SETTINGS
+from .keys import DB, DECODER, EDITION, INGEST, INGEST_DB, METRICS, SETTINGS
 from .metrics import Metrics
 from .ops import healthz, metrics_view, readyz
 from .query import handlers as query
@@ -122,10 +123,7 @@ def _database(run_migrations: bool) -> Callable[[web.Application], AsyncIterator
         settings = app[SETTINGS]
         dsn = settings.database_url
         if not dsn:
-            cluster = localdb.LocalCluster(
-                datadir=settings.home / "pgdata",
-                bindir=localdb.find_bindir(settings.pg_bindir),
-            )
+            cluster = localdb.project_cluster(settings)
             await asyncio.to_thread(cluster.ensure_running)
             app[LOCAL_CLUSTER] = cluster
             dsn = cluster.dsn
@@ -158,8 +156,8 @@ def _database(run_migrations: bool) -> Callable[[web.Application], AsyncIterator
             ingest_pool, settings.statement_timeout_s, settings.db_connect_timeout_s
         )
         async with db.connection() as conn:
-            mode = await migrate.rollup_mode(conn)
-        app[ROLLUP_MODE] = mode or "apache"
+            edition = await migrate.rollup_mode(conn)
+        app[EDITION] = edition or Edition.APACHE
         yield
         await ingest_pool.close()
         await pool.close()
@@ -173,7 +171,7 @@ async def _ingest_writer(app: web.Application) -> AsyncIterator[None]:
     settings = app[SETTINGS]
     writer = GroupWriter(
         app[INGEST_DB],
-        mode=app[ROLLUP_MODE],
+        edition=app[EDITION],
         idempotency_ttl_s=settings.idempotency_ttl_s,
         max_events=settings.ingest_group_max_events,
         writers=settings.ingest_writers,

@@ -5,6 +5,10 @@ gunzip (413), JSON and types per event and field (400), batch size (413), then o
 pass over the events for what pydantic cannot know: configured string limits, NUL
 characters (PostgreSQL text cannot hold them), the accepted time window. Every
 problem of the batch is reported, up to ``MAX_DETAILS``, and nothing is stored.
+
+Over 300 lines on purpose: the fast path (``parse``) and the slow path that names
+each problem (``_check``, the messages) must state the same rules, and side by side
+in one module they are checked against each other at a glance.
 """
 
 from __future__ import annotations
@@ -22,6 +26,7 @@ import orjson
 from aiohttp import web
 from pydantic import ValidationError
 
+from .. import schema
 from ..errors import InvalidEvents, PayloadTooLarge, UnsupportedMediaType, UserError
 from ..settings import Settings
 from .model import BATCH, EventIn
@@ -32,20 +37,12 @@ EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
 # RFC 9110 token characters: GET, PROPFIND, M-SEARCH, ...
 _METHOD = re.compile(r"^[A-Za-z0-9!#$%&'*+.^_`|~-]{1,32}\Z")
 
-# The row of one event, in COLUMNS order. Its time is an int of UNIX microseconds:
-# the ingest path's connections take timestamptz as such (db.unix_us_timestamps).
+# The row of one event, in COLUMNS order (schema.EVENT). Its time is an int of UNIX
+# microseconds: the ingest path's connections take timestamptz as such
+# (db.unix_us_timestamps). Written out for speed in ``parse``; tests/test_schema.py
+# holds it to the schema.
 Row = tuple[int, int, str, str, str, str, int, int, str | None]
-COLUMNS = (
-    "time",
-    "app_id",
-    "consumer_id",
-    "method",
-    "url",
-    "function",
-    "response_us",
-    "status_code",
-    "data",
-)
+COLUMNS = schema.COLUMNS
 
 
 class BatchRejected(InvalidEvents):

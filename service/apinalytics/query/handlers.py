@@ -1,32 +1,23 @@
-"""``GET /1/timeseries/<start>/<end>/``: authenticate, parse, plan, one statement, JSON."""
+"""``GET /1/timeseries/<start>/<end>/``: authenticate, parse, run (``execute``), JSON."""
 
 from __future__ import annotations
 
-import time
-from dataclasses import dataclass
 from typing import Any
 
 import asyncpg
 import orjson
 from aiohttp import web
 
-from .. import auth, retention
-from ..apps import Credentials, KeyKind
-from ..db import Database, timed
+from .. import auth
+from ..apps import KeyKind
 from ..errors import InvalidQuery
 from ..keys import DB, METRICS, SETTINGS
-from . import params, planner, sql
+from . import execute, params
 from .model import Query
 
 # Request header that forces the raw source, for benchmarks and diagnosis.
 PLANNER_HEADER = "X-Apinalytics-Planner"
 SOURCES_HEADER = "X-Apinalytics-Sources"
-
-
-@dataclass(frozen=True)
-class Answer:
-    plan: planner.Plan
-    rows: list[asyncpg.Record]
 
 
 async def timeseries(request: web.Request) -> web.Response:
@@ -37,7 +28,7 @@ async def timeseries(request: web.Request) -> web.Response:
         {name: request.query.getall(name) for name in request.query},
         max_buckets=request.app[SETTINGS].max_buckets,
     )
-    answer = await run(request.app[DB], query, creds, force_raw=_force_raw(request))
+    answer = await execute.run(request.app[DB], query, creds, force_raw=_force_raw(request))
     for source in answer.plan.sources:
         request.app[METRICS].query_source.labels(source=source).inc()
     return web.Response(
@@ -45,24 +36,6 @@ async def timeseries(request: web.Request) -> web.Response:
         content_type="application/json",
         headers={SOURCES_HEADER: ",".join(answer.plan.sources)},
     )
-
-
-async def run(db: Database, query: Query, creds: Credentials, *, force_raw: bool) -> Answer:
-    """Plan against the current retention horizons and run the one statement."""
-    async with db.connection() as conn:
-        horizons = await retention.horizons(conn)
-        chosen = planner.plan(query, time.time(), horizons, force_raw=force_raw)
-        text, args = sql.statement(query, chosen, creds.app, creds.app_id)
-        if chosen.reads_rollups:
-            # The pool's connections plan without parallel workers (db.serial_plans):
-            # a rollup read is one round trip.
-            rows: list[asyncpg.Record] = await timed(conn.fetch, text, args, "timeseries")
-        else:
-            # Raw reads may scan millions of events: they get the server's workers.
-            async with conn.transaction():
-                await conn.execute("SET LOCAL max_parallel_workers_per_gather TO DEFAULT")
-                rows = await timed(conn.fetch, text, args, "timeseries")
-    return Answer(chosen, rows)
 
 
 def render(query: Query, rows: list[asyncpg.Record], app_id: str) -> dict[str, Any]:
