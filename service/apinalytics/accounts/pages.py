@@ -122,7 +122,7 @@ async def render(
 def examples(request: web.Request, new: NewApp) -> dict[str, str]:
     """Ready-to-paste curl commands with the keys just shown."""
     base = base_url(request)
-    out: dict[str, str] = {}
+    out: dict[str, str] = {"base": base}
     if new.write_key:
         out["send"] = (
             f"curl -X POST '{base}/1/events/' \\\n"
