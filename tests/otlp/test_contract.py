@@ -625,3 +625,64 @@ async def test_database_unavailable_is_503_with_retry_after(
         await db.execute(f"DROP OWNED BY {role}")
         await db.execute(f"DROP ROLE {role}")
     assert await stored(db) == []
+
+
+@pytest.mark.parametrize("mode", ["community"], indirect=True)
+async def test_stored_spans_whose_refresh_is_pending_are_200(
+    mode: str,
+    make_client: Any,
+    settings: Settings,
+    database_url: str,
+    app_keys: NewApp,
+    db: asyncpg.Connection,
+) -> None:
+    """Where /1/events/ answers 503 refresh_pending (stored, the rollups' refresh for
+    back-dated events retried in the background), /v1/traces answers 200: an OTLP
+    exporter retries every 503, with no Idempotency-Key, and would store them twice."""
+    client = await make_client(settings.model_copy(update={"statement_timeout_s": 1.0}))
+    await export_ok(client, app_keys, PROTOBUF, span(CURRENT, start_ns=now_ns(3 * 3600)))
+    # One run of each refresh policy, in the order they were made (minute, then hour):
+    # the two-day-old span below is then back-dated for the rollups.
+    for job in await db.fetch(
+        "SELECT job_id FROM timescaledb_information.jobs "
+        "WHERE proc_name = 'policy_refresh_continuous_aggregate' ORDER BY job_id"
+    ):
+        await db.execute("CALL run_job($1)", job["job_id"])
+    materialized = await db.fetchval(
+        "SELECT format('%I.%I', materialization_hypertable_schema, materialization_hypertable_name) "
+        "FROM timescaledb_information.continuous_aggregates WHERE view_name = 'events_1m'"
+    )
+    locker = await asyncpg.connect(database_url)
+    try:
+        tx = locker.transaction()
+        await tx.start()
+        # The refresh after COMMIT waits for this lock and times out.
+        await locker.execute(f"LOCK TABLE {materialized} IN ACCESS EXCLUSIVE MODE")
+        answer = await export_ok(
+            client, app_keys, JSON, span(CURRENT, start_ns=now_ns(2 * 86400), name="back")
+        )
+        assert not answer.HasField("partial_success")
+        await tx.rollback()
+    finally:
+        await locker.close()
+    assert len(await stored(db)) == 2
+    # The same spans through /1/events/ get the 503 (so the case above was that one).
+    back = {
+        "timestamp": time.time() - 2 * 86400,
+        "consumer_id": "",
+        "method": "GET",
+        "url": "/",
+        "function": "",
+        "response_us": 1,
+        "status_code": 200,
+    }
+    locker = await asyncpg.connect(database_url)
+    try:
+        tx = locker.transaction()
+        await tx.start()
+        await locker.execute(f"LOCK TABLE {materialized} IN ACCESS EXCLUSIVE MODE")
+        resp = await client.post("/1/events/", json=[back], headers=headers(app_keys, JSON))
+        await assert_error(resp, 503, "refresh_pending")
+        await tx.rollback()
+    finally:
+        await locker.close()

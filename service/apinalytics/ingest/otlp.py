@@ -43,12 +43,13 @@ from opentelemetry.proto.trace.v1.trace_pb2 import Span, Status
 
 from .. import auth
 from ..apps import KeyKind
-from ..errors import ApiError, UserError
+from ..errors import ApiError, RefreshPending, UserError
 from ..keys import INGEST, METRICS, SETTINGS
 from ..settings import Settings
 from . import decode
 from .decode import Row
 from .handlers import idempotency_key, off_loop_if_big, outcome_counted
+from .write import Stored
 
 log = logging.getLogger(__name__)
 
@@ -60,8 +61,10 @@ class Encoding(Enum):
 
 CONTENT_TYPES = tuple(e.value for e in Encoding)
 
-# The rejected spans named in partial_success.error_message (all are counted).
+# The rejected spans named in partial_success.error_message (all are counted), and
+# the characters of a span's name shown there.
 MAX_NAMED = 10
+MAX_NAME_SHOWN = 100
 
 # google.rpc.Code for the HTTP status of an error (the OTLP clients record it, and do
 # not act on it).
@@ -117,6 +120,13 @@ async def _post_traces(request: web.Request) -> web.Response:
             # reads inside its transaction (it stored nothing): rejected like any
             # other span that fails validation, and the others written again.
             batch.reject_past_horizon(exc)
+        except RefreshPending:
+            # Stored, with the rollups' refresh for back-dated events retried in the
+            # background. /1/events/ answers 503 refresh_pending; an OTLP exporter
+            # retries any 503, without an Idempotency-Key, and would store the spans
+            # twice: the answer is the 200 of stored spans.
+            result = Stored(accepted=len(batch.rows), replay=False)
+            break
     if batch.rejected:
         metrics.events_rejected.labels(reason="invalid_span").inc(len(batch.rejected))
     metrics.events_accepted.inc(result.stored)
@@ -185,7 +195,8 @@ def convert(body: bytes, encoding: Encoding, app: int, now: float, settings: Set
                 if _method(attrs) is None:
                     out.ignored["no_http_method"] += 1
                     continue
-                label = f"resourceSpans[{r}].scopeSpans[{s}].spans[{k}] ({span.name!r})"
+                name = span.name[:MAX_NAME_SHOWN] + ("…" if len(span.name) > MAX_NAME_SHOWN else "")
+                label = f"resourceSpans[{r}].scopeSpans[{s}].spans[{k}] ({name!r})"
                 ev = _event(span, attrs, resource, consumer_key, data_keys)
                 if isinstance(ev, str):
                     out.rejected.append(f"{label}: {ev}")
