@@ -229,3 +229,21 @@ async def test_events_posted_to_the_bare_host_are_refused_not_lost_silently(
     resp = await client.post("/", data=go_json(EVENTS[:1]), headers=go_headers(app_keys))
     assert resp.status == 405
     assert await db.fetchval("SELECT count(*) FROM events") == 0
+
+
+async def test_includes_as_jquery_writes_an_array(client: TestClient, app_keys: NewApp) -> None:
+    """The dashboard's plugin passes its ``include`` option to jQuery, which writes an
+    array as include[]=…&include[]=… (SPEC: include is repeatable); it filters as
+    include=… does, and may be mixed with it."""
+    await send_like_the_go_sender(client, app_keys)
+    assert app_keys.read_key
+    headers = {"X-Auth-User": app_keys.app_id, "X-Auth-Key": app_keys.read_key}
+    path = f"/1/timeseries/{NOW - DAY}/{NOW}/"
+    for query in (
+        "include%5B%5D=status_code%3A200&include%5B%5D=status_code%3A404",
+        "include=status_code%3A200&include%5B%5D=status_code%3A404",
+    ):
+        resp = await client.get(f"{path}?{query}", headers=headers)
+        assert (await resp.json())["groups"] == {app_keys.app_id: [[NOW - DAY, 3]]}
+    resp = await client.get(f"{path}?include%5B%5D=consumer_id%3Abolt", headers=headers)
+    assert (await resp.json())["groups"] == {app_keys.app_id: [[NOW - DAY, 1]]}
