@@ -247,3 +247,24 @@ async def test_includes_as_jquery_writes_an_array(client: TestClient, app_keys: 
         assert (await resp.json())["groups"] == {app_keys.app_id: [[NOW - DAY, 3]]}
     resp = await client.get(f"{path}?include%5B%5D=consumer_id%3Abolt", headers=headers)
     assert (await resp.json())["groups"] == {app_keys.app_id: [[NOW - DAY, 1]]}
+
+
+def jquery_param(pairs: list[tuple[str, str]]) -> str:
+    """jQuery 2.1.1's $.param: encodeURIComponent of each, then %20 written as +."""
+    return "&".join(f"{quote(k, safe='')}={quote(v, safe='')}" for k, v in pairs).replace(
+        "%20", "+"
+    )
+
+
+async def test_a_space_written_as_plus(client: TestClient, app_keys: NewApp) -> None:
+    batch = [(NOW - 60, "acme corp", "list all orders", 100, 200, "/orders")]
+    resp = await client.post("/1/event/", data=go_json(batch), headers=go_headers(app_keys))
+    assert resp.status == 200
+    assert app_keys.read_key
+    query = jquery_param([("group", "consumer_id"), ("include", "function:list all orders")])
+    assert "+" in query
+    resp = await client.get(
+        f"/1/timeseries/{NOW - HOUR}/{NOW}/?{query}",
+        headers={"X-Auth-User": app_keys.app_id, "X-Auth-Key": app_keys.read_key},
+    )
+    assert (await resp.json())["groups"] == {"acme corp": [[NOW - HOUR, 1]]}
