@@ -20,11 +20,10 @@ detail; a request whose Content-Type is neither encoding gets our JSON error.
 
 from __future__ import annotations
 
-import json
 import logging
 import time
 from collections import Counter
-from collections.abc import Iterable, Sequence
+from collections.abc import Iterable, Sequence, Set
 from dataclasses import dataclass, field
 from enum import Enum
 from typing import Any
@@ -143,7 +142,7 @@ class Converted:
 
     rows: list[Row] = field(default_factory=list)
     # Which span each row is, to name those the writer refuses.
-    spans: list[str] = field(default_factory=list)
+    spans: list[Place] = field(default_factory=list)
     # One line per rejected span: which span and why.
     rejected: list[str] = field(default_factory=list)
     ignored: Counter[str] = field(default_factory=Counter)
@@ -167,7 +166,7 @@ class Converted:
         self.rows, self.spans = [], []
         for row, span in zip(rows, spans, strict=True):
             if row[0] <= newest:
-                self.rejected.append(f"{span}: timestamp {why}")
+                self.rejected.append(f"{_label(span)}: timestamp {why}")
             else:
                 self.rows.append(row)
                 self.spans.append(span)
@@ -181,29 +180,29 @@ def convert(body: bytes, encoding: Encoding, app: int, now: float, settings: Set
     out = Converted()
     events: list[dict[str, Any]] = []
     starts: list[int] = []
-    labels: list[str] = []
+    places: list[Place] = []
     consumer_key = settings.otlp_consumer_attribute
     data_keys = settings.otlp_data_attributes
+    wanted = SPAN_ATTRIBUTES | {consumer_key, *data_keys}
     for r, resource_spans in enumerate(request.resource_spans):
-        resource = _attributes(resource_spans.resource.attributes)
+        resource = _attributes(resource_spans.resource.attributes, wanted)
         for s, scope_spans in enumerate(resource_spans.scope_spans):
             for k, span in enumerate(scope_spans.spans):
                 if span.kind != Span.SpanKind.SPAN_KIND_SERVER:
                     out.ignored["not_server"] += 1
                     continue
-                attrs = _attributes(span.attributes)
-                if _method(attrs) is None:
+                attrs = _attributes(span.attributes, wanted)
+                method = _method(attrs)
+                if method is None:
                     out.ignored["no_http_method"] += 1
                     continue
-                name = span.name[:MAX_NAME_SHOWN] + ("…" if len(span.name) > MAX_NAME_SHOWN else "")
-                label = f"resourceSpans[{r}].scopeSpans[{s}].spans[{k}] ({name!r})"
-                ev = _event(span, attrs, resource, consumer_key, data_keys)
+                ev = _event(span, method, attrs, resource, consumer_key, data_keys)
                 if isinstance(ev, str):
-                    out.rejected.append(f"{label}: {ev}")
+                    out.rejected.append(f"{_label((r, s, k, span.name))}: {ev}")
                     continue
                 events.append(ev)
                 starts.append(span.start_time_unix_nano)
-                labels.append(label)
+                places.append((r, s, k, span.name))
     if len(events) > settings.max_batch_events:
         raise decode.BatchTooLarge(
             f"The request holds {len(events)} HTTP server spans; the limit is "
@@ -221,13 +220,25 @@ def convert(body: bytes, encoding: Encoding, app: int, now: float, settings: Set
                 rows += decode.parse(orjson.dumps([ev]), app, now, settings)
                 kept.append(i)
             except decode.BatchRejected as exc:
-                out.rejected.append(f"{labels[i]}: {_problems(exc)}")
+                out.rejected.append(f"{_label(places[i])}: {_problems(exc)}")
     for row, i in zip(rows, kept, strict=True):
         # The exact microsecond of the span's start (the float of the event is exact
         # only to a quarter of one).
         out.rows.append((_nearest_us(starts[i]), *row[1:]))
-        out.spans.append(labels[i])
+        out.spans.append(places[i])
     return out
+
+
+# Where a span is in its request (resource, scope, span index) and its name.
+Place = tuple[int, int, int, str]
+
+
+def _label(place: Place) -> str:
+    """A span as partial_success names it: its place in the request and its name."""
+    r, s, k, name = place
+    if len(name) > MAX_NAME_SHOWN:
+        name = name[:MAX_NAME_SHOWN] + "…"
+    return f"resourceSpans[{r}].scopeSpans[{s}].spans[{k}] ({name!r})"
 
 
 def _decode(body: bytes, encoding: Encoding) -> ExportTraceServiceRequest:
@@ -236,7 +247,7 @@ def _decode(body: bytes, encoding: Encoding) -> ExportTraceServiceRequest:
         if encoding is Encoding.PROTOBUF:
             request.ParseFromString(body)
         else:
-            document = json.loads(body)
+            document = orjson.loads(body)
             if not isinstance(document, dict):
                 raise ValueError(f"the body is a JSON {type(document).__name__}, not an object")
             # OTLP/JSON: receivers ignore fields they do not know (the specification).
@@ -254,8 +265,29 @@ def _decode(body: bytes, encoding: Encoding) -> ExportTraceServiceRequest:
     return request
 
 
-def _attributes(kvs: Iterable[KeyValue]) -> dict[str, AnyValue]:
-    return {kv.key: kv.value for kv in kvs}
+# The attributes an event is made of (besides the configured consumer and data ones).
+SPAN_ATTRIBUTES = frozenset(
+    {
+        "http.request.method",
+        "http.request.method_original",
+        "http.method",
+        "url.full",
+        "url.path",
+        "url.query",
+        "http.url",
+        "http.target",
+        "http.route",
+        "http.response.status_code",
+        "http.status_code",
+    }
+)
+
+
+def _attributes(kvs: Iterable[KeyValue], wanted: Set[str]) -> dict[str, AnyValue]:
+    """The attributes named in ``wanted`` (the last of a name given twice). Only those:
+    each value read costs a wrapper object, and spans carry many others (user agent,
+    addresses, ports, headers)."""
+    return {kv.key: kv.value for kv in kvs if kv.key in wanted}
 
 
 def _scalar(value: AnyValue) -> str | int | float | bool | None:
@@ -345,6 +377,7 @@ def _status(attrs: dict[str, AnyValue], span: Span) -> int | str:
 
 def _event(
     span: Span,
+    method: str,
     attrs: dict[str, AnyValue],
     resource: dict[str, AnyValue],
     consumer_key: str,
@@ -365,7 +398,7 @@ def _event(
     return {
         "timestamp": start / 1e9,
         "consumer_id": _attribute_text(consumer_key, attrs, resource) or "",
-        "method": _method(attrs),
+        "method": method,
         "url": _url(attrs),
         "function": _string(attrs, "http.route") or span.name,
         "response_us": _nearest_us(end - start),
