@@ -1,5 +1,5 @@
 """What ``POST /v1/traces`` costs on the CPU before the write: decoding an OTLP request
-and turning its spans into validated rows (``ingest.otlp_spans.convert``), in protobuf and
+and turning its spans into validated rows (``ingest.otlp.decode_and_convert``), in protobuf and
 in the OTLP JSON encoding, beside ``decode.parse`` of the same events as a
 ``/1/events/`` body. No database: the write path after it is the one ingest shares.
 
@@ -22,7 +22,7 @@ from opentelemetry.proto.collector.trace.v1.trace_service_pb2 import ExportTrace
 from opentelemetry.proto.common.v1.common_pb2 import AnyValue, KeyValue
 from opentelemetry.proto.trace.v1.trace_pb2 import ResourceSpans, ScopeSpans, Span
 
-from apinalytics.ingest import decode, otlp_spans
+from apinalytics.ingest import decode, otlp
 from apinalytics.settings import Settings
 from common import median
 
@@ -113,12 +113,12 @@ def main() -> None:
         (
             "OTLP protobuf",
             pb,
-            lambda: otlp_spans.convert(pb, otlp_spans.Encoding.PROTOBUF, 1, now, settings),
+            lambda: otlp.decode_and_convert(pb, otlp.Encoding.PROTOBUF, 1, now, settings),
         ),
         (
             "OTLP JSON",
             js,
-            lambda: otlp_spans.convert(js, otlp_spans.Encoding.JSON, 1, now, settings),
+            lambda: otlp.decode_and_convert(js, otlp.Encoding.JSON, 1, now, settings),
         ),
         ("/1/events/ JSON (decode.parse)", events, lambda: decode.parse(events, 1, now, settings)),
     ]:

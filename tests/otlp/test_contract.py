@@ -23,7 +23,6 @@ import json
 import os
 import time
 from fractions import Fraction
-from pathlib import Path
 from typing import Any
 from urllib.parse import urlsplit, urlunsplit
 
@@ -37,6 +36,7 @@ from opentelemetry.proto.trace.v1.trace_pb2 import Span
 from apinalytics.apps import NewApp
 from apinalytics.settings import Settings
 
+from ..conftest import MakeSettings
 from ..helpers import assert_error, read_headers
 from .spans import (
     CURRENT,
@@ -57,14 +57,12 @@ TRACES = "/v1/traces"
 ENCODINGS = [pytest.param(PROTOBUF, id="protobuf"), pytest.param(JSON, id="json")]
 
 
+DATA_ATTRIBUTES = ["service.name", "http.request.header.x-tenant", "retry"]
+
+
 @pytest.fixture
-def settings(database_url: str, tmp_path: Path) -> Settings:
-    return Settings(
-        database_url=database_url,
-        home=tmp_path / "home",
-        db_connect_timeout_s=2.0,
-        otlp_data_attributes=["service.name", "http.request.header.x-tenant", "retry"],
-    )
+def settings(make_settings: MakeSettings) -> Settings:
+    return make_settings(otlp_data_attributes=DATA_ATTRIBUTES)
 
 
 async def stored(db: asyncpg.Connection) -> list[dict[str, Any]]:
@@ -273,9 +271,11 @@ async def test_exact_start_microsecond(
 
 
 async def test_consumer_from_the_configured_attribute(
-    make_client: Any, settings: Settings, app_keys: NewApp, db: asyncpg.Connection
+    make_client: Any, make_settings: MakeSettings, app_keys: NewApp, db: asyncpg.Connection
 ) -> None:
-    client = await make_client(settings.model_copy(update={"otlp_consumer_attribute": "app.user"}))
+    client = await make_client(
+        make_settings(otlp_data_attributes=DATA_ATTRIBUTES, otlp_consumer_attribute="app.user")
+    )
     await export_ok(
         client,
         app_keys,
@@ -514,14 +514,12 @@ async def test_other_content_types_are_415(
 @pytest.mark.parametrize("content_type", ENCODINGS)
 async def test_limits_are_413(
     make_client: Any,
-    settings: Settings,
+    make_settings: MakeSettings,
     app_keys: NewApp,
     db: asyncpg.Connection,
     content_type: str,
 ) -> None:
-    client = await make_client(
-        settings.model_copy(update={"max_batch_events": 2, "max_body_bytes": 5000})
-    )
+    client = await make_client(make_settings(max_batch_events=2, max_body_bytes=5000))
     three = request(*(span(CURRENT) for _ in range(3)))
     resp = await post(client, app_keys, encode(three, content_type), content_type)
     await assert_status(
@@ -591,7 +589,7 @@ async def test_idempotency_key_stores_once(
 
 async def test_database_unavailable_is_503_with_retry_after(
     make_client: Any,
-    settings: Settings,
+    make_settings: MakeSettings,
     app_keys: NewApp,
     db: asyncpg.Connection,
     database_url: str,
@@ -605,7 +603,7 @@ async def test_database_unavailable_is_503_with_retry_after(
         await db.execute(f"GRANT SELECT ON apps, apinalytics_meta TO {role}")
         url = urlsplit(database_url)
         dsn = urlunsplit(url._replace(netloc=f"{role}@{url.hostname}:{url.port}"))
-        client = await make_client(settings.model_copy(update={"database_url": dsn}))
+        client = await make_client(make_settings(database_url=dsn))
         raw = encode(request(span(CURRENT)), PROTOBUF)
         await db.execute(f"ALTER ROLE {role} CONNECTION LIMIT 0")
         await db.execute(
@@ -631,7 +629,7 @@ async def test_database_unavailable_is_503_with_retry_after(
 async def test_stored_spans_whose_refresh_is_pending_are_200(
     mode: str,
     make_client: Any,
-    settings: Settings,
+    make_settings: MakeSettings,
     database_url: str,
     app_keys: NewApp,
     db: asyncpg.Connection,
@@ -639,7 +637,7 @@ async def test_stored_spans_whose_refresh_is_pending_are_200(
     """Where /1/events/ answers 503 refresh_pending (stored, the rollups' refresh for
     back-dated events retried in the background), /v1/traces answers 200: an OTLP
     exporter retries every 503, with no Idempotency-Key, and would store them twice."""
-    client = await make_client(settings.model_copy(update={"statement_timeout_s": 1.0}))
+    client = await make_client(make_settings(statement_timeout_s=1.0))
     await export_ok(client, app_keys, PROTOBUF, span(CURRENT, start_ns=now_ns(3 * 3600)))
     # One run of each refresh policy, in the order they were made (minute, then hour):
     # the two-day-old span below is then back-dated for the rollups.

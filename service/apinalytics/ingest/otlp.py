@@ -22,23 +22,38 @@ from __future__ import annotations
 
 import logging
 import time
+from enum import Enum
 from typing import Any
 
+import orjson
 from aiohttp import web
 from google.protobuf import json_format
+from google.protobuf.message import DecodeError
 from google.rpc import code_pb2, error_details_pb2, status_pb2
-from opentelemetry.proto.collector.trace.v1.trace_service_pb2 import ExportTraceServiceResponse
+from opentelemetry.proto.collector.trace.v1.trace_service_pb2 import (
+    ExportTraceServiceRequest,
+    ExportTraceServiceResponse,
+)
 
 from .. import auth
 from ..apps import KeyKind
 from ..errors import ApiError, RefreshPending, UserError
 from ..keys import INGEST, METRICS, SETTINGS
+from ..settings import Settings
 from . import decode
 from .handlers import idempotency_key, off_loop_if_big, outcome_counted
-from .otlp_spans import CONTENT_TYPES, Encoding, convert
+from .otlp_spans import Converted, convert
 from .write import Stored
 
 log = logging.getLogger(__name__)
+
+
+class Encoding(Enum):
+    PROTOBUF = "application/x-protobuf"
+    JSON = "application/json"
+
+
+CONTENT_TYPES = tuple(e.value for e in Encoding)
 
 # google.rpc.Code for the HTTP status of an error (the OTLP clients record it, and do
 # not act on it).
@@ -77,7 +92,7 @@ async def _post_traces(request: web.Request) -> web.Response:
     encoding = Encoding(request.content_type)
     try:
         batch = await off_loop_if_big(
-            request, len(body), convert, body, encoding, creds.app, time.time(), settings
+            request, len(body), decode_and_convert, body, encoding, creds.app, time.time(), settings
         )
     except decode.BatchTooLarge as exc:
         metrics.events_rejected.labels(reason=exc.code).inc(exc.events)
@@ -109,6 +124,38 @@ async def _post_traces(request: web.Request) -> web.Response:
         answer.partial_success.rejected_spans = len(batch.rejected)
         answer.partial_success.error_message = batch.error_message()
     return _message_response(answer, 200, encoding)
+
+
+def decode_and_convert(
+    body: bytes, encoding: Encoding, app: int, now: float, settings: Settings
+) -> Converted:
+    """The rows of a request body's HTTP server spans (``otlp_spans.convert``); a 400 for
+    a body that is not an ExportTraceServiceRequest in ``encoding``."""
+    return convert(decode_request(body, encoding), app, now, settings)
+
+
+def decode_request(body: bytes, encoding: Encoding) -> ExportTraceServiceRequest:
+    request = ExportTraceServiceRequest()
+    try:
+        if encoding is Encoding.PROTOBUF:
+            request.ParseFromString(body)
+        else:
+            document = orjson.loads(body)
+            if not isinstance(document, dict):
+                raise ValueError(f"the body is a JSON {type(document).__name__}, not an object")
+            # OTLP/JSON: receivers ignore fields they do not know (the specification).
+            json_format.ParseDict(document, request, ignore_unknown_fields=True)
+    except DecodeError as exc:
+        raise UserError(
+            f"The body is not an OTLP ExportTraceServiceRequest in protobuf: {exc}",
+            code="invalid_body",
+        ) from exc
+    except (json_format.ParseError, ValueError, RecursionError) as exc:
+        raise UserError(
+            f"The body is not an OTLP ExportTraceServiceRequest in JSON: {exc}",
+            code="invalid_body",
+        ) from exc
+    return request
 
 
 def _encoding(request: web.Request) -> Encoding | None:

@@ -11,28 +11,16 @@ from __future__ import annotations
 from collections import Counter
 from collections.abc import Iterable, Sequence, Set
 from dataclasses import dataclass, field
-from enum import Enum
 from typing import Any
 
 import orjson
-from google.protobuf import json_format
-from google.protobuf.message import DecodeError
 from opentelemetry.proto.collector.trace.v1.trace_service_pb2 import ExportTraceServiceRequest
 from opentelemetry.proto.common.v1.common_pb2 import AnyValue, KeyValue
 from opentelemetry.proto.trace.v1.trace_pb2 import Span, Status
 
-from ..errors import UserError
 from ..settings import Settings
 from . import decode
 from .decode import Row
-
-
-class Encoding(Enum):
-    PROTOBUF = "application/x-protobuf"
-    JSON = "application/json"
-
-
-CONTENT_TYPES = tuple(e.value for e in Encoding)
 
 # The rejected spans named in partial_success.error_message (all are counted), and
 # the characters of a span's name shown there.
@@ -76,11 +64,12 @@ class Converted:
                 self.spans.append(span)
 
 
-def convert(body: bytes, encoding: Encoding, app: int, now: float, settings: Settings) -> Converted:
+def convert(
+    request: ExportTraceServiceRequest, app: int, now: float, settings: Settings
+) -> Converted:
     """The spans of a request body as rows, validated as ``/1/events/`` validates events;
     a 400 for a body that is not an ExportTraceServiceRequest in ``encoding``, a 413 for
     more events than a batch may hold."""
-    request = _decode(body, encoding)
     out = Converted()
     events: list[dict[str, Any]] = []
     starts: list[int] = []
@@ -143,30 +132,6 @@ def _label(place: Place) -> str:
     if len(name) > MAX_NAME_SHOWN:
         name = name[:MAX_NAME_SHOWN] + "…"
     return f"resourceSpans[{r}].scopeSpans[{s}].spans[{k}] ({name!r})"
-
-
-def _decode(body: bytes, encoding: Encoding) -> ExportTraceServiceRequest:
-    request = ExportTraceServiceRequest()
-    try:
-        if encoding is Encoding.PROTOBUF:
-            request.ParseFromString(body)
-        else:
-            document = orjson.loads(body)
-            if not isinstance(document, dict):
-                raise ValueError(f"the body is a JSON {type(document).__name__}, not an object")
-            # OTLP/JSON: receivers ignore fields they do not know (the specification).
-            json_format.ParseDict(document, request, ignore_unknown_fields=True)
-    except DecodeError as exc:
-        raise UserError(
-            f"The body is not an OTLP ExportTraceServiceRequest in protobuf: {exc}",
-            code="invalid_body",
-        ) from exc
-    except (json_format.ParseError, ValueError, RecursionError) as exc:
-        raise UserError(
-            f"The body is not an OTLP ExportTraceServiceRequest in JSON: {exc}",
-            code="invalid_body",
-        ) from exc
-    return request
 
 
 # The attributes an event is made of (besides the configured consumer and data ones).
