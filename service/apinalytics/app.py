@@ -15,6 +15,7 @@ from . import accounts, dashboard, export, localdb, logs, middleware, migrate, o
 from .db import Database, create_pool, serial_plans, unix_us_timestamps
 from .edition import Edition
 from .ingest import handlers as ingest
+from .ingest import otlp
 from .ingest.group import GroupWriter
 from .ingest.write import purge_idempotency_keys
 from .keys import DB, DECODER, EDITION, INGEST, INGEST_DB, METRICS, SETTINGS
@@ -94,6 +95,8 @@ def add_routes(app: web.Application) -> None:
     for path in ("/1/events", "/1/event"):
         for p in (path, path + "/"):
             app.router.add_post(p, ingest.post_events)
+    for p in ("/v1/traces", "/v1/traces/"):
+        app.router.add_post(p, otlp.post_traces)
     for p in ("/1/timeseries/{start}/{end}", "/1/timeseries/{start}/{end}/"):
         app.router.add_get(p, query.timeseries)
     for path in ("/1/events/{start}/{end}", "/1/event/{start}/{end}"):

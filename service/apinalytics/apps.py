@@ -3,6 +3,11 @@
 Keys are 256-bit random URL-safe strings, shown once and stored only as SHA-256
 digests. A prefix tells a write key from a read key at a glance (and lets secret
 scanners recognise them); it carries no authority of its own.
+
+Clients written for the 2014 service treat keys as padded base64: its dashboard appends
+``=`` until a key's length is a multiple of four. No key we issue holds an ``=``, so up
+to two trailing ones (base64's padding) are taken off before the digest is compared
+(docs/compatibility.md); any other character appended still makes a wrong key.
 """
 
 from __future__ import annotations
@@ -65,6 +70,17 @@ def new_public_id() -> str:
 
 def new_key(kind: KeyKind) -> str:
     return (WRITE_PREFIX if kind is KeyKind.WRITE else READ_PREFIX) + secrets.token_urlsafe(32)
+
+
+# base64 pads with at most two "=".
+MAX_KEY_PADDING = 2
+
+
+def unpadded(key: str) -> str:
+    """``key`` without base64 padding: up to ``MAX_KEY_PADDING`` trailing ``=`` removed.
+    More than that is no padding, and the key is left as sent (it matches no key)."""
+    stripped = key.rstrip("=")
+    return stripped if len(key) - len(stripped) <= MAX_KEY_PADDING else key
 
 
 def key_matches(key: str, stored_digest: bytes) -> bool:
@@ -228,7 +244,9 @@ class Credentials:
 
 
 async def authenticate(conn: asyncpg.Connection, app_id: str, key: str) -> Credentials | None:
-    """Which kind of key this is for the app, or None if the app or key is unknown."""
+    """Which kind of key this is for the app, or None if the app or key is unknown
+    (``key`` with or without base64 padding: ``unpadded``)."""
+    key = unpadded(key)
     row = await db.fetchrow(
         conn,
         "authenticate",

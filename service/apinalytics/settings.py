@@ -56,6 +56,11 @@ class Settings(BaseSettings):
     ingest_writers: int = Field(default=2, gt=0)
     ingest_group_max_events: int = Field(default=20_000, gt=0)
 
+    # OpenTelemetry ingest (POST /v1/traces, docs/otlp.md): the attribute that names the
+    # consumer, and the attributes copied into data (JSON list), span's then resource's.
+    otlp_consumer_attribute: str = "enduser.id"
+    otlp_data_attributes: list[str] = Field(default_factory=list)
+
     # Query limits.
     max_buckets: int = Field(default=10_000, gt=0)
 

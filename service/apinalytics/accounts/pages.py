@@ -67,6 +67,13 @@ def add_routes(app: web.Application) -> None:
     r.add_get("/apps/{app_id}/delete", confirm_delete, name="accounts.confirm_delete")
     r.add_post("/apps/{app_id}/delete", delete_app, name="accounts.delete")
     r.add_static("/static/", STATIC_DIR, name="static")
+    # Where the 2014 service showed a user's Application ID and keys (docs/compatibility.md).
+    r.add_get("/u", applications_2014, name="accounts.applications_2014")
+    r.add_get("/u/", applications_2014, name="accounts.applications_2014_slash")
+
+
+async def applications_2014(request: web.Request) -> web.StreamResponse:
+    raise web.HTTPMovedPermanently("/apps")
 
 
 # -- helpers ------------------------------------------------------------------------
