@@ -11,7 +11,7 @@ from concurrent.futures import ThreadPoolExecutor
 
 from aiohttp import web
 
-from . import accounts, dashboard, export, localdb, logs, middleware, migrate
+from . import accounts, dashboard, export, localdb, logs, middleware, migrate, protocol
 from .db import Database, create_pool, serial_plans, unix_us_timestamps
 from .ingest import handlers as ingest
 from .ingest.group import GroupWriter
@@ -55,6 +55,7 @@ MIN_LINE_BYTES = 8190
 
 def create_app(settings: Settings, *, run_migrations: bool = True) -> web.Application:
     logs.quiet_malformed_requests()
+    protocol.install()
     app = web.Application(
         middlewares=[
             middleware.timing,

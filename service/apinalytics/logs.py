@@ -14,6 +14,8 @@ from typing import Any
 
 from aiohttp.http_exceptions import HttpProcessingError
 
+from . import protocol
+
 # Attributes every LogRecord has; anything else was passed in `extra=` and is logged.
 _STANDARD = set(vars(logging.LogRecord("", 0, "", 0, "", None, None))) | {"message", "asctime"}
 
@@ -67,7 +69,8 @@ class _MalformedRequests(logging.Filter):
         record.levelno, record.levelname = logging.INFO, "INFO"
         record.exc_info = None
         record.msg = "malformed request from %s"
-        record.error = f"{type(exc).__name__}: {exc.message}"
+        # Only what kind of problem: aiohttp's message quotes the bytes, keys included.
+        record.error = f"{type(exc).__name__}: {protocol.what_was_wrong(exc)}"
         return logging.getLogger().isEnabledFor(logging.INFO)
 
 
