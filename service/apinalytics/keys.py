@@ -8,6 +8,7 @@ from aiohttp import web
 
 from .db import Database
 from .ingest.group import GroupWriter
+from .limits import Limits
 from .metrics import Metrics
 from .settings import Settings
 
@@ -16,6 +17,8 @@ DB = web.AppKey("db", Database)
 # The ingest path's pool: timestamptz as ints of UNIX microseconds (db.unix_us_timestamps).
 INGEST_DB = web.AppKey("ingest_db", Database)
 METRICS = web.AppKey("metrics", Metrics)
+# Fair shares among applications: queries, raw reads, ingest rate (limits.py).
+LIMITS = web.AppKey("limits", Limits)
 # "apache" (rollups kept by the ingest path) or "community" (continuous aggregates).
 ROLLUP_MODE = web.AppKey("rollup_mode", str)
 # Where ingest requests hand their validated batches (group commit).

@@ -60,6 +60,24 @@ class Settings(BaseSettings):
     # Query limits.
     max_buckets: int = Field(default=10_000, gt=0)
 
+    # Bounds and fair shares (docs/limits.md). Generous defaults: real traffic never
+    # meets them, a runaway client or a storm of heavy reads does.
+    # How long a request waits for a connection of a pool that is busy (every
+    # connection in use, the database answering) before 503 overloaded.
+    busy_wait_s: float = Field(default=1.0, gt=0)
+    # Time-series queries and exports one application may have running at once (429).
+    max_queries_per_app: int = Field(default=16, gt=0)
+    # Reads of raw events (percentiles, forced raw plans) running at once in a process;
+    # the rest of the query pool stays free for rollup reads.
+    max_raw_reads: int = Field(default=4, gt=0)
+    # Ingest requests per second per application (token bucket), and the burst.
+    ingest_rate_per_app: float = Field(default=1000.0, gt=0)
+    ingest_burst_per_app: int = Field(default=2000, gt=0)
+    # include=field:value filters per request.
+    max_include_values: int = Field(default=100, gt=0)
+    # Groups in one time-series answer (400 too_many_groups beyond).
+    max_groups: int = Field(default=10_000, gt=0)
+
     # Accounts (GitHub OAuth); all optional, the CLI path works without them.
     github_client_id: str | None = None
     github_client_secret: str | None = None

@@ -10,7 +10,7 @@ from aiohttp import web
 from .. import auth
 from ..apps import KeyKind
 from ..errors import CommitOutcomeUnknown, DatabaseUnavailable, UserError
-from ..keys import DECODER, INGEST, METRICS, SETTINGS
+from ..keys import DECODER, INGEST, LIMITS, METRICS, SETTINGS
 from . import decode
 
 MAX_IDEMPOTENCY_KEY = 255
@@ -31,6 +31,7 @@ async def post_events(request: web.Request) -> web.Response:
 
 async def _post_events(request: web.Request) -> web.Response:
     creds = await auth.require(request, KeyKind.WRITE)
+    request.app[LIMITS].ingest(creds.app_id)
     settings = request.app[SETTINGS]
     metrics = request.app[METRICS]
     idem = request.headers.get("Idempotency-Key")

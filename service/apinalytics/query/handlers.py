@@ -10,13 +10,13 @@ import asyncpg
 import orjson
 from aiohttp import web
 
-from .. import auth, retention
+from .. import auth, limits, retention
 from ..apps import Credentials, KeyKind
 from ..db import Database, timed
 from ..errors import InvalidQuery
-from ..keys import DB, METRICS, SETTINGS
+from ..keys import DB, LIMITS, METRICS, SETTINGS
 from . import params, planner, sql
-from .model import Query
+from .model import Kind, Query
 
 # Request header that forces the raw source, for benchmarks and diagnosis.
 PLANNER_HEADER = "X-Apinalytics-Planner"
@@ -31,13 +31,25 @@ class Answer:
 
 async def timeseries(request: web.Request) -> web.Response:
     creds = await auth.require(request, KeyKind.READ)
+    settings = request.app[SETTINGS]
+    limits.check_includes(request.query.getall("include", []), settings.max_include_values)
     query = params.parse_query(
         request.match_info["start"],
         request.match_info["end"],
         {name: request.query.getall(name) for name in request.query},
-        max_buckets=request.app[SETTINGS].max_buckets,
+        max_buckets=settings.max_buckets,
     )
-    answer = await run(request.app[DB], query, creds, force_raw=_force_raw(request))
+    force_raw = _force_raw(request)
+    shares, db, n = request.app[LIMITS], request.app[DB], settings.max_groups
+    async with shares.query(creds.app_id), limits.bounded(settings.statement_timeout_s):
+        if force_raw or query.aggregation.kind is Kind.PERCENTILE:
+            # Raw reads take their turn before their connection (limits.py).
+            async with shares.raw_read():
+                answer = await run(db, query, creds, force_raw=force_raw, max_groups=n)
+        else:
+            answer = await run(db, query, creds, force_raw=force_raw, max_groups=n)
+    if len(answer.rows) > settings.max_groups:
+        raise limits.too_many_groups(settings.max_groups)
     for source in answer.plan.sources:
         request.app[METRICS].query_source.labels(source=source).inc()
     return web.Response(
@@ -47,12 +59,24 @@ async def timeseries(request: web.Request) -> web.Response:
     )
 
 
-async def run(db: Database, query: Query, creds: Credentials, *, force_raw: bool) -> Answer:
+async def run(
+    db: Database,
+    query: Query,
+    creds: Credentials,
+    *,
+    force_raw: bool,
+    max_groups: int | None = None,
+) -> Answer:
     """Plan against the current retention horizons and run the one statement."""
     async with db.connection() as conn:
         horizons = await retention.horizons(conn)
         chosen = planner.plan(query, time.time(), horizons, force_raw=force_raw)
         text, args = sql.statement(query, chosen, creds.app, creds.app_id)
+        if max_groups is not None:
+            # One more than the limit: enough to know it is passed, never a whole
+            # answer of 100,000 groups in memory.
+            args = [*args, max_groups + 1]
+            text = f"{text}\nLIMIT ${len(args)}"
         if chosen.reads_rollups:
             # The pool's connections plan without parallel workers (db.serial_plans):
             # a rollup read is one round trip.
