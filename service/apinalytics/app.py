@@ -11,7 +11,17 @@ from concurrent.futures import ThreadPoolExecutor
 
 from aiohttp import web
 
-from . import accounts, dashboard, export, localdb, logs, middleware, migrate, protocol
+from . import (
+    accounts,
+    dashboard,
+    export,
+    localdb,
+    logs,
+    middleware,
+    migrate,
+    protocol,
+    security,
+)
 from .db import Database, create_pool, serial_plans, unix_us_timestamps
 from .ingest import handlers as ingest
 from .ingest.group import GroupWriter
@@ -87,6 +97,7 @@ def create_app(settings: Settings, *, run_migrations: bool = True) -> web.Applic
     app.cleanup_ctx.append(_decoder)
     app.cleanup_ctx.append(_idempotency_purge)
     app.on_response_prepare.append(middleware.cors_headers)
+    app.on_response_prepare.append(security.headers)
     accounts.setup_templates(app)
     add_routes(app)
     return app
