@@ -90,6 +90,19 @@ class PayloadTooLarge(UserError):
     code = "payload_too_large"
 
 
+class BodyTimeout(UserError):
+    """The request's body did not arrive in time; the connection is closed."""
+
+    status = 408
+    code = "body_timeout"
+
+    def __init__(self, timeout_s: float) -> None:
+        super().__init__(
+            f"The body did not arrive within {timeout_s:g} s; nothing was stored.",
+            headers={"Connection": "close"},
+        )
+
+
 class UnsupportedMediaType(UserError):
     status = 415
     code = "unsupported_media_type"

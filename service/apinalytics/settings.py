@@ -73,6 +73,8 @@ class Settings(BaseSettings):
     # Ingest requests per second per application (token bucket), and the burst.
     ingest_rate_per_app: float = Field(default=1000.0, gt=0)
     ingest_burst_per_app: int = Field(default=2000, gt=0)
+    # How long an ingest request may take to send its body (408 beyond).
+    body_timeout_s: float = Field(default=30.0, gt=0)
     # include=field:value filters per request.
     max_include_values: int = Field(default=100, gt=0)
     # Groups in one time-series answer (400 too_many_groups beyond).

@@ -9,7 +9,7 @@ from aiohttp import web
 
 from .. import auth
 from ..apps import KeyKind
-from ..errors import CommitOutcomeUnknown, DatabaseUnavailable, UserError
+from ..errors import BodyTimeout, CommitOutcomeUnknown, DatabaseUnavailable, UserError
 from ..keys import DECODER, INGEST, LIMITS, METRICS, SETTINGS
 from . import decode
 
@@ -41,7 +41,12 @@ async def _post_events(request: web.Request) -> web.Response:
             code="invalid_idempotency_key",
         )
     try:
-        body = await decode.read_body(request, settings)
+        try:
+            async with asyncio.timeout(settings.body_timeout_s):
+                body = await decode.read_body(request, settings)
+        except TimeoutError:
+            # A body that never comes holds a connection and its buffers: not forever.
+            raise BodyTimeout(settings.body_timeout_s) from None
         now = time.time()
         if len(body) >= settings.offload_body_bytes:
             # Big batches are validated off the event loop so other requests keep flowing.
