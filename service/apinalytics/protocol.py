@@ -1,4 +1,5 @@
-"""What happens before a request reaches the application: aiohttp's own answers.
+"""What happens before a request reaches the application: aiohttp's own answers,
+and connections that send no request.
 
 aiohttp answers a request it cannot parse (a control character in a header, a header
 or request line over the limit, no colon) itself, with a plain-text 400 whose body
@@ -7,30 +8,28 @@ through its log line, into the log. ``install`` makes those answers JSON errors 
 every other (``{"error": {"code", "message"}}``), naming the kind of problem and never
 the bytes; ``logs`` keeps the same part of the message for its one INFO line.
 
-aiohttp offers no hook for these answers (its request handler builds them before any
-middleware or signal), so the handler's method is wrapped, once per process.
+Connections are bounded too. One that has not sent a whole request head within
+``header_timeout_s`` of opening is closed (500 connections sending half a request
+stayed open for good: aiohttp waits for a first request as long as its keep-alive
+timeout, 75 s, and for the rest of a head without limit). Past ``max_connections``
+open in the process, a new one is answered 503 overloaded and closed.
+
+aiohttp offers no hook for any of this (its request handler answers before any
+middleware or signal), so two of the handler's methods are wrapped, once per process;
+the settings are those of the application the connection serves.
 """
 
 from __future__ import annotations
 
-import re
+import asyncio
+import json
 from typing import Any
 
 from aiohttp import web, web_protocol
-from aiohttp.http_exceptions import HttpProcessingError
 
-from .errors import ApiError, UserError
-
-# aiohttp's messages say what is wrong, then a colon or a quote, then the bytes.
-_ECHO = re.compile(r"[:'\"\n\r\\]")
-MAX_WHAT = 120
-
-
-def what_was_wrong(exc: BaseException) -> str:
-    """The kind of problem of a request aiohttp could not parse, without any of its bytes."""
-    message = exc.message if isinstance(exc, HttpProcessingError) else ""
-    what = _ECHO.split(str(message), maxsplit=1)[0].strip()[:MAX_WHAT]
-    return what or type(exc).__name__
+from .errors import ApiError, Overloaded, UserError
+from .keys import METRICS, SETTINGS
+from .logs import what_was_wrong
 
 
 def _error_response(status: int, exc: BaseException | None) -> web.Response:
@@ -65,7 +64,51 @@ def _handle_error(
     return _error_response(status, exc)
 
 
+_original_connection_made = web_protocol.RequestHandler.connection_made
+
+
+def _application(handler: web_protocol.RequestHandler) -> web.Application | None:
+    app = getattr(handler._request_handler, "__self__", None)
+    return app if isinstance(app, web.Application) else None
+
+
+def _close_if_no_request(handler: web_protocol.RequestHandler) -> None:
+    transport = handler.transport
+    if transport is not None and handler._request_count == 0:
+        transport.close()
+
+
+def _overloaded_answer() -> bytes:
+    err = Overloaded("too many connections are open")
+    body = json.dumps(err.body()).encode()
+    head = (
+        "HTTP/1.1 503 Service Unavailable\r\nContent-Type: application/json\r\n"
+        f"Content-Length: {len(body)}\r\nRetry-After: 1\r\nConnection: close\r\n\r\n"
+    )
+    return head.encode() + body
+
+
+def _connection_made(self: web_protocol.RequestHandler, transport: asyncio.BaseTransport) -> None:
+    _original_connection_made(self, transport)
+    app = _application(self)
+    if app is None or SETTINGS not in app:
+        return
+    settings = app[SETTINGS]
+    manager = self._manager
+    if manager is not None and len(manager.connections) > settings.max_connections:
+        app[METRICS].requests_rejected.labels(reason="overloaded").inc()
+        if isinstance(transport, asyncio.WriteTransport):
+            transport.write(_overloaded_answer())
+        transport.close()
+        return
+    self._loop.call_later(settings.header_timeout_s, _close_if_no_request, self)
+
+
 def install() -> None:
-    """Wrap aiohttp's answer to requests it cannot parse (once per process)."""
-    if web_protocol.RequestHandler.handle_error is not _handle_error:
-        web_protocol.RequestHandler.handle_error = _handle_error  # type: ignore[method-assign]
+    """Wrap aiohttp's answer to requests it cannot parse, and its start of a
+    connection (once per process)."""
+    handler = web_protocol.RequestHandler
+    if handler.handle_error is not _handle_error:
+        handler.handle_error = _handle_error  # type: ignore[method-assign]
+    if handler.connection_made is not _connection_made:
+        handler.connection_made = _connection_made  # type: ignore[method-assign]

@@ -73,6 +73,10 @@ class Settings(BaseSettings):
     # Ingest requests per second per application (token bucket), and the burst.
     ingest_rate_per_app: float = Field(default=1000.0, gt=0)
     ingest_burst_per_app: int = Field(default=2000, gt=0)
+    # A connection that has not sent a whole request head this long after opening is
+    # closed; past max_connections open in a process, new ones get a 503.
+    header_timeout_s: float = Field(default=10.0, gt=0)
+    max_connections: int = Field(default=1000, gt=0)
     # How long an ingest request may take to send its body (408 beyond).
     body_timeout_s: float = Field(default=30.0, gt=0)
     # include=field:value filters per request.
