@@ -22,6 +22,7 @@ from contextlib import asynccontextmanager
 from dataclasses import dataclass, field
 
 from .errors import InvalidQuery, Overloaded, QueryTimeout, RateLimited, UserError
+from .query.model import Query
 from .settings import Settings
 
 
@@ -111,11 +112,23 @@ def check_includes(values: list[str], limit: int) -> list[str]:
     return values
 
 
-def too_many_groups(limit: int) -> UserError:
+def groups_allowed(query: Query, max_groups: int, max_points: int) -> int:
+    """How many groups an answer of ``query`` may have: ``max_groups``, and fewer if
+    its buckets would take it past ``max_points`` points."""
+    buckets = query.granularity.buckets(query.start, query.end) if query.granularity else 1
+    return max(1, min(max_groups, max_points // buckets))
+
+
+def too_many_groups(allowed: int, max_groups: int, max_points: int) -> UserError:
+    why = (
+        f"more than {allowed} groups"
+        if allowed == max_groups
+        else f"more than {allowed} groups, and so more than {max_points} points"
+    )
     return InvalidQuery(
         "group",
-        f"the answer would have more than {limit} groups: filter with include= or "
-        "group by a field with fewer values",
+        f"the answer would have {why}: filter with include=, group by a field with "
+        "fewer values, or ask for fewer buckets",
         code="too_many_groups",
     )
 

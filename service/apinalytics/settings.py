@@ -81,8 +81,10 @@ class Settings(BaseSettings):
     body_timeout_s: float = Field(default=30.0, gt=0)
     # include=field:value filters per request.
     max_include_values: int = Field(default=100, gt=0)
-    # Groups in one time-series answer (400 too_many_groups beyond).
+    # Groups in one time-series answer, and points (groups x buckets): 400
+    # too_many_groups beyond. A million points is a JSON answer of about 20 MB.
     max_groups: int = Field(default=10_000, gt=0)
+    max_points: int = Field(default=1_000_000, gt=0)
 
     # Accounts (GitHub OAuth); all optional, the CLI path works without them.
     github_client_id: str | None = None

@@ -43,6 +43,7 @@ def settings(database_url: str, tmp_path: Path) -> Settings:
         max_queries_per_app=2,
         max_include_values=10,
         max_groups=5,
+        max_points=20,
         ingest_rate_per_app=1.0,
         ingest_burst_per_app=3,
     )
@@ -147,6 +148,26 @@ async def test_groups_beyond_the_limit_are_400(
         assert len((await resp.json())["groups"]) == urls
     else:
         await assert_error(resp, 400, "too_many_groups", "5 groups")
+
+
+async def test_groups_times_buckets_beyond_the_points_limit_are_400(
+    client: TestClient, app_keys: NewApp
+) -> None:
+    batch = [event(url=f"/u{i}") for i in range(3)]
+    resp = await client.post("/1/events/", json=batch, headers=write_headers(app_keys))
+    assert resp.status == 200, await resp.text()
+    now = int(time.time())
+    # 3 groups of 10 buckets: 30 points, over 20; of 5 buckets: 15, within.
+    resp = await client.get(
+        f"/1/timeseries/{now - 600}/{now}/?group=url&granularity=60",
+        headers=read_headers(app_keys),
+    )
+    await assert_error(resp, 400, "too_many_groups", "20 points")
+    resp = await client.get(
+        f"/1/timeseries/{now - 300}/{now}/?group=url&granularity=60",
+        headers=read_headers(app_keys),
+    )
+    assert resp.status == 200, await resp.text()
 
 
 async def test_rejections_are_counted_by_reason(client: TestClient, app_keys: NewApp) -> None:

@@ -40,7 +40,8 @@ async def timeseries(request: web.Request) -> web.Response:
         max_buckets=settings.max_buckets,
     )
     force_raw = _force_raw(request)
-    shares, db, n = request.app[LIMITS], request.app[DB], settings.max_groups
+    shares, db = request.app[LIMITS], request.app[DB]
+    n = limits.groups_allowed(query, settings.max_groups, settings.max_points)
     async with shares.query(creds.app_id), limits.bounded(settings.statement_timeout_s):
         if force_raw or query.aggregation.kind is Kind.PERCENTILE:
             # Raw reads take their turn before their connection (limits.py).
@@ -48,8 +49,8 @@ async def timeseries(request: web.Request) -> web.Response:
                 answer = await run(db, query, creds, force_raw=force_raw, max_groups=n)
         else:
             answer = await run(db, query, creds, force_raw=force_raw, max_groups=n)
-    if len(answer.rows) > settings.max_groups:
-        raise limits.too_many_groups(settings.max_groups)
+    if len(answer.rows) > n:
+        raise limits.too_many_groups(n, settings.max_groups, settings.max_points)
     for source in answer.plan.sources:
         request.app[METRICS].query_source.labels(source=source).inc()
     return web.Response(
