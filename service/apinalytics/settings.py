@@ -68,8 +68,9 @@ class Settings(BaseSettings):
     # Time-series queries and exports one application may have running at once (429).
     max_queries_per_app: int = Field(default=16, gt=0)
     # Reads of raw events (percentiles, forced raw plans) running at once in a process;
-    # the rest of the query pool stays free for rollup reads.
-    max_raw_reads: int = Field(default=4, gt=0)
+    # the rest of the query pool stays free for rollup reads. Each takes the server's
+    # parallel workers: about one per two cores of the database (docs/benchmarks.md).
+    max_raw_reads: int = Field(default=2, gt=0)
     # Ingest requests per second per application (token bucket), and the burst.
     ingest_rate_per_app: float = Field(default=1000.0, gt=0)
     ingest_burst_per_app: int = Field(default=2000, gt=0)

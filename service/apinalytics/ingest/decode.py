@@ -129,6 +129,9 @@ def _gunzip(body: bytes, limit: int) -> bytes:
 
 def parse(body: bytes, app: int, now: float, settings: Settings) -> list[Row]:
     """Validate a whole batch and build its rows; raises before anything is stored."""
+    too_many = invalid.over(body, settings.max_batch_events)
+    if too_many is not None:
+        raise _too_many(too_many, settings.max_batch_events)
     try:
         events = BATCH.validate_json(body)
     except ValidationError as exc:
