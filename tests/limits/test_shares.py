@@ -173,5 +173,16 @@ async def test_groups_times_buckets_beyond_the_points_limit_are_400(
 async def test_rejections_are_counted_by_reason(client: TestClient, app_keys: NewApp) -> None:
     include = "&".join(f"include=data.k{i}:v" for i in range(11))
     await client.get(series() + "?" + include, headers=read_headers(app_keys))
+    for _ in range(5):  # a burst of 3
+        await client.post("/1/events/", json=[event()], headers=write_headers(app_keys))
+    pool = client.app[DB].pool
+    held = [await pool.acquire() for _ in range(POOL)]
+    try:
+        await client.get(series(), headers=read_headers(app_keys))
+    finally:
+        for conn in held:
+            await pool.release(conn)
     text = await (await client.get("/metrics")).text()
-    assert 'apinalytics_requests_rejected_total{reason="too_many_includes"} 1.0' in text, text
+    for reason, n in (("too_many_includes", 1), ("rate_limited", 2), ("overloaded", 1)):
+        line = f'apinalytics_requests_rejected_total{{reason="{reason}"}} {n:.1f}'
+        assert line in text, text
