@@ -29,8 +29,9 @@ import aiohttp
 import asyncpg
 
 from apinalytics import apps, migrate
-from apinalytics.ingest import rollups
+from apinalytics.edition import Edition
 from apinalytics.ingest.decode import COLUMNS
+from apinalytics.rollups import rebuild
 from common import (
     DATA,
     EventMaker,
@@ -77,7 +78,7 @@ async def load(dsn: str, mode: str, n: int, days: int) -> tuple[apps.NewApp, int
             rows = [as_row(e, internal) for e in maker.events(stamps[i : i + COPY_ROWS])]
             await conn.copy_records_to_table("events", records=rows, columns=COLUMNS)
         copy_s = time.perf_counter() - t
-        await rollups.rebuild(conn, mode, start, end)
+        await rebuild.rebuild(conn, Edition(mode), start, end)
         await conn.execute("VACUUM ANALYZE")
         return app, start, end, copy_s
     finally:

@@ -5,7 +5,7 @@ traffic is skewed like real tenants (the busiest has about a third of all events
 within an app ~50 consumers, ~30 functions and 10 status codes, a daily rhythm and
 quieter weekends (see ``common.EventMaker``). The events bypass the HTTP path (COPY
 in big batches), so the rollups are then recomputed from them with
-``apinalytics.ingest.rollups.rebuild``, day by day, exactly as an operator would
+``apinalytics.rollups.rebuild.rebuild``, day by day, exactly as an operator would
 after a bulk load.
 
 The cluster lives in ``bench/data/query-<mode>`` with a ``manifest.json`` beside it
@@ -39,8 +39,9 @@ import asyncpg
 from tqdm import tqdm
 
 from apinalytics import apps, migrate
-from apinalytics.ingest import decode, rollups
-from apinalytics.rollups import RAW, ROLLUPS, Rollup
+from apinalytics.edition import Edition
+from apinalytics.ingest import decode
+from apinalytics.rollups import RAW, ROLLUPS, Rollup, rebuild
 from common import DATA, EventMaker, as_row, diurnal_minutes, stored_relation, timestamps
 from common import cluster as start_cluster
 
@@ -178,7 +179,7 @@ async def _rebuild(dsn: str, mode: str, data: dict[str, Any]) -> float:
     try:
         start = data["start"]
         for d in tqdm(range(data["days"]), desc=f"rollups ({mode})", unit="day"):
-            await rollups.rebuild(conn, mode, start + d * DAY, start + (d + 1) * DAY)
+            await rebuild.rebuild(conn, Edition(mode), start + d * DAY, start + (d + 1) * DAY)
         await vacuum_analyze(conn, mode)
     finally:
         await conn.close()

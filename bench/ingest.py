@@ -48,6 +48,7 @@ import asyncpg
 
 from apinalytics import apps, localdb, migrate
 from apinalytics.db import Database, unix_us_timestamps
+from apinalytics.edition import Edition
 from apinalytics.ingest import decode, write
 from apinalytics.rollups import ROLLUPS
 from apinalytics.settings import Settings
@@ -302,7 +303,9 @@ async def _store(dsn: str, batches: Sequence[Sequence[decode.Row]], mode: str, c
     async def worker() -> None:
         for b in it:
             # The rows carry their app's internal id; store share-locks that app's row.
-            await write.store(db, b[0][1], b, mode=mode, idempotency_key=None, idempotency_ttl_s=60)
+            await write.store(
+                db, b[0][1], b, edition=Edition(mode), idempotency_key=None, idempotency_ttl_s=60
+            )
 
     try:
         t = time.perf_counter()

@@ -9,7 +9,6 @@ from __future__ import annotations
 import argparse
 import asyncio
 import contextlib
-import json
 import sys
 from collections.abc import Callable, Coroutine, Sequence
 from datetime import UTC, datetime
@@ -19,8 +18,9 @@ from typing import Any
 
 import asyncpg
 
-from . import __version__, apps, localdb, logs, migrate, retention_cli
-from .ingest import rollups as upkeep
+from . import __version__, apps_cli, localdb, logs, migrate, retention_cli
+from .edition import Edition
+from .rollups import rebuild
 from .settings import Settings
 
 Command = Callable[[argparse.Namespace, Settings], Coroutine[Any, Any, int]]
@@ -80,26 +80,7 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("migrate", parents=[common], help="apply sql/migrations")
     p.set_defaults(func=cmd_migrate)
 
-    p = sub.add_parser("apps", help="manage applications")
-    apps_sub = p.add_subparsers(dest="apps_command", required=True)
-    p = apps_sub.add_parser("create", parents=[common], help="create an app and print its keys")
-    p.add_argument("--name", required=True, help="1 to 100 characters, no control characters")
-    p.add_argument("--json", action="store_true", help="print one JSON object")
-    p.set_defaults(func=cmd_apps_create)
-    p = apps_sub.add_parser("list", parents=[common], help="list apps (no keys)")
-    p.add_argument("--json", action="store_true")
-    p.set_defaults(func=cmd_apps_list)
-    p = apps_sub.add_parser("rotate-keys", parents=[common], help="replace an app's keys")
-    p.add_argument("app_id")
-    which = p.add_mutually_exclusive_group()
-    which.add_argument("--write", action="store_true", help="only the write key")
-    which.add_argument("--read", action="store_true", help="only the read key")
-    p.add_argument("--json", action="store_true")
-    p.set_defaults(func=cmd_apps_rotate)
-    p = apps_sub.add_parser("delete", parents=[common], help="delete an app and all its data")
-    p.add_argument("app_id")
-    p.add_argument("--yes", action="store_true", help="do not ask for confirmation")
-    p.set_defaults(func=cmd_apps_delete)
+    apps_cli.register(sub, common)
 
     p = sub.add_parser("db", help="the embedded local TimescaleDB")
     db_sub = p.add_subparsers(dest="db_command", required=True)
@@ -191,36 +172,20 @@ def serve_workers(settings: Settings, *, migrate_first: bool, banner: str) -> in
     from . import workers
 
     try:
-        dsn = asyncio.run(dsn_for(settings))
+        dsn = asyncio.run(localdb.dsn_for(settings))
         return workers.serve(settings, dsn, migrate_first=migrate_first, banner=banner)
     except (OSError, asyncpg.PostgresError, localdb.LocalDbError) as exc:
         print(f"apinalytics: {exc}", file=sys.stderr)
         return 1
 
 
-async def dsn_for(settings: Settings) -> str:
-    """The configured database, or the embedded cluster (started if needed), migrated."""
-    if settings.database_url:
-        return settings.database_url
-    cluster = localdb.LocalCluster(
-        settings.home / "pgdata", localdb.find_bindir(settings.pg_bindir)
-    )
-    await asyncio.to_thread(cluster.ensure_running)
-    return cluster.dsn
-
-
-async def _connect(settings: Settings) -> asyncpg.Connection:
-    dsn = await dsn_for(settings)
-    await migrate.migrate(dsn)
-    return await asyncpg.connect(dsn)
-
-
 async def cmd_migrate(args: argparse.Namespace, settings: Settings) -> int:
-    result = await migrate.migrate(await dsn_for(settings))
-    edition = "Community" if result.license == "timescale" else "Apache-2"
+    result = await migrate.migrate(await localdb.dsn_for(settings))
+    server = Edition.for_license(result.license)
+    edition = "Community" if server is Edition.COMMUNITY else "Apache-2"
     how = (
         "continuous aggregates with refresh policies"
-        if result.mode == "community"
+        if result.mode.continuous_aggregates
         else "tables kept up to date by the ingest path"
     )
     print(f"TimescaleDB license: {result.license} ({edition} edition)")
@@ -233,110 +198,15 @@ async def cmd_migrate(args: argparse.Namespace, settings: Settings) -> int:
     return 0
 
 
-def _print_keys(app: apps.NewApp, as_json: bool) -> None:
-    out: dict[str, Any] = {"app_id": app.app_id}
-    if app.write_key:
-        out["write_key"] = app.write_key
-    if app.read_key:
-        out["read_key"] = app.read_key
-    if as_json:
-        print(json.dumps(out))
-        return
-    print(f"Application ID: {app.app_id}")
-    if app.write_key:
-        print(f"Write key:      {app.write_key}")
-    if app.read_key:
-        print(f"Read key:       {app.read_key}")
-    print("Keys are shown only now; store them safely.", file=sys.stderr)
-
-
-async def cmd_apps_create(args: argparse.Namespace, settings: Settings) -> int:
-    try:
-        name = apps.checked_name(args.name)
-    except ValueError as exc:
-        print(f"apinalytics: {exc}", file=sys.stderr)
-        return 2
-    conn = await _connect(settings)
-    try:
-        app = await apps.create(conn, name)
-    finally:
-        await conn.close()
-    _print_keys(app, args.json)
-    return 0
-
-
-async def cmd_apps_list(args: argparse.Namespace, settings: Settings) -> int:
-    conn = await _connect(settings)
-    try:
-        rows = await apps.list_apps(conn)
-    finally:
-        await conn.close()
-    if args.json:
-        print(
-            json.dumps(
-                [
-                    {"app_id": a.app_id, "name": a.name, "created_at": a.created_at.isoformat()}
-                    for a in rows
-                ]
-            )
-        )
-    else:
-        for a in rows:
-            print(f"{a.app_id}\t{a.name}\t{a.created_at:%Y-%m-%d %H:%M:%S}")
-    return 0
-
-
-async def cmd_apps_rotate(args: argparse.Namespace, settings: Settings) -> int:
-    kinds = (
-        {apps.KeyKind.WRITE}
-        if args.write
-        else {apps.KeyKind.READ}
-        if args.read
-        else {apps.KeyKind.WRITE, apps.KeyKind.READ}
-    )
-    conn = await _connect(settings)
-    try:
-        app = await apps.rotate(conn, args.app_id, kinds)
-    finally:
-        await conn.close()
-    if app is None:
-        print(f"apinalytics: no application {args.app_id}", file=sys.stderr)
-        return 2
-    _print_keys(app, args.json)
-    return 0
-
-
-async def cmd_apps_delete(args: argparse.Namespace, settings: Settings) -> int:
-    if not args.yes:
-        if not sys.stdin.isatty():
-            print("apinalytics: deleting needs --yes when not run at a terminal", file=sys.stderr)
-            return 2
-        answer = input(f"Delete application {args.app_id} and ALL of its events? [y/N] ")
-        if answer.strip().lower() not in ("y", "yes"):
-            print("not deleted")
-            return 1
-    conn = await _connect(settings)
-    try:
-        async with conn.transaction():
-            found = await apps.delete(conn, args.app_id)
-    finally:
-        await conn.close()
-    if not found:
-        print(f"apinalytics: no application {args.app_id}", file=sys.stderr)
-        return 2
-    print(f"deleted application {args.app_id} and its data")
-    return 0
-
-
 async def cmd_rollups_rebuild(args: argparse.Namespace, settings: Settings) -> int:
     if not args.end > args.start:
         print("apinalytics: END must be after START", file=sys.stderr)
         return 2
-    conn = await _connect(settings)
+    conn = await migrate.connect_migrated(await localdb.dsn_for(settings))
     try:
         mode = await migrate.rollup_mode(conn)
-        assert mode is not None  # _connect migrated the database
-        windows = await upkeep.rebuild(conn, mode, args.start, args.end)
+        assert mode is not None  # connect_migrated migrated the database
+        windows = await rebuild.rebuild(conn, mode, args.start, args.end)
     finally:
         await conn.close()
     for relation, (start, end) in windows.items():
@@ -353,16 +223,12 @@ def _iso(seconds: float) -> str:
 
 
 async def cmd_db_start(args: argparse.Namespace, settings: Settings) -> int:
-    print(await dsn_for(settings))
+    print(await localdb.dsn_for(settings))
     return 0
 
 
 async def cmd_db_stop(args: argparse.Namespace, settings: Settings) -> int:
-    cluster = localdb.LocalCluster(
-        settings.home / "pgdata", localdb.find_bindir(settings.pg_bindir)
-    )
-    cluster.datadir = cluster.datadir.resolve()
-    cluster.stop()
+    localdb.project_cluster(settings).stop()
     print("stopped")
     return 0
 

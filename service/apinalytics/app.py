@@ -23,10 +23,11 @@ from . import (
     security,
 )
 from .db import Database, create_pool, serial_plans, unix_us_timestamps
+from .edition import Edition
 from .ingest import handlers as ingest
 from .ingest.group import GroupWriter
 from .ingest.write import purge_idempotency_keys
-from .keys import DB, DECODER, INGEST, INGEST_DB, LIMITS, METRICS, ROLLUP_MODE, SETTINGS
+from .keys import DB, DECODER, EDITION, INGEST, INGEST_DB, LIMITS, METRICS, SETTINGS
 from .limits import Limits
 from .metrics import Metrics
 from .ops import healthz, metrics_view, readyz
@@ -136,10 +137,7 @@ def _database(run_migrations: bool) -> Callable[[web.Application], AsyncIterator
         settings = app[SETTINGS]
         dsn = settings.database_url
         if not dsn:
-            cluster = localdb.LocalCluster(
-                datadir=settings.home / "pgdata",
-                bindir=localdb.find_bindir(settings.pg_bindir),
-            )
+            cluster = localdb.project_cluster(settings)
             await asyncio.to_thread(cluster.ensure_running)
             app[LOCAL_CLUSTER] = cluster
             dsn = cluster.dsn
@@ -178,8 +176,8 @@ def _database(run_migrations: bool) -> Callable[[web.Application], AsyncIterator
             settings.busy_wait_s,
         )
         async with db.connection() as conn:
-            mode = await migrate.rollup_mode(conn)
-        app[ROLLUP_MODE] = mode or "apache"
+            edition = await migrate.rollup_mode(conn)
+        app[EDITION] = edition or Edition.APACHE
         yield
         await ingest_pool.close()
         await pool.close()
@@ -193,7 +191,7 @@ async def _ingest_writer(app: web.Application) -> AsyncIterator[None]:
     settings = app[SETTINGS]
     writer = GroupWriter(
         app[INGEST_DB],
-        mode=app[ROLLUP_MODE],
+        edition=app[EDITION],
         idempotency_ttl_s=settings.idempotency_ttl_s,
         max_events=settings.ingest_group_max_events,
         writers=settings.ingest_writers,

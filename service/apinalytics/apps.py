@@ -18,6 +18,7 @@ from enum import Enum
 
 import asyncpg
 
+from . import db
 from .rollups import RAW, ROLLUPS
 
 WRITE_PREFIX = "apw_"
@@ -89,7 +90,9 @@ async def create(conn: asyncpg.Connection, name: str, owner_id: int | None = Non
     name = checked_name(name)
     app = NewApp(new_public_id(), name, new_key(KeyKind.WRITE), new_key(KeyKind.READ))
     assert app.write_key and app.read_key
-    await conn.execute(
+    await db.execute(
+        conn,
+        "create app",
         """
         INSERT INTO apps (public_id, name, owner_id, write_key_digest, read_key_digest)
         VALUES ($1, $2, $3, $4, $5)
@@ -104,7 +107,9 @@ async def create(conn: asyncpg.Connection, name: str, owner_id: int | None = Non
 
 
 async def list_apps(conn: asyncpg.Connection, owner_id: int | None = None) -> list[AppInfo]:
-    rows = await conn.fetch(
+    rows = await db.fetch(
+        conn,
+        "list apps",
         """
         SELECT id, public_id, name, owner_id, created_at FROM apps
         WHERE $1::bigint IS NULL OR owner_id = $1
@@ -120,8 +125,11 @@ async def list_apps(conn: asyncpg.Connection, owner_id: int | None = None) -> li
 async def get(conn: asyncpg.Connection, app_id: str) -> AppInfo | None:
     if not app_id.isascii() or "\x00" in app_id:
         return None  # Application IDs are URL-safe ASCII; text cannot hold a NUL anyway
-    r = await conn.fetchrow(
-        "SELECT id, public_id, name, owner_id, created_at FROM apps WHERE public_id = $1", app_id
+    r = await db.fetchrow(
+        conn,
+        "get app",
+        "SELECT id, public_id, name, owner_id, created_at FROM apps WHERE public_id = $1",
+        app_id,
     )
     return (
         AppInfo(r["id"], r["public_id"], r["name"], r["owner_id"], r["created_at"]) if r else None
@@ -132,7 +140,9 @@ async def rotate(conn: asyncpg.Connection, app_id: str, kinds: set[KeyKind]) -> 
     """New keys of the given kinds; the old ones stop working with the commit."""
     write = new_key(KeyKind.WRITE) if KeyKind.WRITE in kinds else None
     read = new_key(KeyKind.READ) if KeyKind.READ in kinds else None
-    name = await conn.fetchval(
+    name = await db.fetchval(
+        conn,
+        "rotate keys",
         """
         UPDATE apps SET
             write_key_digest = COALESCE($2, write_key_digest),
@@ -156,12 +166,19 @@ PER_APP_RELATIONS: list[str] = [RAW, *(r.relation for r in ROLLUPS)]
 
 async def delete(conn: asyncpg.Connection, app_id: str) -> bool:
     """Delete an app and all of its data, in the caller's transaction."""
-    internal = await conn.fetchval("SELECT id FROM apps WHERE public_id = $1 FOR UPDATE", app_id)
+    internal = await db.fetchval(
+        conn, "lock app", "SELECT id FROM apps WHERE public_id = $1 FOR UPDATE", app_id
+    )
     if internal is None:
         return False
     for relation in await deletable_relations(conn):
-        await conn.execute(f"DELETE FROM {relation} WHERE app_id = $1", internal)
-    await conn.execute("DELETE FROM apps WHERE id = $1", internal)
+        await db.execute(
+            conn,
+            f"delete app from {relation}",
+            f"DELETE FROM {relation} WHERE app_id = $1",
+            internal,
+        )
+    await db.execute(conn, "delete app", "DELETE FROM apps WHERE id = $1", internal)
     return True
 
 
@@ -177,7 +194,9 @@ async def deletable_relations(conn: asyncpg.Connection) -> list[str]:
     """
     out = []
     for relation in PER_APP_RELATIONS:
-        row = await conn.fetchrow(
+        row = await db.fetchrow(
+            conn,
+            f"kind of {relation}",
             """
             SELECT c.relkind::text AS kind,
                    CASE WHEN ca.view_name IS NOT NULL THEN
@@ -210,8 +229,11 @@ class Credentials:
 
 async def authenticate(conn: asyncpg.Connection, app_id: str, key: str) -> Credentials | None:
     """Which kind of key this is for the app, or None if the app or key is unknown."""
-    row = await conn.fetchrow(
-        "SELECT id, write_key_digest, read_key_digest FROM apps WHERE public_id = $1", app_id
+    row = await db.fetchrow(
+        conn,
+        "authenticate",
+        "SELECT id, write_key_digest, read_key_digest FROM apps WHERE public_id = $1",
+        app_id,
     )
     if row is None:
         # Compare anyway so an unknown app costs the same as a wrong key.

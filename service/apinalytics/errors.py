@@ -44,10 +44,6 @@ class UserError(ApiError):
     code = "bad_request"
 
 
-class BadRequest(UserError):
-    pass
-
-
 class InvalidQuery(UserError):
     """A query parameter is wrong: names the parameter and why."""
 

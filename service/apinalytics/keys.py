@@ -3,14 +3,19 @@
 from __future__ import annotations
 
 from concurrent.futures import ThreadPoolExecutor
+from typing import TYPE_CHECKING
 
 from aiohttp import web
 
 from .db import Database
-from .ingest.group import GroupWriter
+from .edition import Edition
 from .limits import Limits
 from .metrics import Metrics
 from .settings import Settings
+
+if TYPE_CHECKING:
+    # For its type only: importing it would load the ingest stack wherever a key is read.
+    from .ingest.group import GroupWriter
 
 SETTINGS = web.AppKey("settings", Settings)
 DB = web.AppKey("db", Database)
@@ -19,10 +24,10 @@ INGEST_DB = web.AppKey("ingest_db", Database)
 METRICS = web.AppKey("metrics", Metrics)
 # Fair shares among applications: queries, raw reads, ingest rate (limits.py).
 LIMITS = web.AppKey("limits", Limits)
-# "apache" (rollups kept by the ingest path) or "community" (continuous aggregates).
-ROLLUP_MODE = web.AppKey("rollup_mode", str)
+# The database's edition, read once at start: what the rollup upkeep does.
+EDITION = web.AppKey("edition", Edition)
 # Where ingest requests hand their validated batches (group commit).
-INGEST = web.AppKey("ingest", GroupWriter)
+INGEST: web.AppKey[GroupWriter] = web.AppKey("ingest")
 # The one thread that validates big ingest bodies off the event loop.
 DECODER = web.AppKey("decoder", ThreadPoolExecutor)
 

@@ -5,42 +5,32 @@
 directories. PostgreSQL refuses to run as root, so when we are root the cluster
 belongs to the unprivileged ``postgres`` OS user (created by Debian's package).
 
-Connections need the superuser's password (scram-sha-256), generated when the cluster
-is made and kept in ``<datadir>/apinalytics-password`` (mode 0600, in a directory only
-its owner may enter): other users of the machine can reach the port but not the data.
-A data directory made by an earlier version, which trusted every local connection,
-gets a password and the same rules the first time it is started or reused.
+Connections need the superuser's password (localauth.py).
 """
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import json
 import os
 import pwd
-import secrets
 import shutil
 import socket
 import subprocess
-import tempfile
 import time
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-SUPERUSER = "apinalytics"
+from . import localauth
+from .localauth import SUPERUSER
+
+if TYPE_CHECKING:
+    from .settings import Settings
+
 DEFAULT_DB = "apinalytics"
 _STATE_FILE = "apinalytics-local.json"
-PASSWORD_FILE = "apinalytics-password"
-# Every connection, over TCP or the socket, proves the password.
-PG_HBA = """# Written by apinalytics (localdb.py): the superuser's password for every connection.
-local   all             all                                     scram-sha-256
-host    all             all             127.0.0.1/32            scram-sha-256
-host    all             all             ::1/128                 scram-sha-256
-local   replication     all                                     scram-sha-256
-host    replication     all             127.0.0.1/32            scram-sha-256
-host    replication     all             ::1/128                 scram-sha-256
-"""
 
 
 class LocalDbError(RuntimeError):
@@ -103,6 +93,22 @@ def free_port() -> int:
         return int(s.getsockname()[1])
 
 
+def project_cluster(settings: Settings) -> LocalCluster:
+    """The cluster ``serve`` and the commands run on without a database URL: the data
+    under ``<home>/pgdata``, the PostgreSQL of ``settings.pg_bindir`` or found."""
+    datadir = (settings.home / "pgdata").resolve()
+    return LocalCluster(datadir, find_bindir(settings.pg_bindir))
+
+
+async def dsn_for(settings: Settings) -> str:
+    """The configured database, or the project's cluster (started if needed)."""
+    if settings.database_url:
+        return settings.database_url
+    cluster = project_cluster(settings)
+    await asyncio.to_thread(cluster.ensure_running)
+    return cluster.dsn
+
+
 @dataclass
 class LocalCluster:
     """A PostgreSQL cluster in ``datadir``, listening on 127.0.0.1:``port``."""
@@ -123,11 +129,8 @@ class LocalCluster:
         return self.dsn_for(DEFAULT_DB)
 
     def dsn_for(self, database: str) -> str:
-        return f"postgresql://{SUPERUSER}:{self.password()}@127.0.0.1:{self.port}/{database}"
-
-    def password(self) -> str:
-        """The superuser's password (URL-safe), from the data directory."""
-        return (self.datadir / PASSWORD_FILE).read_text().strip()
+        password = localauth.read_password(self.datadir)
+        return f"postgresql://{SUPERUSER}:{password}@127.0.0.1:{self.port}/{database}"
 
     # -- lifecycle ---------------------------------------------------------------
 
@@ -146,7 +149,7 @@ class LocalCluster:
             if state:
                 self.port = int(state["port"])
                 self.license = state.get("license")
-            self._require_password()
+            localauth.require(self)
             return self
         if state and self.license is None:
             # A restart keeps the license it was first started with (the rollup mode
@@ -156,7 +159,7 @@ class LocalCluster:
             wanted = int(state["port"]) if state else 0
             self.port = wanted if wanted and _port_free(wanted) else free_port()
         self._start()
-        self._require_password()
+        localauth.require(self)
         self._create_default_db()
         return self
 
@@ -171,59 +174,7 @@ class LocalCluster:
     def _initdb(self) -> None:
         self.datadir.mkdir(parents=True, exist_ok=True)
         self._own(self.datadir)
-        password = secrets.token_urlsafe(24)
-        # initdb reads the password from a file, which must be readable by the user it
-        # runs as, and refuses a data directory that is not empty: a private file of
-        # its own, removed right after.
-        with tempfile.TemporaryDirectory(prefix="apinalytics-initdb-") as tmp:
-            pwfile = Path(tmp) / "pw"
-            pwfile.write_text(password + "\n")
-            pwfile.chmod(0o600)
-            self._own(pwfile)
-            argv = ["initdb", "-D", str(self.datadir), "-U", SUPERUSER]
-            argv += ["--auth=scram-sha-256", f"--pwfile={pwfile}"]
-            argv += ["--encoding=UTF8", "--locale=C.UTF-8"]
-            if not self.durable:
-                argv.append("--no-sync")
-            self._run_pg(argv)
-        self._write_password(password)
-        self._write_hba()
-
-    def _write_password(self, password: str) -> None:
-        path = self.datadir / PASSWORD_FILE
-        fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
-        with os.fdopen(fd, "w") as f:
-            f.write(password + "\n")
-        path.chmod(0o600)
-
-    def _write_hba(self) -> None:
-        hba = self.datadir / "pg_hba.conf"
-        hba.write_text(PG_HBA)
-        self._own(hba)
-        hba.chmod(0o600)
-
-    def _require_password(self) -> None:
-        """A running cluster made by an earlier version trusts every local connection:
-        give its superuser a password and require it from then on (a reload, no
-        restart). Nothing to do once the password file exists."""
-        if (self.datadir / PASSWORD_FILE).exists():
-            return
-        password = secrets.token_urlsafe(24)
-        self._psql("postgres", f"ALTER ROLE {SUPERUSER} PASSWORD '{password}'", password=None)
-        self._write_password(password)
-        self._write_hba()
-        self._run_pg(["pg_ctl", "-D", str(self.datadir), "reload"])
-
-    def _psql(self, database: str, sql: str, *, password: str | None) -> str:
-        psql = str(self.bindir / "psql")
-        argv = [psql, "-h", "127.0.0.1", "-p", str(self.port), "-U", SUPERUSER, "-d", database]
-        env = {**os.environ, "PGCONNECT_TIMEOUT": "10"}
-        if password is not None:
-            env["PGPASSWORD"] = password
-        out = subprocess.run([*argv, "-tAc", sql], capture_output=True, text=True, env=env)
-        if out.returncode != 0:
-            raise LocalDbError(f"psql failed: {out.stderr.strip()}")
-        return out.stdout
+        localauth.initdb(self)
 
     def _start(self) -> None:
         opts = [
@@ -246,21 +197,8 @@ class LocalCluster:
         # Repairs data directories that earlier versions left open to others (0701),
         # which PostgreSQL refuses to start on.
         self.datadir.chmod(self.datadir.stat().st_mode & 0o750)
-        self._run_pg(
-            [
-                "pg_ctl",
-                "-D",
-                str(self.datadir),
-                "-l",
-                str(log),
-                "-o",
-                " ".join(opts),
-                "-w",
-                "-t",
-                "60",
-                "start",
-            ]
-        )
+        argv = ["pg_ctl", "-D", str(self.datadir), "-l", str(log), "-o", " ".join(opts)]
+        self._run_pg([*argv, "-w", "-t", "60", "start"])
         (self.datadir / _STATE_FILE).write_text(
             json.dumps({"port": self.port, "license": self.license})
         )
@@ -269,27 +207,19 @@ class LocalCluster:
     def _create_default_db(self) -> None:
         psql = str(self.bindir / "psql")
         base = [psql, "-h", "127.0.0.1", "-p", str(self.port), "-U", SUPERUSER, "-d", "postgres"]
-        env = {**os.environ, "PGPASSWORD": self.password()}
+        env = {**os.environ, "PGPASSWORD": localauth.read_password(self.datadir)}
+        exists = f"SELECT 1 FROM pg_database WHERE datname = '{DEFAULT_DB}'"
         deadline = time.monotonic() + 30
         while True:
-            out = subprocess.run(
-                [*base, "-tAc", f"SELECT 1 FROM pg_database WHERE datname = '{DEFAULT_DB}'"],
-                capture_output=True,
-                text=True,
-                env=env,
-            )
+            out = subprocess.run([*base, "-tAc", exists], capture_output=True, text=True, env=env)
             if out.returncode == 0:
                 break
             if time.monotonic() > deadline:
                 raise LocalDbError(f"local cluster did not accept connections: {out.stderr}")
             time.sleep(0.2)
         if out.stdout.strip() != "1":
-            subprocess.run(
-                [*base, "-c", f"CREATE DATABASE {DEFAULT_DB}"],
-                check=True,
-                capture_output=True,
-                env=env,
-            )
+            create = [*base, "-c", f"CREATE DATABASE {DEFAULT_DB}"]
+            subprocess.run(create, check=True, capture_output=True, env=env)
 
     def _is_running(self) -> bool:
         if not (self.datadir / "postmaster.pid").exists():

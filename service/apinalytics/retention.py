@@ -17,6 +17,10 @@ changed, and any later refresh over that range recomputes the aggregate from the
 nothing that is left, deleting its rows. So every refresh window, including the
 refreshes the ingest path runs for back-dated events, must stay inside the retention
 of the relation it reads from.
+
+Over 300 lines: the rules, the horizons and the operations that drop chunks and
+replace policies are one reason to change (what is kept, and how safely); the CLI
+around them is ``retention_cli.py``.
 """
 
 from __future__ import annotations
@@ -29,18 +33,16 @@ from itertools import pairwise
 
 import asyncpg
 
-from .rollups import RAW, ROLLUPS
+from . import db
+from .edition import Edition
+from .rollups.declared import RAW, ROLLUPS
 
 RELATIONS: tuple[str, ...] = (RAW, *(r.relation for r in ROLLUPS))
-# The option of `apinalytics retention set` for each relation, named in refusals.
-# --minute sets events_1m and events_1m_app alike, --hour events_1h and the narrow hour
-# rollups built from it: each answers part of what the first of its width answers, at
-# the same granularity, so they are kept as long.
-FLAGS = {
-    RAW: "--raw",
-    **{r.relation: "--minute" for r in ROLLUPS if r.width_s == 60},
-    **{r.relation: "--hour" for r in ROLLUPS if r.width_s == 3600},
-}
+# The option of `apinalytics retention set` for each relation, named in refusals: one
+# per declared rollup width. --minute sets events_1m and events_1m_app alike, --hour
+# events_1h and the narrow hour rollups built from it: each answers part of what the
+# first of its width answers, at the same granularity, so they are kept as long.
+FLAGS = {RAW: "--raw", **{r.relation: f"--{r.width_name}" for r in ROLLUPS}}
 # The time column of each relation (identifiers only from this declared table).
 TIME_COLUMN = {RAW: "time", **{r.relation: "bucket" for r in ROLLUPS}}
 
@@ -87,11 +89,21 @@ def _days_up(seconds: int) -> str:
     return f"{-(-seconds // DAY)}d"
 
 
+def horizon_sql(table: str) -> str:
+    """A relation's horizon from its ``retention`` row (aliased ``table``), in UNIX
+    seconds: ``now - keep``, or the time before which data was already dropped, if
+    later; NULL when kept forever and nothing was dropped."""
+    return (
+        f"extract(epoch FROM greatest({table}.dropped_before, "
+        f"now() - make_interval(secs => {table}.keep_s)))::float8"
+    )
+
+
 @dataclass(frozen=True)
 class Rules:
     """What the safety rules need to know besides the retention itself."""
 
-    mode: str
+    mode: Edition
     # Community: per rollup, how far back its refresh policy reaches (start_offset, s);
     # None means it has no start, i.e. refreshes from the beginning of time.
     refresh_windows: Mapping[str, int | None]
@@ -125,7 +137,7 @@ def refusals(keep: Mapping[str, int | None], rules: Rules) -> list[str]:
                 f"raise {FLAGS[coarser.relation]} to at least {format_duration(f)} or lower "
                 f"{FLAGS[finer.relation]} to at most {format_duration(c)}."
             )
-    if rules.mode != "community":
+    if not rules.mode.continuous_aggregates:
         return out
     for rollup in ROLLUPS:
         source = rollup.built_from
@@ -157,25 +169,25 @@ async def horizons(conn: asyncpg.Connection) -> dict[str, float | None]:
     The planner never reads a relation before its horizon. One read of a table of a
     few rows (one per relation): it runs on every query.
     """
-    rows = await conn.fetch(
-        """
-        SELECT relation, extract(epoch FROM greatest(
-            dropped_before, now() - make_interval(secs => keep_s)))::float8 AS horizon
-        FROM retention
-        """
+    rows = await db.fetch(
+        conn,
+        "horizons",
+        f"SELECT relation, {horizon_sql('r')} AS horizon FROM retention r",
     )
     return {r["relation"]: r["horizon"] for r in rows}
 
 
 async def retention_in_force(conn: asyncpg.Connection) -> dict[str, int | None]:
-    rows = await conn.fetch("SELECT relation, keep_s FROM retention")
+    rows = await db.fetch(conn, "retention in force", "SELECT relation, keep_s FROM retention")
     found = {r["relation"]: r["keep_s"] for r in rows}
     return {rel: found.get(rel) for rel in RELATIONS}
 
 
 async def refresh_windows(conn: asyncpg.Connection) -> dict[str, int | None]:
     """Community: each continuous aggregate's refresh policy start_offset, in seconds."""
-    rows = await conn.fetch(
+    rows = await db.fetch(
+        conn,
+        "refresh windows",
         """
         SELECT ca.view_name,
                extract(epoch FROM (j.config ->> 'start_offset')::interval)::bigint AS start_s
@@ -184,14 +196,16 @@ async def refresh_windows(conn: asyncpg.Connection) -> dict[str, int | None]:
           ON ca.materialization_hypertable_schema = j.hypertable_schema
          AND ca.materialization_hypertable_name = j.hypertable_name
         WHERE j.proc_name = 'policy_refresh_continuous_aggregate'
-        """
+        """,
     )
     return {r["view_name"]: r["start_s"] for r in rows}
 
 
 async def hypertables(conn: asyncpg.Connection) -> dict[str, tuple[str, str]]:
     """Relation -> (schema, name) of the hypertable holding its chunks."""
-    rows = await conn.fetch(
+    rows = await db.fetch(
+        conn,
+        "hypertables of relations",
         """
         SELECT r.rel,
                coalesce(ca.materialization_hypertable_schema, h.hypertable_schema) AS s,
@@ -224,7 +238,9 @@ async def chunks(
     if relation not in tables:
         return []
     schema, name = tables[relation]
-    rows = await conn.fetch(
+    rows = await db.fetch(
+        conn,
+        f"chunks of {relation}",
         """
         SELECT chunk_name, range_start, range_end,
                pg_total_relation_size(format('%I.%I', chunk_schema, chunk_name)::regclass) AS bytes
@@ -264,13 +280,17 @@ async def drop_expired(conn: asyncpg.Connection, now: datetime) -> list[Chunk]:
     dropped: list[Chunk] = []
     async with conn.transaction():
         # Serialises against `set` and another `apply`.
-        await conn.execute("SELECT 1 FROM retention FOR UPDATE")
+        await db.execute(conn, "lock retention", "SELECT 1 FROM retention FOR UPDATE")
         for rel, cutoff in cutoffs(await retention_in_force(conn), now).items():
             expected = await chunks(conn, rel, cutoff)
             if not expected:
                 continue
-            await conn.fetch(
-                "SELECT drop_chunks($1::regclass, older_than => $2::timestamptz)", rel, cutoff
+            await db.fetch(
+                conn,
+                f"drop chunks of {rel}",
+                "SELECT drop_chunks($1::regclass, older_than => $2::timestamptz)",
+                rel,
+                cutoff,
             )
             await _record_dropped(conn, rel, max(c.end for c in expected))
             dropped += expected
@@ -278,7 +298,9 @@ async def drop_expired(conn: asyncpg.Connection, now: datetime) -> list[Chunk]:
 
 
 async def _record_dropped(conn: asyncpg.Connection, relation: str, before: datetime) -> None:
-    await conn.execute(
+    await db.execute(
+        conn,
+        f"record dropped {relation}",
         """
         UPDATE retention SET dropped_before = greatest(dropped_before, $2), updated_at = now()
         WHERE relation = $1
@@ -300,14 +322,16 @@ class Job:
 async def retention_jobs(conn: asyncpg.Connection) -> dict[str, Job]:
     """Community: the retention policy of each relation, if it has one."""
     tables = {v: k for k, v in (await hypertables(conn)).items()}
-    rows = await conn.fetch(
+    rows = await db.fetch(
+        conn,
+        "retention jobs",
         """
         SELECT job_id, hypertable_schema AS s, hypertable_name AS n, next_start,
                schedule_interval,
                extract(epoch FROM (config ->> 'drop_after')::interval)::bigint AS drop_after_s
         FROM timescaledb_information.jobs
         WHERE proc_name = 'policy_retention'
-        """
+        """,
     )
     out: dict[str, Job] = {}
     for r in rows:
@@ -324,7 +348,7 @@ async def run_policies(conn: asyncpg.Connection) -> list[Chunk]:
     dropped: list[Chunk] = []
     for rel, job in (await retention_jobs(conn)).items():
         before = await chunks(conn, rel)
-        await conn.execute("CALL run_job($1)", job.job_id)
+        await db.execute(conn, f"run retention job of {rel}", "CALL run_job($1)", job.job_id)
         left = {c.name for c in await chunks(conn, rel)}
         gone = [c for c in before if c.name not in left]
         if gone:
@@ -334,10 +358,10 @@ async def run_policies(conn: asyncpg.Connection) -> list[Chunk]:
 
 
 async def check(
-    conn: asyncpg.Connection, keep: Mapping[str, int | None], *, mode: str
+    conn: asyncpg.Connection, keep: Mapping[str, int | None], *, mode: Edition
 ) -> list[str]:
     """``refusals`` of a whole retention, against this database's refresh policies."""
-    windows = await refresh_windows(conn) if mode == "community" else {}
+    windows = await refresh_windows(conn) if mode.continuous_aggregates else {}
     return refusals(keep, Rules(mode, windows))
 
 
@@ -345,7 +369,7 @@ async def set_retention(
     conn: asyncpg.Connection,
     changes: Mapping[str, int | None],
     *,
-    mode: str,
+    mode: Edition,
 ) -> dict[str, int | None]:
     """Change the retention of some relations; raises UnsafeRetention, changing nothing.
 
@@ -354,7 +378,7 @@ async def set_retention(
     policy may already have dropped data up to there.
     """
     async with conn.transaction():
-        await conn.execute("SELECT 1 FROM retention FOR UPDATE")
+        await db.execute(conn, "lock retention", "SELECT 1 FROM retention FOR UPDATE")
         old = await retention_in_force(conn)
         new = {**old, **changes}
         reasons = await check(conn, new, mode=mode)
@@ -362,8 +386,12 @@ async def set_retention(
             raise UnsafeRetention(reasons)
         for rel, keep in changes.items():
             before = old[rel]
-            frozen = mode == "community" and before is not None and (keep is None or keep > before)
-            await conn.execute(
+            frozen = (
+                mode.retention_policies and before is not None and (keep is None or keep > before)
+            )
+            await db.execute(
+                conn,
+                f"set retention of {rel}",
                 """
                 UPDATE retention SET keep_s = $2, updated_at = now(),
                     dropped_before = CASE WHEN $3 THEN greatest(
@@ -376,12 +404,17 @@ async def set_retention(
                 frozen,
                 before,
             )
-            if mode == "community":
-                await conn.execute(
-                    "SELECT remove_retention_policy($1::regclass, if_exists => true)", rel
+            if mode.retention_policies:
+                await db.execute(
+                    conn,
+                    f"remove retention policy of {rel}",
+                    "SELECT remove_retention_policy($1::regclass, if_exists => true)",
+                    rel,
                 )
                 if keep is not None:
-                    await conn.execute(
+                    await db.execute(
+                        conn,
+                        f"add retention policy of {rel}",
                         "SELECT add_retention_policy($1::regclass, drop_after => $2::interval)",
                         rel,
                         timedelta(seconds=keep),
@@ -402,11 +435,11 @@ class RelationStatus:
     policy: Job | None
 
 
-async def status(conn: asyncpg.Connection, mode: str) -> list[RelationStatus]:
+async def status(conn: asyncpg.Connection, mode: Edition) -> list[RelationStatus]:
     """What `apinalytics retention show` prints, per relation."""
     keep = await retention_in_force(conn)
     hz = await horizons(conn)
-    jobs = await retention_jobs(conn) if mode == "community" else {}
+    jobs = await retention_jobs(conn) if mode.retention_policies else {}
     out = []
     for rel in RELATIONS:
         parts = await chunks(conn, rel)
@@ -436,7 +469,9 @@ async def _edge(
     column = TIME_COLUMN[relation]
     agg = {"min": "min", "max": "max"}[fn]
     for c in parts:
-        found: datetime | None = await conn.fetchval(
+        found: datetime | None = await db.fetchval(
+            conn,
+            f"{agg} time of {relation}",
             f"SELECT {agg}({column}) FROM {relation} WHERE {column} >= $1 AND {column} < $2",
             c.start,
             c.end,

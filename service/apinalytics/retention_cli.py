@@ -7,6 +7,9 @@ Exit codes (documented in docs/retention.md), stable for scripts:
     2  usage error, or a destructive action without --yes and no terminal to ask at
     3  set refused: the setting would lose data or exact answers (reasons on stderr)
     4  not confirmed at the prompt: nothing changed
+
+Over 300 lines: each command's parsing, confirmation and output sit side by side with
+the exit codes above, so a DBA's script and this module are read against one table.
 """
 
 from __future__ import annotations
@@ -21,7 +24,8 @@ from typing import Any
 
 import asyncpg
 
-from . import migrate, retention
+from . import db, localdb, migrate, retention
+from .edition import Edition
 from .retention import FLAGS, RELATIONS, Chunk, format_duration
 from .settings import Settings
 
@@ -91,12 +95,12 @@ def _duration(text: str) -> int | None:
         raise argparse.ArgumentTypeError(str(exc)) from exc
 
 
-async def _connect(settings: Settings) -> tuple[asyncpg.Connection, str]:
-    from .__main__ import dsn_for
-
-    conn: asyncpg.Connection = await asyncpg.connect(await dsn_for(settings))
+async def _connect(settings: Settings) -> tuple[asyncpg.Connection, Edition]:
+    conn: asyncpg.Connection = await asyncpg.connect(await localdb.dsn_for(settings))
     mode = await migrate.rollup_mode(conn)
-    if mode is None or not await conn.fetchval("SELECT to_regclass('retention') IS NOT NULL"):
+    if mode is None or not await db.fetchval(
+        conn, "retention migrated", "SELECT to_regclass('retention') IS NOT NULL"
+    ):
         await conn.close()
         raise OSError("the database is not migrated: run `apinalytics migrate` first")
     return conn, mode
@@ -136,7 +140,7 @@ async def cmd_show(args: argparse.Namespace, settings: Settings) -> int:
     conn, mode = await _connect(settings)
     try:
         rows = await retention.status(conn, mode)
-        windows = await retention.refresh_windows(conn) if mode == "community" else {}
+        windows = await retention.refresh_windows(conn) if mode.continuous_aggregates else {}
     finally:
         await conn.close()
     if args.json:
@@ -144,7 +148,7 @@ async def cmd_show(args: argparse.Namespace, settings: Settings) -> int:
         return OK
     how = (
         "continuous aggregates; TimescaleDB retention policies drop expired chunks"
-        if mode == "community"
+        if mode.retention_policies
         else "tables kept by the ingest path; `apinalytics retention apply` drops expired chunks"
     )
     print(f"rollup mode: {mode} ({how})")
@@ -174,7 +178,7 @@ async def cmd_show(args: argparse.Namespace, settings: Settings) -> int:
     for r in table:
         print("  ".join(v.ljust(w) for v, w in zip(r, widths, strict=True)).rstrip())
     print("times in UTC; 'complete from': queries read the relation from then on")
-    if mode == "community":
+    if mode.retention_policies:
         for s in rows:
             if s.policy:
                 print(
@@ -230,7 +234,8 @@ async def cmd_set(args: argparse.Namespace, settings: Settings) -> int:
         if hasattr(args, flag.lstrip("-"))
     }
     if not changes:
-        print("apinalytics: set needs at least one of --raw, --minute, --hour", file=sys.stderr)
+        options = ", ".join(dict.fromkeys(FLAGS.values()))
+        print(f"apinalytics: set needs at least one of {options}", file=sys.stderr)
         return USAGE
     conn, mode = await _connect(settings)
     try:
@@ -256,7 +261,7 @@ async def cmd_set(args: argparse.Namespace, settings: Settings) -> int:
         await conn.close()
     for rel in RELATIONS:
         print(f"{rel}: keep {format_duration(new[rel])}")
-    if mode == "community":
+    if mode.retention_policies:
         print("retention policies updated; TimescaleDB runs them daily")
     else:
         print(
@@ -291,8 +296,8 @@ def _print_chunks(verb: str, found: Sequence[Chunk]) -> None:
 async def cmd_apply(args: argparse.Namespace, settings: Settings) -> int:
     conn, mode = await _connect(settings)
     try:
-        now: datetime = await conn.fetchval("SELECT now()")
-        if mode == "community":
+        now: datetime = await db.fetchval(conn, "now", "SELECT now()")
+        if mode.retention_policies:
             return await _apply_community(conn, now, args)
         expired = await retention.expired_chunks(conn, now)
         if args.dry_run or not expired:

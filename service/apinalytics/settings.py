@@ -32,7 +32,6 @@ class Settings(BaseSettings):
     # Public base URL (for OAuth redirects behind a proxy); derived from the request if unset.
     public_url: str | None = None
 
-    db_pool_min: int = 2
     db_pool_max: int = 10
     # Cancels a query that runs longer; the client gets a clear 503 query_timeout.
     statement_timeout_s: float = 10.0

@@ -14,7 +14,8 @@ from pathlib import Path
 import asyncpg
 import pytest
 
-from apinalytics.localdb import PASSWORD_FILE, LocalCluster, find_bindir
+from apinalytics.localauth import PASSWORD_FILE
+from apinalytics.localdb import LocalCluster, find_bindir
 
 TRUST_HBA = "local all all trust\nhost all all 127.0.0.1/32 trust\n"
 

@@ -20,7 +20,7 @@ from aiohttp.typedefs import Handler
 
 from .. import apps
 from ..apps import KeyKind, NewApp
-from ..errors import ApiError, BadRequest, NotFound, UserError
+from ..errors import ApiError, NotFound, UserError
 from ..keys import DB, SETTINGS
 from . import csrf, oauth, sessions, users
 from .users import User
@@ -61,7 +61,7 @@ def add_routes(app: web.Application) -> None:
     r.add_get("/login/callback", callback, name="accounts.callback")
     r.add_post("/logout", logout, name="accounts.logout")
     r.add_get("/apps", list_apps, name="accounts.apps")
-    r.add_post("/apps", create_app, name="accounts.create")
+    r.add_post("/apps", add_app, name="accounts.create")
     r.add_get("/apps/{app_id}", show_app, name="accounts.app")
     r.add_post("/apps/{app_id}/keys/{kind}", rotate_key, name="accounts.rotate")
     r.add_get("/apps/{app_id}/delete", confirm_delete, name="accounts.confirm_delete")
@@ -152,7 +152,7 @@ def app_name(form_value: object) -> str:
     try:
         return apps.checked_name(form_value if isinstance(form_value, str) else "")
     except ValueError as exc:
-        raise BadRequest(str(exc)) from exc
+        raise UserError(str(exc)) from exc
 
 
 # -- login --------------------------------------------------------------------------
@@ -220,7 +220,7 @@ async def list_apps(request: web.Request) -> web.Response:
     return await render(request, "apps.html", user, apps=owned, flash=flash, max_name=apps.MAX_NAME)
 
 
-async def create_app(request: web.Request) -> web.Response:
+async def add_app(request: web.Request) -> web.Response:
     user = await require_user(request)
     form = await csrf.checked_form(request)
     name = app_name(form.get("name"))

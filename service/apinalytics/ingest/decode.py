@@ -6,6 +6,10 @@ pass over the events for what pydantic cannot know: configured string limits, NU
 characters (PostgreSQL text cannot hold them), the accepted time window. Every
 problem of the batch is counted, the first ``MAX_DETAILS`` are named, and nothing is
 stored. An invalid batch costs no more than its size (ingest/invalid.py).
+
+Over 300 lines on purpose: the fast path (``parse``) and the slow path that names
+each problem (``_check``, the messages) must state the same rules, and side by side
+in one module they are checked against each other at a glance.
 """
 
 from __future__ import annotations
@@ -23,6 +27,7 @@ import orjson
 from aiohttp import web
 from pydantic import ValidationError
 
+from .. import schema
 from ..errors import InvalidEvents, PayloadTooLarge, UnsupportedMediaType, UserError
 from ..settings import Settings
 from . import invalid
@@ -39,20 +44,12 @@ EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
 # RFC 9110 token characters: GET, PROPFIND, M-SEARCH, ...
 _METHOD = re.compile(r"^[A-Za-z0-9!#$%&'*+.^_`|~-]{1,32}\Z")
 
-# The row of one event, in COLUMNS order. Its time is an int of UNIX microseconds:
-# the ingest path's connections take timestamptz as such (db.unix_us_timestamps).
+# The row of one event, in COLUMNS order (schema.EVENT). Its time is an int of UNIX
+# microseconds: the ingest path's connections take timestamptz as such
+# (db.unix_us_timestamps). Written out for speed in ``parse``; tests/test_schema.py
+# holds it to the schema.
 Row = tuple[int, int, str, str, str, str, int, int, str | None]
-COLUMNS = (
-    "time",
-    "app_id",
-    "consumer_id",
-    "method",
-    "url",
-    "function",
-    "response_us",
-    "status_code",
-    "data",
-)
+COLUMNS = schema.COLUMNS
 
 
 class BatchRejected(InvalidEvents):

@@ -15,7 +15,7 @@ next writer to be free takes the queue (oldest first, at least one batch, up to
    of it), stores nothing and is answered with that batch's count;
 4. one COPY of the rows of every batch left, the Apache-mode rollup upkeep once for
    all of them, COMMIT;
-5. Community mode: ``rollups.after_commit`` once for all of those rows, on the same
+5. Community edition: ``write.after_commit`` once for all of those rows, on the same
    connection.
 
 Its connections come from the ingest pool, where rows carry their times as ints of
@@ -26,7 +26,7 @@ queued while the writers were busy.
 
 Lock order. Every transaction that writes events takes its locks in phases: the apps'
 rows (shared, by id), then Idempotency-Keys (by app and key), then the rollups' rows
-(rollups in declaration order, keys sorted: ``rollups.upkeep_in_transaction``).
+(rollups in declaration order, keys sorted: ``rollups.apache.upkeep``).
 ``write.store`` is the one-batch case of the same order, so groups and lone batches,
 in one process or several, wait for each other but cannot deadlock.
 
@@ -52,17 +52,16 @@ import logging
 from collections import deque
 from collections.abc import Sequence
 from dataclasses import dataclass
-from itertools import chain
 
 import asyncpg
 from prometheus_client import Histogram
 
-from ..db import Database, mapped_errors, timed
-from ..errors import DatabaseUnavailable, RefreshPending, Unauthorized, UserError
-from ..rollups import RAW
-from . import rollups, write
-from .decode import COLUMNS, Row
-from .write import Stored
+from ..db import Database, mapped_errors
+from ..edition import Edition
+from ..errors import DatabaseUnavailable, RefreshPending
+from . import write
+from .decode import Row
+from .write import Batch, CommitFailed, Stored, Written
 
 log = logging.getLogger(__name__)
 
@@ -72,10 +71,7 @@ RETRY_MAX_S = 60.0
 
 
 @dataclass(eq=False)
-class _Batch:
-    app: int
-    rows: Sequence[Row]
-    key: str | None
+class _Batch(Batch):
     future: asyncio.Future[Stored]
 
     def answer(self, result: Stored | BaseException) -> None:
@@ -90,21 +86,6 @@ class _Batch:
             self.future.cancel()
 
 
-@dataclass
-class _Committed:
-    stored: list[_Batch]
-    replays: list[tuple[_Batch, int]]
-    rows: list[Row]
-
-
-class _CommitFailed(Exception):
-    """The COMMIT of a group failed with ``error``: whether it took effect is unknown."""
-
-    def __init__(self, error: Exception) -> None:
-        super().__init__(str(error))
-        self.error = error
-
-
 class GroupWriter:
     """Writes the submitted batches, grouping those that queue while the database is busy."""
 
@@ -112,14 +93,14 @@ class GroupWriter:
         self,
         db: Database,
         *,
-        mode: str,
+        edition: Edition,
         idempotency_ttl_s: int,
         max_events: int,
         writers: int,
         group_batches: Histogram,
     ) -> None:
         self._db = db
-        self._mode = mode
+        self._edition = edition
         self._ttl_s = idempotency_ttl_s
         self._max_events = max_events
         self._free = writers
@@ -190,7 +171,7 @@ class GroupWriter:
                 self._start()
 
         try:
-            done: _Committed | None = None
+            done: Written | None = None
             after: Exception | None = None
             try:
                 async with self._db.connection() as conn:
@@ -199,15 +180,13 @@ class GroupWriter:
                     release()
                     if done.rows:
                         with mapped_errors(self._db.statement_timeout_s):
-                            await rollups.after_commit(conn, self._mode, done.rows)
+                            await write.after_commit(conn, self._edition, done.rows)
             except Exception as exc:
                 if done is not None:
                     # After COMMIT: the rows are stored, the error is theirs.
                     after = self._refresh_later(done.rows, exc) if done.rows else exc
-                elif isinstance(exc, (DatabaseUnavailable, _CommitFailed)):
-                    error = (
-                        write.commit_failure(exc.error) if isinstance(exc, _CommitFailed) else exc
-                    )
+                elif isinstance(exc, (DatabaseUnavailable, CommitFailed)):
+                    error = exc.answer if isinstance(exc, CommitFailed) else exc
                     for batch in group:
                         batch.answer(error)
                     return
@@ -221,10 +200,10 @@ class GroupWriter:
                             batch.answer(await self._outcome(batch))
                     return
             assert done is not None
-            for batch in done.stored:
-                batch.answer(after or Stored(accepted=len(batch.rows), replay=False))
-            for batch, original in done.replays:
-                batch.answer(Stored(accepted=original, replay=True))
+            for stored in done.stored:
+                _answer(stored, after or Stored(accepted=len(stored.rows), replay=False))
+            for replayed, original in done.replays:
+                _answer(replayed, Stored(accepted=original, replay=True))
         except BaseException as exc:
             for batch in group:
                 batch.answer(exc)
@@ -232,51 +211,16 @@ class GroupWriter:
         finally:
             release()
 
-    async def _transaction(self, conn: asyncpg.Connection, group: list[_Batch]) -> _Committed:
-        committing = False
-        try:
-            with mapped_errors(self._db.statement_timeout_s):
-                async with conn.transaction():
-                    apps = sorted({b.app for b in group})
-                    found = await timed(conn.fetch, write.LOCK_APPS, (apps, RAW), "app locks")
-                    horizons = {r["id"]: r["horizon"] for r in found}
-                    kept: list[_Batch] = []
-                    for batch in group:
-                        try:
-                            if batch.app not in horizons:
-                                raise Unauthorized(write.UNKNOWN_APP)
-                            write.refuse_past_horizon(batch.rows, horizons[batch.app])
-                        except UserError as exc:
-                            batch.answer(exc)
-                        else:
-                            kept.append(batch)
-                    replays: list[tuple[_Batch, int]] = []
-                    # Stable sort: of two batches with one key, the earlier claims it.
-                    keyed = sorted((b for b in kept if b.key is not None), key=_key_order)
-                    for batch in keyed:
-                        claimed = await timed(
-                            conn.fetchval,
-                            write.CLAIM_KEY,
-                            (batch.app, batch.key, len(batch.rows), self._ttl_s),
-                            "idempotency claim",
-                        )
-                        if not claimed:
-                            original: int = await conn.fetchval(
-                                write.CLAIMED_COUNT, batch.app, batch.key
-                            )
-                            replays.append((batch, original))
-                    replayed = {b for b, _ in replays}
-                    stored = [b for b in kept if b not in replayed]
-                    rows = list(chain.from_iterable(b.rows for b in stored))
-                    if rows:
-                        await conn.copy_records_to_table("events", records=rows, columns=COLUMNS)
-                        await rollups.upkeep_in_transaction(conn, self._mode, rows)
-                    committing = True
-        except Exception as exc:
-            if committing:
-                raise _CommitFailed(exc) from exc
-            raise
-        return _Committed(stored, replays, rows)
+    async def _transaction(self, conn: asyncpg.Connection, group: list[_Batch]) -> Written:
+        return await write.transaction(
+            conn,
+            self._edition,
+            group,
+            idempotency_ttl_s=self._ttl_s,
+            timeout_s=self._db.statement_timeout_s,
+            # Answered at once: nothing that follows changes their answer.
+            on_refused=_answer,
+        )
 
     async def _outcome(self, batch: _Batch) -> Stored | Exception:
         try:
@@ -290,7 +234,7 @@ class GroupWriter:
                 self._db,
                 app,
                 rows,
-                mode=self._mode,
+                edition=self._edition,
                 idempotency_key=key,
                 idempotency_ttl_s=self._ttl_s,
             )
@@ -327,7 +271,7 @@ class GroupWriter:
                 raise
             try:
                 async with self._db.connection() as conn:
-                    await rollups.after_commit(conn, self._mode, rows)
+                    await write.after_commit(conn, self._edition, rows)
             except Exception as exc:
                 log.warning(
                     "refreshing the rollups after commit failed again",
@@ -339,5 +283,6 @@ class GroupWriter:
                 return
 
 
-def _key_order(batch: _Batch) -> tuple[int, str]:
-    return (batch.app, batch.key or "")
+def _answer(batch: Batch, result: Stored | BaseException) -> None:
+    assert isinstance(batch, _Batch)
+    batch.answer(result)

@@ -1,4 +1,5 @@
-"""The write path of one batch: one transaction, COPY, rollup upkeep, then commit.
+"""The write transaction: lock, claim keys, COPY, rollup upkeep, commit; then the
+work after commit. Written once (``transaction``, ``after_commit``) for every writer.
 
 The service's requests go through the group writer (``group.py``), which writes the
 batches that arrive together in one such transaction; ``store`` writes one batch
@@ -15,13 +16,18 @@ refreshed into the rollups (a refresh over dropped raw data deletes rollup rows)
 
 from __future__ import annotations
 
-from collections.abc import Sequence
-from dataclasses import dataclass
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+from functools import partial
 
-from ..db import Database, connection_lost, timed
-from ..errors import CommitOutcomeUnknown, Unauthorized
-from ..rollups import RAW
-from . import rollups
+import asyncpg
+
+from .. import retention
+from ..db import Database, connection_lost, mapped_errors, timed
+from ..edition import Edition
+from ..errors import CommitOutcomeUnknown, Unauthorized, UserError
+from ..rollups import apache, community
+from ..rollups.declared import RAW
 from .decode import COLUMNS, Row, earliest_us, horizon_us, past_horizon
 
 
@@ -46,9 +52,8 @@ class Stored:
 # being written for it (and then deletes them too) rather than leaving orphaned
 # events, and a retention change commits before or after them. A deleted app's row is
 # not returned.
-LOCK_APPS = """
-    SELECT a.id, extract(epoch FROM greatest(
-        r.dropped_before, now() - make_interval(secs => r.keep_s)))::float8 AS horizon
+LOCK_APPS = f"""
+    SELECT a.id, {retention.horizon_sql("r")} AS horizon
     FROM apps a LEFT JOIN retention r ON r.relation = $2
     WHERE a.id = ANY($1::integer[])
     ORDER BY a.id
@@ -88,10 +93,146 @@ def commit_failure(exc: Exception) -> Exception:
     return CommitOutcomeUnknown() if connection_lost(exc) else exc
 
 
+class CommitFailed(Exception):
+    """The COMMIT of a write transaction failed with ``error``; ``answer`` is what
+    each of its batches is told (``commit_failure``). Never written again: that could
+    store them twice."""
+
+    def __init__(self, error: Exception) -> None:
+        super().__init__(str(error))
+        self.error = error
+        self.answer = commit_failure(error)
+
+
 def refuse_past_horizon(rows: Sequence[Row], horizon: float | None) -> None:
     """Raise the 400 naming the events older than the raw events' retention horizon."""
     if horizon is not None and earliest_us(rows) < horizon_us(horizon):
         raise past_horizon(rows, horizon)
+
+
+@dataclass(eq=False)
+class Batch:
+    """One request's validated rows for one app, and its Idempotency-Key."""
+
+    app: int
+    rows: Sequence[Row]
+    key: str | None
+
+
+@dataclass
+class Written:
+    """What one write transaction did with each of its batches."""
+
+    stored: list[Batch] = field(default_factory=list)
+    # Batches whose key was claimed before, with the count that claim answered.
+    replays: list[tuple[Batch, int]] = field(default_factory=list)
+    # Batches refused before anything was written: app gone, events past the horizon.
+    refused: list[tuple[Batch, UserError]] = field(default_factory=list)
+    # Every row stored, in batch order.
+    rows: list[Row] = field(default_factory=list)
+
+
+async def transaction(
+    conn: asyncpg.Connection,
+    edition: Edition,
+    batches: Sequence[Batch],
+    *,
+    idempotency_ttl_s: int,
+    timeout_s: float,
+    on_refused: Callable[[Batch, UserError], None] | None = None,
+) -> Written:
+    """Write ``batches`` in one transaction: lock their apps (refusing the batches of
+    a deleted app or past the raw horizon), claim their Idempotency-Keys, COPY the
+    rows of the batches left, keep the Apache edition's rollups, COMMIT.
+
+    The lock order of every transaction that writes events: the apps' rows (shared, by
+    id), then Idempotency-Keys (by app and key), then the rollups' rows
+    (``rollups.apache.upkeep``). Raises ``CommitFailed`` if the COMMIT fails; any
+    other failure stored nothing. Driver errors come mapped (``db.mapped_errors``).
+    ``on_refused`` hears of each refused batch at once (they are in ``refused`` too).
+    """
+    committing = False
+    try:
+        with mapped_errors(timeout_s):
+            async with conn.transaction():
+                written = Written()
+                kept = await _lock_apps(conn, batches, written, on_refused)
+                written.stored = await _claim_keys(conn, kept, idempotency_ttl_s, written)
+                written.rows = [row for b in written.stored for row in b.rows]
+                if written.rows:
+                    copy = partial(
+                        conn.copy_records_to_table, records=written.rows, columns=COLUMNS
+                    )
+                    await timed(copy, "events", (), "copy events")
+                    if edition.upkeep_in_transaction:
+                        await apache.upkeep(conn, written.rows)
+                committing = True
+    except Exception as exc:
+        if committing:
+            raise CommitFailed(exc) from exc
+        raise
+    return written
+
+
+async def _lock_apps(
+    conn: asyncpg.Connection,
+    batches: Sequence[Batch],
+    written: Written,
+    on_refused: Callable[[Batch, UserError], None] | None,
+) -> list[Batch]:
+    """Share-lock the apps of the batches that hold rows; the batches not refused."""
+    apps = sorted({b.app for b in batches if b.rows})
+    horizons: dict[int, float | None] = {}
+    if apps:
+        found = await timed(conn.fetch, LOCK_APPS, (apps, RAW), "app locks, raw horizon")
+        horizons = {r["id"]: r["horizon"] for r in found}
+    kept: list[Batch] = []
+    for batch in batches:
+        if batch.rows:
+            try:
+                if batch.app not in horizons:
+                    raise Unauthorized(UNKNOWN_APP)
+                refuse_past_horizon(batch.rows, horizons[batch.app])
+            except UserError as exc:
+                written.refused.append((batch, exc))
+                if on_refused is not None:
+                    on_refused(batch, exc)
+                continue
+        kept.append(batch)
+    return kept
+
+
+async def _claim_keys(
+    conn: asyncpg.Connection, kept: list[Batch], ttl_s: int, written: Written
+) -> list[Batch]:
+    """Claim each batch's key in (app, key) order; the batches to store."""
+    # Stable sort: of two batches with one key, the earlier claims it.
+    keyed = sorted((b for b in kept if b.key is not None), key=_key_order)
+    for batch in keyed:
+        claimed = await timed(
+            conn.fetchval,
+            CLAIM_KEY,
+            (batch.app, batch.key, len(batch.rows), ttl_s),
+            "idempotency claim",
+        )
+        if not claimed:
+            original: int = await timed(
+                conn.fetchval, CLAIMED_COUNT, (batch.app, batch.key), "idempotency count"
+            )
+            written.replays.append((batch, original))
+    replayed = {b for b, _ in written.replays}
+    return [b for b in kept if b not in replayed]
+
+
+def _key_order(batch: Batch) -> tuple[int, str]:
+    return (batch.app, batch.key or "")
+
+
+async def after_commit(conn: asyncpg.Connection, edition: Edition, rows: Sequence[Row]) -> None:
+    """The work after COMMIT: the Community edition refreshes back-dated events into
+    the continuous aggregates, on the connection that committed them."""
+    if edition.refresh_after_commit and rows:
+        await community.after_commit(conn, rows)
 
 
 async def store(
@@ -99,7 +240,7 @@ async def store(
     app: int,
     rows: Sequence[Row],
     *,
-    mode: str,
+    edition: Edition,
     idempotency_key: str | None,
     idempotency_ttl_s: int,
 ) -> Stored:
@@ -108,38 +249,25 @@ async def store(
     ``db`` is the ingest pool (``db.unix_us_timestamps``): rows carry their times as
     ints of UNIX microseconds.
     """
+    batch = Batch(app, rows, idempotency_key)
     async with db.connection() as conn:
-        committing = False
         try:
-            async with conn.transaction():
-                if rows:
-                    found = await timed(
-                        conn.fetchrow, LOCK_APPS, ([app], RAW), "app lock, raw horizon"
-                    )
-                    if found is None:
-                        raise Unauthorized(UNKNOWN_APP)
-                    refuse_past_horizon(rows, found["horizon"])
-                if idempotency_key is not None:
-                    claimed = await timed(
-                        conn.fetchval,
-                        CLAIM_KEY,
-                        (app, idempotency_key, len(rows), idempotency_ttl_s),
-                        "idempotency claim",
-                    )
-                    if not claimed:
-                        original: int = await conn.fetchval(CLAIMED_COUNT, app, idempotency_key)
-                        return Stored(accepted=original, replay=True)
-                if rows:
-                    await conn.copy_records_to_table("events", records=rows, columns=COLUMNS)
-                    await rollups.upkeep_in_transaction(conn, mode, rows)
-                committing = True
-        except Exception as exc:
-            if committing:
-                raise commit_failure(exc) from exc
-            raise
+            written = await transaction(
+                conn,
+                edition,
+                [batch],
+                idempotency_ttl_s=idempotency_ttl_s,
+                timeout_s=db.statement_timeout_s,
+            )
+        except CommitFailed as exc:
+            raise exc.answer from exc.error
+        for _, error in written.refused:
+            raise error
+        for _, original in written.replays:
+            return Stored(accepted=original, replay=True)
         if rows:
             try:
-                await rollups.after_commit(conn, mode, rows)
+                await after_commit(conn, edition, rows)
             except Exception as exc:
                 raise AfterCommitFailed(rows, exc) from exc
     return Stored(accepted=len(rows), replay=False)

@@ -4,11 +4,13 @@ from __future__ import annotations
 
 from collections.abc import Mapping
 from dataclasses import dataclass, field
-from enum import Enum
 
-# Fields a query may group or filter by. ``data.<key>`` (a custom dimension) is
-# accepted too; see ``params.field_name``.
-FIELDS = ("consumer_id", "method", "url", "function", "status_code")
+from ..measures import AGGREGATIONS, VALUE, Kind
+from ..schema import QUERY_FIELDS
+
+# Fields a query may group or filter by (schema.EVENT). ``data.<key>`` (a custom
+# dimension) is accepted too; see ``params.field_name``.
+FIELDS = QUERY_FIELDS
 DATA_PREFIX = "data."
 
 MINUTE = 60
@@ -27,15 +29,6 @@ NAMED_GRANULARITIES = {
 }
 
 
-class Kind(Enum):
-    COUNT = "count"
-    MEAN = "mean"
-    MIN = "min"
-    MAX = "max"
-    SUM = "sum"
-    PERCENTILE = "percentile"
-
-
 @dataclass(frozen=True)
 class Aggregation:
     kind: Kind
@@ -44,8 +37,8 @@ class Aggregation:
 
     @property
     def needs_raw(self) -> bool:
-        """Percentiles cannot be rebuilt from counts, sums, mins and maxes."""
-        return self.kind is Kind.PERCENTILE
+        """Whether only raw events answer it (percentiles: measures.AGGREGATIONS)."""
+        return AGGREGATIONS[self.kind].needs_raw
 
 
 @dataclass(frozen=True)
@@ -79,7 +72,8 @@ class Query:
     aggregation: Aggregation = Aggregation(Kind.COUNT)
     group: str | None = None
     includes: Mapping[str, tuple[str, ...]] = field(default_factory=dict)
-    value: str = "response_us"
+    # The event field aggregated (schema.VALUES).
+    value: str = VALUE
 
     def fields(self) -> set[str]:
         """Every field the query groups or filters by."""

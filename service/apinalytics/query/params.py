@@ -13,14 +13,15 @@ from __future__ import annotations
 import re
 from collections.abc import Mapping, Sequence
 
+from .. import schema
 from ..errors import InvalidQuery
+from ..measures import VALUE, Kind
 from .model import (
     DATA_PREFIX,
     FIELDS,
     NAMED_GRANULARITIES,
     Aggregation,
     Granularity,
-    Kind,
     Query,
     granularity_of,
 )
@@ -32,7 +33,7 @@ _POSITIVE_INT = re.compile(r"^[0-9]{1,12}\Z")
 _PERCENTILE = re.compile(r"^percentile_([1-9][0-9]?)\Z")
 # Custom dimension keys are stored strings of at most this many characters.
 MAX_DATA_KEY = 256
-VALUES = ("response_us",)
+VALUES = schema.VALUES
 SINGLE = ("value", "granularity", "aggregation", "group")
 
 
@@ -77,7 +78,8 @@ def parse_includes(values: Sequence[str]) -> dict[str, list[str]]:
 
     The value is everything after the first ``:`` and may be empty (an empty
     consumer_id is a real value). An empty ``include=`` is no filter. Methods are
-    matched upper-case, as they are stored; status codes must be integers.
+    matched upper-case, as they are stored; status codes must be integers
+    (``schema.Field.normalise``).
     """
     out: dict[str, list[str]] = {}
     for raw in values:
@@ -89,16 +91,12 @@ def parse_includes(values: Sequence[str]) -> dict[str, list[str]]:
         name = field_name("include", name)
         if "\x00" in value:
             raise InvalidQuery("include", f"the value for {name} must not contain NUL characters")
-        if name == "method":
-            value = value.upper()
-        elif name == "status_code" and not (
-            _POSITIVE_INT.match(value) and 100 <= int(value) <= 599
-        ):
-            raise InvalidQuery(
-                "include", f"status_code must be an integer from 100 to 599, not {value!r}"
-            )
-        elif name == "status_code":
-            value = str(int(value))
+        field = schema.BY_NAME.get(name)
+        if field is not None and field.normalise is not None:
+            try:
+                value = field.normalise(value)
+            except ValueError as exc:
+                raise InvalidQuery("include", str(exc)) from None
         if value not in out.setdefault(name, []):
             out[name].append(value)
     return out
@@ -146,7 +144,7 @@ def parse_query(
         if len(set(given)) > 1:
             raise InvalidQuery(name, "given more than once with different values")
         single[name] = given[0] if given else ""
-    value = single["value"] or "response_us"
+    value = single["value"] or VALUE
     if value not in VALUES:
         raise InvalidQuery("value", f"must be {' or '.join(VALUES)}, not {value!r}")
     granularity = parse_granularity(single["granularity"])

@@ -7,20 +7,29 @@ no clock (``now`` is passed in).
 from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 from ..errors import Gone
+from ..measures import VALUE
 from ..rollups import RAW, ROLLUPS, Rollup
 from .model import Query
 
 
 @dataclass(frozen=True)
 class Part:
-    """Read ``[start, end)`` of the query from ``source`` (a rollup relation or RAW)."""
+    """Read ``[start, end)`` of the query from ``source`` (a rollup relation or RAW).
+
+    What the SQL builder needs besides (derived from the query and the part, so not
+    compared): ``points``, whether the source holds exactly one row per bucket and
+    group of the answer (no GROUP BY needed); ``rebucket``, whether its rows must be
+    put into the query's buckets (not for a rollup whose buckets are the query's).
+    """
 
     source: str
     start: int
     end: int
+    points: bool = field(default=False, compare=False)
+    rebucket: bool = field(default=True, compare=False)
 
 
 @dataclass(frozen=True)
@@ -30,10 +39,9 @@ class Plan:
     parts: tuple[Part, ...]
     # Distinct sources read, coarsest first (raw events last).
     sources: tuple[str, ...]
-
-    @property
-    def raw_only(self) -> bool:
-        return all(p.source == RAW for p in self.parts)
+    # Whether a bucket of the answer spans two parts, so the parts yield what
+    # re-aggregates exactly and their union is merged once more (derived: not compared).
+    merge: bool = field(default=False, compare=False)
 
     @property
     def reads_rollups(self) -> bool:
@@ -53,7 +61,8 @@ def plan(
     Decision order:
 
     1. ``force_raw`` (the ``X-Apinalytics-Planner: raw`` header): raw events only.
-    2. A percentile needs every value: raw events only.
+    2. A percentile needs every value, and the rollups hold measures of one value
+       (``measures.VALUE``): raw events only.
     3. Candidate rollups are those whose dimensions cover every field the query groups
        or filters by (url and ``data.*`` are in none, so those go to raw events), and
        whose bucket width divides the query's buckets (width and origin are multiples
@@ -70,10 +79,13 @@ def plan(
 
     ``horizons`` maps a relation to the UNIX time from which its data is complete;
     None or a missing relation means complete.
+
+    Finally each part says whether its rows already are the answer's points and
+    whether they need re-bucketing, and the plan whether its parts are merged.
     """
-    if force_raw or query.aggregation.needs_raw:
+    if force_raw or query.aggregation.needs_raw or query.value != VALUE:
         parts = _raw(query.start, query.end, _Context(query, now, horizons, rollups))
-        return Plan(parts, (RAW,))
+        return _decided(query, parts, (RAW,))
     used = query.fields()
     g = query.granularity
     candidates = sorted(
@@ -89,7 +101,31 @@ def plan(
     parts = tuple(_cover(query.start, query.end, candidates, ctx))
     used_sources = {p.source for p in parts}
     order = [r.relation for r in candidates] + [RAW]
-    return Plan(parts, tuple(s for s in order if s in used_sources))
+    return _decided(query, parts, tuple(s for s in order if s in used_sources))
+
+
+def _decided(query: Query, parts: tuple[Part, ...], sources: tuple[str, ...]) -> Plan:
+    """The plan, with whether its parts are merged: not when every bucket of the
+    answer lies in one part (one part, or every boundary between parts on a bucket
+    boundary of the query's granularity)."""
+    g = query.granularity
+    disjoint = len(parts) == 1 or (
+        g is not None and all((p.start - g.origin_s) % g.width_s == 0 for p in parts[1:])
+    )
+    return Plan(parts, sources, merge=not disjoint)
+
+
+def _rollup_part(rollup: Rollup, start: int, end: int, query: Query) -> Part:
+    """A part read from ``rollup``, with what its SQL must do."""
+    g = query.granularity
+    # A rollup whose buckets are the query's needs no re-bucketing.
+    same = g is not None and rollup.width_s == g.width_s and g.origin_s % rollup.width_s == 0
+    # Its rows are the answer's points when it has no dimension but the grouped field
+    # (filters on that field keep it so; the planner never sends other filters here).
+    points = same and (
+        rollup.dimensions == (query.group,) if query.group else not rollup.dimensions
+    )
+    return Part(rollup.relation, start, end, points=points, rebucket=not same)
 
 
 @dataclass(frozen=True)
@@ -117,7 +153,7 @@ def _cover(start: int, end: int, candidates: Sequence[Rollup], ctx: _Context) ->
         return _cover(start, end, finer, ctx)
     return [
         *_cover(start, lo, finer, ctx),
-        Part(rollup.relation, lo, hi),
+        _rollup_part(rollup, lo, hi, ctx.query),
         *_cover(hi, end, finer, ctx),
     ]
 

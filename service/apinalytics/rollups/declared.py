@@ -1,34 +1,34 @@
 """The rollups, declared once as data.
 
-Each rollup holds, per time bucket, app and combination of its ``dimensions``, what
-can be re-aggregated exactly: ``calls`` (count), ``sum_us``, ``min_us``, ``max_us`` of
-``response_us``. Columns of every rollup relation, in either mode:
+Each rollup holds, per time bucket, app and combination of its ``dimensions``, the
+measures of ``measures.MEASURES`` (``calls``, ``sum_us``, ``min_us``, ``max_us`` of
+``response_us``), which re-aggregate exactly. Columns of every rollup relation, in
+either edition:
 
-    bucket timestamptz, app_id integer, <dimension columns...>,
-    calls bigint, sum_us bigint, min_us bigint, max_us bigint
+    bucket timestamptz, app_id integer, <dimension columns...>, <measure columns...>
 
-In the Community mode they are continuous aggregates (each built on ``built_from``);
-in the Apache mode, tables the ingest path keeps up to date. Adding a narrower rollup
-(like the per-app minute one and the per-app, per-function and per-consumer hour
-ones) is one migration plus one entry here.
+In the Community edition they are continuous aggregates (each built on
+``built_from``); in the Apache edition, tables the ingest path keeps up to date.
+Adding a rollup (like the per-app minute one and the per-app, per-function and
+per-consumer hour ones) is one migration pair plus one entry here; a rollup of a new
+width gets its own retention option (``--<width name>``) with no other change.
 """
 
 from __future__ import annotations
 
 from dataclasses import dataclass
 
+from .. import schema
+
 RAW = "events"
 
-# Dimensions that rollups may cover; url and data are too high-cardinality.
-DIMENSIONS = ("consumer_id", "method", "function", "status_code")
+# Dimensions that rollups may cover (schema.EVENT: url and data are too
+# high-cardinality), and their PostgreSQL types, as in the events table.
+DIMENSIONS = schema.DIMENSIONS
+DIMENSION_TYPES = schema.DIMENSION_TYPES
 
-# PostgreSQL type of each dimension column, as in the events table.
-DIMENSION_TYPES = {
-    "consumer_id": "text",
-    "method": "text",
-    "function": "text",
-    "status_code": "smallint",
-}
+# A bucket width's name in the retention options (--minute, --hour, ...).
+_WIDTH_NAMES = {60: "minute", 3600: "hour", 86400: "day", 7 * 86400: "week"}
 
 
 @dataclass(frozen=True)
@@ -43,6 +43,11 @@ class Rollup:
     def key_columns(self) -> tuple[str, ...]:
         """Grouping columns in primary-key order, which is also the upsert lock order."""
         return ("app_id", "bucket", *self.dimensions)
+
+    @property
+    def width_name(self) -> str:
+        """``minute``, ``hour``, ... (``<n>s`` for a width without a name)."""
+        return _WIDTH_NAMES.get(self.width_s, f"{self.width_s}s")
 
 
 # In dependency order (every rollup after the one it is built from): the ingest path

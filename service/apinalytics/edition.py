@@ -1,0 +1,58 @@
+"""The TimescaleDB edition the rollups are built for, chosen once.
+
+``Edition.APACHE``: the Apache-2 build has no continuous aggregates and no policies;
+the rollups are tables the ingest transaction keeps up to date
+(``rollups/apache.py``) and ``apinalytics retention apply`` drops expired chunks.
+
+``Edition.COMMUNITY``: the Community (TSL) build; the rollups are continuous
+aggregates, back-dated events are refreshed into them after COMMIT
+(``rollups/community.py``) and retention policies drop expired chunks.
+
+The edition is chosen from ``SHOW timescaledb.license`` on the first migration and
+recorded in the database (``migrate.py``); the app reads it once at start
+(``app.py``). Every difference between the two is a property here: nowhere else
+compares the edition's name.
+"""
+
+from __future__ import annotations
+
+from enum import StrEnum
+
+# The license string of the Community build (``SHOW timescaledb.license``).
+COMMUNITY_LICENSE = "timescale"
+
+
+class Edition(StrEnum):
+    APACHE = "apache"
+    COMMUNITY = "community"
+
+    @classmethod
+    def for_license(cls, license: str) -> Edition:
+        """The edition a server of this ``timescaledb.license`` runs."""
+        return cls.COMMUNITY if license == COMMUNITY_LICENSE else cls.APACHE
+
+    def runs_on(self, license: str) -> bool:
+        """Whether a server of this license can serve a database of this edition
+        (continuous aggregates need the Community build)."""
+        return self is Edition.APACHE or license == COMMUNITY_LICENSE
+
+    @property
+    def upkeep_in_transaction(self) -> bool:
+        """The ingest transaction upserts its batch into the rollup tables."""
+        return self is Edition.APACHE
+
+    @property
+    def refresh_after_commit(self) -> bool:
+        """Back-dated events are refreshed into the continuous aggregates after COMMIT."""
+        return self is Edition.COMMUNITY
+
+    @property
+    def continuous_aggregates(self) -> bool:
+        """The rollups are continuous aggregates with refresh policies (rebuild
+        refreshes them rather than recomputing tables)."""
+        return self is Edition.COMMUNITY
+
+    @property
+    def retention_policies(self) -> bool:
+        """TimescaleDB policies drop expired chunks (else ``retention apply`` does)."""
+        return self is Edition.COMMUNITY
