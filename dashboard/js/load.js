@@ -1,0 +1,179 @@
+/* One load of the dashboard: the queries for a range (and the previous period of
+ * the same length), and what each panel makes of their answers.
+ *
+ * Requests per load (docs/dashboard.md): 21, plus one per HTTP method the range has
+ * (at most 6), plus one when the range is empty (has the app any events at all?).
+ * Counts and means come from the rollups; percentiles read raw events. */
+(function (A) {
+  "use strict";
+
+  /* [start, end) and bucket for a state at time `now` (seconds). */
+  A.period = function period(state, now) {
+    if (state.range === "custom") {
+      const start = Math.floor(state.from / 60) * 60;
+      const end = Math.max(start + 60, Math.ceil(state.to / 60) * 60);
+      const bucket = A.CUSTOM_BUCKETS.find((b) => (end - start) / b <= 200) || 604800;
+      return { start, end, bucket };
+    }
+    const range = Number(state.range);
+    const bucket = A.RANGES[range].bucket;
+    // Ends at the next whole minute; starts on a bucket boundary so the first bar
+    // covers a whole bucket.
+    const end = Math.ceil(now / 60) * 60;
+    const start = Math.floor((end - range) / bucket) * bucket;
+    return { start, end, bucket };
+  };
+
+  const only = (body) => {
+    const series = Object.values(body.groups)[0] || [];
+    return series.length ? series[0][1] : null;
+  };
+  const totals = (body) => Object.fromEntries(
+    Object.entries(body.groups).map(([k, pairs]) => [k, pairs.reduce((a, [, v]) => a + v, 0)]));
+  const sum = (obj) => Object.values(obj).reduce((a, b) => a + b, 0);
+
+  /* Run every query of a load. Returns {p, res} where each res entry is the body or
+   * {error}. */
+  A.fetchAll = async function fetchAll(cfg, state, p, signal) {
+    const inc = A.includeParams(state.filters);
+    const err = A.errorCodes(state.filters).map((c) => `status_code:${c}`);
+    const L = p.end - p.start;
+    const prev = [p.start - L, p.start];
+    const cur = [p.start, p.end];
+    const q = (range, params) => A.query(cfg, range[0], range[1], { ...params, include: params.include || inc }, signal)
+      .catch((error) => { if (error.name === "AbortError") throw error; return { error }; });
+    const none = Promise.resolve({ groups: {} });
+    const g = p.bucket;
+    const jobs = {
+      byStatus: q(cur, { granularity: g, group: "status_code" }),
+      p50t: q(cur, { granularity: g, aggregation: "percentile_50" }),
+      p95t: q(cur, { granularity: g, aggregation: "percentile_95" }),
+      p99t: q(cur, { granularity: g, aggregation: "percentile_99" }),
+      p50: q(cur, { aggregation: "percentile_50" }),
+      p95: q(cur, { aggregation: "percentile_95" }),
+      p99: q(cur, { aggregation: "percentile_99" }),
+      consumers: q(cur, { granularity: g, group: "consumer_id" }),
+      consumerErrors: err.length ? q(cur, { group: "consumer_id", include: inc.concat(err) }) : none,
+      consumerP95: q(cur, { group: "consumer_id", aggregation: "percentile_95" }),
+      functions: q(cur, { group: "function" }),
+      functionErrors: err.length ? q(cur, { group: "function", include: inc.concat(err) }) : none,
+      functionP50: q(cur, { group: "function", aggregation: "percentile_50" }),
+      functionP95: q(cur, { group: "function", aggregation: "percentile_95" }),
+      functionMean: q(cur, { group: "function", aggregation: "mean" }),
+      methods: q(cur, { group: "method" }).then(async (body) => {
+        if (body.error) return body;
+        const names = Object.keys(body.groups).slice(0, 6);
+        const per = await Promise.all(names.map((m) => q(cur, { group: "function", include: inc.concat([`method:${m}`]) })));
+        return { names, per };
+      }),
+      prevStatus: q(prev, { group: "status_code" }),
+      prevP50: q(prev, { aggregation: "percentile_50" }),
+      prevP95: q(prev, { aggregation: "percentile_95" }),
+      prevP99: q(prev, { aggregation: "percentile_99" }),
+      prevConsumers: q(prev, { group: "consumer_id" }),
+    };
+    const keys = Object.keys(jobs);
+    const values = await Promise.all(Object.values(jobs));
+    return Object.fromEntries(keys.map((k, i) => [k, values[i]]));
+  };
+
+  /* The first error that decides the page's state, in order of what it says:
+   * wrong key, service down, any other refusal (410 only where it is the sole one). */
+  A.decisiveError = (res) => {
+    const errors = [];
+    for (const v of Object.values(res)) {
+      if (v && v.error) errors.push(v.error);
+      if (v && v.per) for (const x of v.per) if (x.error) errors.push(x.error);
+    }
+    return errors.find((e) => e.status === 401 || e.status === 403)
+      || errors.find((e) => e.status === 0)
+      || errors.find((e) => e.status !== 410)
+      || null;
+  };
+
+  /* What the panels show, computed from the answers. */
+  A.compute = function compute(res, p, now) {
+    const ok = (v) => v && !v.error;
+    const xs = [];
+    for (let t = Math.floor(p.start / p.bucket) * p.bucket; t < p.end; t += p.bucket) xs.push(t);
+    const at = (pairs) => new Map(pairs.map(([t, v]) => [t, v]));
+
+    // Requests by status class, and the error rate, per bucket.
+    const classes = Object.fromEntries(A.CLASSES.map((c) => [c, xs.map(() => 0)]));
+    const idx = new Map(xs.map((t, i) => [t, i]));
+    const codeTotals = ok(res.byStatus) ? totals(res.byStatus) : {};
+    if (ok(res.byStatus)) {
+      for (const [code, pairs] of Object.entries(res.byStatus.groups)) {
+        const cls = A.classOf(code);
+        for (const [t, v] of pairs) if (idx.has(t) && classes[cls]) classes[cls][idx.get(t)] += v;
+      }
+    }
+    const perBucket = xs.map((_, i) => A.CLASSES.reduce((a, c) => a + classes[c][i], 0));
+    const errorRate = xs.map((_, i) => (perBucket[i] ? classes["5xx"][i] / perBucket[i] : null));
+    const latency = ["p50t", "p95t", "p99t"].map((k) => {
+      if (!ok(res[k])) return null;
+      const m = at(Object.values(res[k].groups)[0] || []);
+      return xs.map((t) => (m.has(t) ? m.get(t) : null));
+    });
+
+    const requests = sum(codeTotals);
+    const errors = Object.entries(codeTotals).filter(([c]) => c[0] === "5").reduce((a, [, v]) => a + v, 0);
+    const prevCodes = ok(res.prevStatus) ? totals(res.prevStatus) : null;
+    const prevRequests = prevCodes ? sum(prevCodes) : null;
+    const prevErrors = prevCodes ? Object.entries(prevCodes).filter(([c]) => c[0] === "5").reduce((a, [, v]) => a + v, 0) : null;
+    const consumerTotals = ok(res.consumers) ? totals(res.consumers) : {};
+    const active = (t) => Object.keys(t).filter((k) => k !== "").length;
+
+    const headline = {
+      requests: { value: requests, prev: prevRequests },
+      errorRate: { value: requests ? errors / requests : null, prev: prevRequests ? prevErrors / prevRequests : null },
+      p50: { value: ok(res.p50) ? only(res.p50) : undefined, prev: ok(res.prevP50) ? only(res.prevP50) : null },
+      p95: { value: ok(res.p95) ? only(res.p95) : undefined, prev: ok(res.prevP95) ? only(res.prevP95) : null },
+      p99: { value: ok(res.p99) ? only(res.p99) : undefined, prev: ok(res.prevP99) ? only(res.prevP99) : null },
+      consumers: { value: active(consumerTotals), prev: ok(res.prevConsumers) ? active(totals(res.prevConsumers)) : null },
+    };
+
+    // Endpoints: one row per function, with the methods it was called with.
+    const single = (body) => (ok(body) ? Object.fromEntries(Object.entries(body.groups).map(([k, s]) => [k, s.length ? s[0][1] : null])) : {});
+    const fnCalls = single(res.functions), fnErr = single(res.functionErrors);
+    const fnP50 = single(res.functionP50), fnP95 = single(res.functionP95), fnMean = single(res.functionMean);
+    const fnMethods = {};
+    if (ok(res.methods)) {
+      res.methods.names.forEach((m, i) => {
+        for (const [fn, v] of Object.entries(single(res.methods.per[i]))) if (v) (fnMethods[fn] = fnMethods[fn] || []).push(m);
+      });
+    }
+    const endpoints = Object.keys(fnCalls).map((fn) => ({
+      id: fn,
+      cells: {
+        name: A.groupLabel(fn),
+        method: (fnMethods[fn] || []).sort().join(", "),
+        calls: fnCalls[fn],
+        errorRate: fnCalls[fn] ? (fnErr[fn] || 0) / fnCalls[fn] : null,
+        p50: fnP50[fn] ?? null,
+        p95: fnP95[fn] ?? null,
+        mean: fnMean[fn] ?? null,
+      },
+    }));
+
+    const cErr = single(res.consumerErrors), cP95 = single(res.consumerP95);
+    const consumers = ok(res.consumers) ? Object.entries(res.consumers.groups).map(([c, pairs]) => ({
+      id: c,
+      cells: {
+        name: A.groupLabel(c),
+        calls: consumerTotals[c],
+        errorRate: consumerTotals[c] ? (cErr[c] || 0) / consumerTotals[c] : null,
+        p95: cP95[c] ?? null,
+        lastSeen: pairs.length ? pairs[pairs.length - 1][0] : null,
+      },
+    })) : [];
+
+    const statuses = Object.entries(codeTotals).map(([code, n]) => ({
+      id: code,
+      cells: { code, cls: A.classOf(code), calls: n, share: requests ? n / requests : null },
+    }));
+
+    return { xs, classes, errorRate, latency, headline, endpoints, consumers, statuses, requests, now,
+      failed: Object.fromEntries(Object.entries(res).map(([k, v]) => [k, v && v.error ? v.error : null])) };
+  };
+})(window.Apx = window.Apx || {});
