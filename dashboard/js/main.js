@@ -261,7 +261,7 @@
     const v = A.compute(res, p, now);
     v.p = p;
     v.label = state.range === "custom" ? A.fmtDuration(p.end - p.start) : A.RANGES[state.range].label;
-    const empty = v.requests === 0 && !state.filters.length && await appIsEmpty(cfg, p.end, signal).catch(() => false);
+    const empty = v.requests === 0 && !state.filters.length && await appIsEmpty(cfg, Math.ceil(now / 60) * 60, signal).catch(() => false);
     if (signal.aborted) return;
     A.remember(state, key);
     $("board").removeAttribute("aria-busy");
