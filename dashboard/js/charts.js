@@ -8,18 +8,22 @@
 
   const css = (name) => getComputedStyle(document.documentElement).getPropertyValue(name).trim();
 
-  /* A floating tooltip: the bucket's time and every series' exact value. */
+  /* A floating tooltip on the chart under the pointer: the bucket's time and every
+   * series' exact value. The other charts show the synchronised crosshair. */
   function tooltipPlugin(spec) {
     let tip;
+    let hovered = false;
     return {
       hooks: {
         init: (u) => {
           tip = A.el("div", { class: "tip", hidden: true });
           u.over.appendChild(tip);
+          u.over.addEventListener("mouseenter", () => { hovered = true; });
+          u.over.addEventListener("mouseleave", () => { hovered = false; tip.hidden = true; });
         },
         setCursor: (u) => {
           const i = u.cursor.idx;
-          if (i === null || i === undefined || u.cursor.left < 0) { tip.hidden = true; return; }
+          if (!hovered || i === null || i === undefined || u.cursor.left < 0) { tip.hidden = true; return; }
           const t = spec.xs[i];
           tip.replaceChildren(A.el("div", { class: "tip-time" },
             `${A.fmtTime(t, spec.bucket)} – ${A.fmtTime(t + spec.bucket, spec.bucket)}`));
