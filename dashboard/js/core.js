@@ -53,7 +53,8 @@
   A.fmtCount = (n) => (n === null || n === undefined ? "—" : nf.format(n));
   /* Microseconds as milliseconds, three significant digits at least. */
   A.fmtMs = (us) => {
-    if (us === null || us === undefined || Number.isNaN(us)) return "—";
+    if (us === undefined) return "…";
+    if (us === null || Number.isNaN(us)) return "—";
     const ms = us / 1000;
     if (ms >= 100) return `${nf.format(Math.round(ms))} ms`;
     if (ms >= 10) return `${ms.toFixed(1)} ms`;

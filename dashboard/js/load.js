@@ -34,7 +34,7 @@
 
   /* Run every query of a load. Returns {p, res} where each res entry is the body or
    * {error}. */
-  A.fetchAll = async function fetchAll(cfg, state, p, signal) {
+  A.fetchAll = async function fetchAll(cfg, state, p, signal, onFast) {
     const inc = A.includeParams(state.filters);
     const err = A.errorCodes(state.filters).map((c) => `status_code:${c}`);
     const L = p.end - p.start;
@@ -44,21 +44,17 @@
       .catch((error) => { if (error.name === "AbortError") throw error; return { error }; });
     const none = Promise.resolve({ groups: {} });
     const g = p.bucket;
-    const jobs = {
+    // Counts and means first: the rollups answer them in milliseconds, and the browser
+    // sends at most six requests to a host at a time, so these must not queue behind
+    // the percentiles, which read raw events.
+    const fast = {
       byStatus: q(cur, { granularity: g, group: "status_code" }),
-      p50t: q(cur, { granularity: g, aggregation: "percentile_50" }),
-      p95t: q(cur, { granularity: g, aggregation: "percentile_95" }),
-      p99t: q(cur, { granularity: g, aggregation: "percentile_99" }),
-      p50: q(cur, { aggregation: "percentile_50" }),
-      p95: q(cur, { aggregation: "percentile_95" }),
-      p99: q(cur, { aggregation: "percentile_99" }),
       consumers: q(cur, { granularity: g, group: "consumer_id" }),
-      consumerErrors: err.length ? q(cur, { group: "consumer_id", include: inc.concat(err) }) : none,
-      consumerP95: q(cur, { group: "consumer_id", aggregation: "percentile_95" }),
       functions: q(cur, { group: "function" }),
+      prevStatus: q(prev, { group: "status_code" }),
+      prevConsumers: q(prev, { group: "consumer_id" }),
+      consumerErrors: err.length ? q(cur, { group: "consumer_id", include: inc.concat(err) }) : none,
       functionErrors: err.length ? q(cur, { group: "function", include: inc.concat(err) }) : none,
-      functionP50: q(cur, { group: "function", aggregation: "percentile_50" }),
-      functionP95: q(cur, { group: "function", aggregation: "percentile_95" }),
       functionMean: q(cur, { group: "function", aggregation: "mean" }),
       methods: q(cur, { group: "method" }).then(async (body) => {
         if (body.error) return body;
@@ -66,15 +62,34 @@
         const per = await Promise.all(names.map((m) => q(cur, { group: "function", include: inc.concat([`method:${m}`]) })));
         return { names, per };
       }),
-      prevStatus: q(prev, { group: "status_code" }),
-      prevP50: q(prev, { aggregation: "percentile_50" }),
-      prevP95: q(prev, { aggregation: "percentile_95" }),
-      prevP99: q(prev, { aggregation: "percentile_99" }),
-      prevConsumers: q(prev, { group: "consumer_id" }),
     };
-    const keys = Object.keys(jobs);
-    const values = await Promise.all(Object.values(jobs));
-    return Object.fromEntries(keys.map((k, i) => [k, values[i]]));
+    const settle = async (jobs) => {
+      const values = await Promise.all(Object.values(jobs));
+      return Object.fromEntries(Object.keys(jobs).map((k, i) => [k, values[i]]));
+    };
+    // The percentiles are asked for once the counts are in (the methods' follow-up
+    // requests would otherwise wait behind them).
+    const first = await settle(fast);
+    if (onFast) onFast(first);
+    // Beyond two days, percentiles may come from the rollups' latency histograms
+    // (SPEC: precision=approximate, within about 1 %); a service without them ignores
+    // the parameter and answers exactly.
+    const approx = L > 2 * 86400 ? { precision: "approximate" } : {};
+    const slow = {
+      p50: q(cur, { ...approx, aggregation: "percentile_50" }),
+      p95: q(cur, { ...approx, aggregation: "percentile_95" }),
+      p99: q(cur, { ...approx, aggregation: "percentile_99" }),
+      p50t: q(cur, { granularity: g, ...approx, aggregation: "percentile_50" }),
+      p95t: q(cur, { granularity: g, ...approx, aggregation: "percentile_95" }),
+      p99t: q(cur, { granularity: g, ...approx, aggregation: "percentile_99" }),
+      functionP50: q(cur, { group: "function", ...approx, aggregation: "percentile_50" }),
+      functionP95: q(cur, { group: "function", ...approx, aggregation: "percentile_95" }),
+      consumerP95: q(cur, { group: "consumer_id", ...approx, aggregation: "percentile_95" }),
+      prevP50: q(prev, { ...approx, aggregation: "percentile_50" }),
+      prevP95: q(prev, { ...approx, aggregation: "percentile_95" }),
+      prevP99: q(prev, { ...approx, aggregation: "percentile_99" }),
+    };
+    return { ...first, ...(await settle(slow)) };
   };
 
   /* The first error that decides the page's state, in order of what it says:
@@ -94,6 +109,8 @@
   /* What the panels show, computed from the answers. */
   A.compute = function compute(res, p, now) {
     const ok = (v) => v && !v.error;
+    // A percentile: its value, null if refused, undefined while it is being computed.
+    const pct = (v) => (v === undefined ? undefined : ok(v) ? only(v) : null);
     const xs = [];
     for (let t = Math.floor(p.start / p.bucket) * p.bucket; t < p.end; t += p.bucket) xs.push(t);
     const at = (pairs) => new Map(pairs.map(([t, v]) => [t, v]));
@@ -110,6 +127,8 @@
     }
     const perBucket = xs.map((_, i) => A.CLASSES.reduce((a, c) => a + classes[c][i], 0));
     const errorRate = xs.map((_, i) => (perBucket[i] ? classes["5xx"][i] / perBucket[i] : null));
+    const pending = res.p50 === undefined;
+    const approx = ["p50", "p95", "p99", "p50t", "p95t", "p99t"].map((k) => ok(res[k]) && res[k].precision).find(Boolean) || null;
     const latency = ["p50t", "p95t", "p99t"].map((k) => {
       if (!ok(res[k])) return null;
       const m = at(Object.values(res[k].groups)[0] || []);
@@ -127,9 +146,9 @@
     const headline = {
       requests: { value: requests, prev: prevRequests },
       errorRate: { value: requests ? errors / requests : null, prev: prevRequests ? prevErrors / prevRequests : null },
-      p50: { value: ok(res.p50) ? only(res.p50) : undefined, prev: ok(res.prevP50) ? only(res.prevP50) : null },
-      p95: { value: ok(res.p95) ? only(res.p95) : undefined, prev: ok(res.prevP95) ? only(res.prevP95) : null },
-      p99: { value: ok(res.p99) ? only(res.p99) : undefined, prev: ok(res.prevP99) ? only(res.prevP99) : null },
+      p50: { value: pct(res.p50), prev: ok(res.prevP50) ? only(res.prevP50) : null },
+      p95: { value: pct(res.p95), prev: ok(res.prevP95) ? only(res.prevP95) : null },
+      p99: { value: pct(res.p99), prev: ok(res.prevP99) ? only(res.prevP99) : null },
       consumers: { value: active(consumerTotals), prev: ok(res.prevConsumers) ? active(totals(res.prevConsumers)) : null },
     };
 
@@ -150,8 +169,8 @@
         method: (fnMethods[fn] || []).sort().join(", "),
         calls: fnCalls[fn],
         errorRate: fnCalls[fn] ? (fnErr[fn] || 0) / fnCalls[fn] : null,
-        p50: fnP50[fn] ?? null,
-        p95: fnP95[fn] ?? null,
+        p50: pending ? undefined : fnP50[fn] ?? null,
+        p95: pending ? undefined : fnP95[fn] ?? null,
         mean: fnMean[fn] ?? null,
       },
     }));
@@ -163,7 +182,7 @@
         name: A.groupLabel(c),
         calls: consumerTotals[c],
         errorRate: consumerTotals[c] ? (cErr[c] || 0) / consumerTotals[c] : null,
-        p95: cP95[c] ?? null,
+        p95: pending ? undefined : cP95[c] ?? null,
         lastSeen: pairs.length ? pairs[pairs.length - 1][0] : null,
       },
     })) : [];
@@ -173,7 +192,7 @@
       cells: { code, cls: A.classOf(code), calls: n, share: requests ? n / requests : null },
     }));
 
-    return { xs, classes, errorRate, latency, headline, endpoints, consumers, statuses, requests, now,
+    return { pending, approx, xs, classes, errorRate, latency, headline, endpoints, consumers, statuses, requests, now,
       failed: Object.fromEntries(Object.entries(res).map(([k, v]) => [k, v && v.error ? v.error : null])) };
   };
 })(window.Apx = window.Apx || {});

@@ -15,9 +15,9 @@
   const CARDS = {
     requests: { label: "Requests", fmt: A.fmtCount, worse: 0 },
     errorRate: { label: "Error rate (5xx)", fmt: A.fmtPct, worse: 1, points: true },
-    p50: { label: "p50 latency", fmt: A.fmtMs, worse: 1 },
-    p95: { label: "p95 latency", fmt: A.fmtMs, worse: 1 },
-    p99: { label: "p99 latency", fmt: A.fmtMs, worse: 1 },
+    p50: { label: "p50 latency", fmt: A.fmtMs, worse: 1, approx: true },
+    p95: { label: "p95 latency", fmt: A.fmtMs, worse: 1, approx: true },
+    p99: { label: "p99 latency", fmt: A.fmtMs, worse: 1, approx: true },
     consumers: { label: "Active consumers", fmt: A.fmtCount, worse: 0, absolute: true },
   };
 
@@ -102,12 +102,17 @@
     for (const [k, c] of Object.entries(CARDS)) {
       const card = $(`h-${k}`);
       const { value, prev } = h[k];
-      card.querySelector(".value").textContent = value === undefined ? "—" : c.fmt(value);
+      card.querySelector(".value").textContent = value === undefined ? "…"
+        : `${c.approx && last.approx && value !== null ? "≈ " : ""}${c.fmt(value)}`;
       card.dataset.value = value === undefined || value === null ? "" : String(value);
       card.dataset.prev = prev === null || prev === undefined ? "" : String(prev);
       const d = card.querySelector(".delta");
       d.className = "delta";
-      if (value === null || value === undefined || prev === null || prev === undefined) {
+      if (value === undefined) {
+        d.textContent = "computing…";
+        continue;
+      }
+      if (value === null || prev === null || prev === undefined) {
         d.textContent = "no previous data";
         continue;
       }
@@ -134,6 +139,7 @@
     } else {
       A.clearChart("c-latency");
     }
+    $("c-latency").classList.toggle("pending", v.pending);
     A.drawChart("c-errors", { ...base, yFmt: (s) => A.fmtPct(s), axisFmt: (s) => `${+(s * 100).toFixed(1)} %`,
       series: [{ label: "5xx share", colour: A.CLASS_COLOURS["5xx"], values: v.errorRate }] });
 
@@ -200,7 +206,9 @@
     // Panels that need raw events say why they are empty past retention.
     const gone = (k) => v.failed[k] && v.failed[k].status === 410;
     $("c-latency").querySelector(".note").textContent = ["p50t", "p95t", "p99t"].some(gone)
-      ? "Percentiles need raw events, which are past retention for this range." : "";
+      ? "Percentiles need raw events, which are past retention for this range."
+      : v.pending ? "Computing percentiles over every call of the range…"
+        : v.approx ? `Approximate percentiles (within ${+(v.approx.relative_error * 100).toFixed(2)} %).` : "";
     $("range-note").textContent = Object.keys(v.failed).some(gone)
       ? "Part of this range is past the raw events' retention: percentiles cannot be shown for it." : "";
     last = v;
@@ -229,6 +237,8 @@
     return Object.values(all.groups).every((pairs) => pairs.every(([, n]) => n === 0));
   }
 
+  const rangeLabel = (p) => (state.range === "custom" ? A.fmtDuration(p.end - p.start) : A.RANGES[state.range].label);
+
   /* ---- a load ---- */
   async function load() {
     clearTimeout(timer);
@@ -248,10 +258,22 @@
     if (!last) $("board").setAttribute("aria-busy", "true");
     setStatus("Loading…", "loading");
     const t0 = performance.now();
+    A.stats.firstDrawAt = null;
     const before = A.stats.requests;
     let res;
     try {
-      res = await A.fetchAll(cfg, state, p, signal);
+      // Counts first: drawn as soon as they are in, percentiles filled in after.
+      res = await A.fetchAll(cfg, state, p, signal, (fast) => {
+        if (signal.aborted || A.decisiveError(fast)) return;
+        const v = A.compute(fast, p, now);
+        if (!v.requests) return;
+        Object.assign(v, { p, label: rangeLabel(p) });
+        $("board").removeAttribute("aria-busy");
+        $("board").hidden = false;
+        $("empty").hidden = true;
+        draw(v);
+        A.stats.firstDrawAt = performance.now();
+      });
     } catch (err) {
       if (err.name === "AbortError") return;
       throw err;
@@ -260,7 +282,7 @@
     if (error) return fail(error);
     const v = A.compute(res, p, now);
     v.p = p;
-    v.label = state.range === "custom" ? A.fmtDuration(p.end - p.start) : A.RANGES[state.range].label;
+    v.label = rangeLabel(p);
     const empty = v.requests === 0 && !state.filters.length && await appIsEmpty(cfg, Math.ceil(now / 60) * 60, signal).catch(() => false);
     if (signal.aborted) return;
     A.remember(state, key);
@@ -280,7 +302,7 @@
       const span = `${new Date(p.start * 1000).toLocaleString()} – ${new Date(p.end * 1000).toLocaleString()}`;
       setStatus(`${A.fmtCount(v.requests)} calls, ${span}, per ${A.fmtDuration(p.bucket)}${state.live ? " · live" : ""}.`, "");
     }
-    A.stats.lastLoad = { ms: performance.now() - t0, requests: A.stats.requests - before };
+    A.stats.lastLoad = { ms: performance.now() - t0, requests: A.stats.requests - before, readyAt: performance.now(), firstDrawAt: A.stats.firstDrawAt };
     schedule();
   }
 

@@ -102,13 +102,23 @@ async def test_ranges_and_custom_range_set_their_granularity(
     await open_dashboard(tab, client, app_keys, app_keys.read_key, "3600")
     page = tab.page
     buckets = {}
+    requested: list[str] = []
+    page.on("request", lambda r: requested.append(r.url))
     for range_ in ("3600", "86400", "604800", "2592000"):
+        requested.clear()
         await page.select_option("#range", range_)
         assert await wait_loaded(tab) == "ready"
         p = await page.evaluate("() => Apx.stats.period")
         buckets[range_] = p["bucket"]
         assert p["start"] % p["bucket"] == 0 and p["end"] % 60 == 0
         assert URL(page.url).query["range"] == range_
+        # Beyond two days percentiles ask for the histograms' approximation (SPEC).
+        asked = {
+            URL(u).query.get("precision")
+            for u in requested
+            if "percentile" in URL(u).query.get("aggregation", "")
+        }
+        assert asked == ({"approximate"} if int(range_) > 2 * 86400 else {None}), asked
     assert buckets == {"3600": 60, "86400": 900, "604800": 3600, "2592000": 21600}
 
     await page.select_option("#range", "custom")
