@@ -66,6 +66,7 @@ async def measure(base: str, app_id: str, key: str, loads: int) -> dict[str, Any
                                 drawn: Apx.stats.lastLoad.readyAt,
                                 requests: Apx.stats.lastLoad.requests,
                                 first: Apx.stats.lastLoad.firstDrawAt,
+                                draw: Apx.stats.drawMs,
                                 slowest: Math.max(...performance.getEntriesByType('resource')
                                     .filter((e) => e.name.includes('/1/timeseries/'))
                                     .map((e) => e.duration)),
@@ -78,6 +79,7 @@ async def measure(base: str, app_id: str, key: str, loads: int) -> dict[str, Any
                     "counts_drawn_ms": round(median([r["first"] or r["drawn"] for r in warm])),
                     "median_ms": round(median([r["drawn"] for r in warm])),
                     "max_ms": round(max(r["drawn"] for r in warm)),
+                    "draw_ms": round(median([r["draw"] for r in warm]), 1),
                     "slowest_request_ms": round(median([r["slowest"] for r in warm])),
                     "requests": runs[0]["requests"],
                 }

@@ -127,6 +127,7 @@
   }
 
   function draw(v) {
+    const t0 = performance.now();
     const p = v.p;
     const base = { xs: v.xs, start: p.start, end: p.end, bucket: p.bucket };
     A.drawChart("c-requests", { ...base, stacked: true, yFmt: (n) => A.fmtCount(n),
@@ -213,6 +214,7 @@
       ? "Part of this range is past the raw events' retention: percentiles cannot be shown for it." : "";
     last = v;
     drawCards(v.headline);
+    A.stats.drawMs = performance.now() - t0;
   }
 
   /* ---- the empty app ---- */
