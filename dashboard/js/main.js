@@ -261,15 +261,18 @@
     setStatus("Loading…", "loading");
     const t0 = performance.now();
     A.stats.firstDrawAt = null;
+    const view = JSON.stringify([cfg.base, cfg.app, state.range, state.from, state.to, state.filters]);
     const before = A.stats.requests;
     let res;
     try {
       // Counts first: drawn as soon as they are in, percentiles filled in after.
       res = await A.fetchAll(cfg, state, p, signal, (fast) => {
-        if (signal.aborted || A.decisiveError(fast)) return;
+        // Not on an auto-refresh of the view on screen: its percentiles stay until the
+        // new ones replace them.
+        if (signal.aborted || A.decisiveError(fast) || (last && last.view === view)) return;
         const v = A.compute(fast, p, now);
         if (!v.requests) return;
-        Object.assign(v, { p, label: rangeLabel(p) });
+        Object.assign(v, { p, label: rangeLabel(p), view });
         $("board").removeAttribute("aria-busy");
         $("board").hidden = false;
         $("empty").hidden = true;
@@ -285,6 +288,7 @@
     const v = A.compute(res, p, now);
     v.p = p;
     v.label = rangeLabel(p);
+    v.view = view;
     const empty = v.requests === 0 && !state.filters.length && await appIsEmpty(cfg, Math.ceil(now / 60) * 60, signal).catch(() => false);
     if (signal.aborted) return;
     A.remember(state, key);
@@ -355,7 +359,8 @@
 
   /* ---- wiring ---- */
   function init() {
-    key = A.storedKey();
+    // A key in an old link is used, not kept in the address bar (writeState below).
+    key = new URLSearchParams(location.search).get("key") || A.storedKey();
     fillForm();
     drawChips();
     $("settings").addEventListener("submit", (ev) => {

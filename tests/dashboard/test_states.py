@@ -140,3 +140,17 @@ async def test_past_retention_the_rollups_answer_and_percentiles_say_why_not(
     assert await page.inner_text("#h-p95 .value") == "—"
     for card in CARDS:
         assert await page.is_visible(f"#h-{card}")
+
+
+async def test_a_key_in_an_old_link_is_used_and_taken_out_of_the_address_bar(
+    client: TestClient, app_keys: NewApp, tab: Browser
+) -> None:
+    await seed(client, app_keys, realistic_events(20, 3000))
+    url = client.make_url("/dashboard/").with_query(
+        app=app_keys.app_id, key=app_keys.read_key or "", range="3600"
+    )
+    await tab.page.goto(str(url))
+    assert await wait_loaded(tab) == "ready"
+    assert await tab.page.get_attribute("#h-requests", "data-value") == "20"
+    assert app_keys.read_key not in tab.page.url
+    assert "key=" not in tab.page.url
