@@ -318,9 +318,11 @@
     $("empty").hidden = true;
     let text;
     if (error.status === 401 || error.status === 403) {
-      // A wrong key is neither kept nor left in the form for the next visit.
+      // A wrong key is neither kept nor left in the form.
       A.forgetKey();
-      text = `Wrong key: ${error.message}`;
+      text = key ? `Wrong key: ${error.message}` : `No read key, and not logged in to this service: ${error.message}`;
+      key = "";
+      $("key").value = "";
       $("board").hidden = true;
       document.body.dataset.state = "unauthorized";
     } else if (error.status === 0) {

@@ -59,6 +59,7 @@ async def test_a_wrong_key_clears_the_charts_and_is_not_stored(
     assert "apinalytics.key" not in kept
     assert not any("apr_wrong" in v for v in kept.values())
     assert "apr_wrong" not in page.url
+    assert await page.input_value("#key") == ""
     # The same on a first visit: nothing at all is kept.
     fresh = await page.context.browser.new_context()
     other = Browser(await fresh.new_page())
