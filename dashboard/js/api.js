@@ -34,34 +34,16 @@
     const body = await resp.json().catch(() => ({}));
     if (!resp.ok) {
       const e = body.error || {};
-      throw new ApiError(resp.status, e.code || "", e.message || `HTTP ${resp.status}`);
+      const error = new ApiError(resp.status, e.code || "", e.message || `HTTP ${resp.status}`);
+      error.retryAfter = Number(resp.headers.get("Retry-After")) || 0;
+      throw error;
     }
     return body;
   };
 
-  /* Filters as the API's include values: a status class becomes its hundred codes. */
-  A.includeParams = (filters) => {
-    const out = [];
-    for (const f of filters) {
-      if (f.field === "status_code" && /^[1-5]xx$/.test(f.value)) {
-        for (const c of A.codesOfClass(f.value)) out.push(`status_code:${c}`);
-      } else out.push(`${f.field}:${f.value}`);
-    }
-    return out;
-  };
-
-  /* The status codes that count as errors under these filters: the 5xx codes, narrowed
-   * by any status filter (values of one field are OR-ed by the API, so the error
-   * filter must be the intersection, computed here). */
-  A.errorCodes = (filters) => {
-    let codes = A.codesOfClass("5xx");
-    const status = filters.filter((f) => f.field === "status_code");
-    if (status.length) {
-      const allowed = new Set(A.includeParams(status).map((s) => s.slice("status_code:".length)));
-      codes = codes.filter((c) => allowed.has(c));
-    }
-    return codes;
-  };
+  /* Filters as the API's include values (status filters are sent as the codes of
+   * them a period has: load.js). */
+  A.includeParams = (filters) => filters.map((f) => `${f.field}:${f.value}`);
 
   A.FILTER_FIELDS = { function: "endpoint", consumer_id: "consumer", status_code: "status", method: "method" };
 

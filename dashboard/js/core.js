@@ -27,11 +27,6 @@
   };
   A.CLASSES = ["2xx", "3xx", "4xx", "5xx", "1xx"];
   A.PCT_COLOURS = { p50: "#1c7ed6", p95: "#f08c00", p99: "#e03131" };
-  /* Every 5xx code, for include filters (the API filters status codes by exact value). */
-  A.codesOfClass = (cls) => {
-    const first = Number(cls[0]) * 100;
-    return Array.from({ length: 100 }, (_, i) => String(first + i));
-  };
   A.classOf = (code) => `${String(code)[0]}xx`;
 
   A.$ = (id) => document.getElementById(id);

@@ -32,34 +32,79 @@
     Object.entries(body.groups).map(([k, pairs]) => [k, pairs.reduce((a, [, v]) => a + v, 0)]));
   const sum = (obj) => Object.values(obj).reduce((a, b) => a + b, 0);
 
-  /* Run every query of a load. Returns {p, res} where each res entry is the body or
-   * {error}. */
+  /* At most `n` of the functions given run at once. */
+  function limiter(n) {
+    let active = 0;
+    const queue = [];
+    const next = () => {
+      if (active >= n || !queue.length) return;
+      active += 1;
+      const { fn, resolve, reject } = queue.shift();
+      fn().then(resolve, reject).finally(() => { active -= 1; next(); });
+    };
+    return (fn) => new Promise((resolve, reject) => { queue.push({ fn, resolve, reject }); next(); });
+  }
+
+  const sleep = (ms, signal) => new Promise((resolve, reject) => {
+    const t = setTimeout(resolve, ms);
+    signal.addEventListener("abort", () => { clearTimeout(t); reject(new DOMException("aborted", "AbortError")); }, { once: true });
+  });
+
+  /* Does a status code pass the status filters (exact codes or classes, OR-ed)? */
+  const statusMatch = (code, filters) => !filters.length
+    || filters.some((f) => (/^[1-5]xx$/.test(f.value) ? code[0] === f.value[0] : code === f.value));
+
+  /* Run every query of a load: an object of answers, each the body or {error}.
+   *
+   * The service takes at most MAX_INCLUDE_VALUES (100) include values per query and
+   * filters status codes by exact value, so a status class is sent as the codes of it
+   * the period has, and the error counts as the 5xx codes it has: phase 0 asks for the
+   * status codes of both periods (without any status filter), the others follow. */
   A.fetchAll = async function fetchAll(cfg, state, p, signal, onFast) {
-    const inc = A.includeParams(state.filters);
-    const err = A.errorCodes(state.filters).map((c) => `status_code:${c}`);
+    const statusFilters = state.filters.filter((f) => f.field === "status_code");
+    const base = A.includeParams(state.filters.filter((f) => f.field !== "status_code"));
     const L = p.end - p.start;
     const prev = [p.start - L, p.start];
     const cur = [p.start, p.end];
-    const q = (range, params) => A.query(cfg, range[0], range[1], { ...params, include: params.include || inc }, signal)
+    const ask = (range, params) => A.query(cfg, range[0], range[1], params, signal)
       .catch((error) => { if (error.name === "AbortError") throw error; return { error }; });
     const none = Promise.resolve({ groups: {} });
     const g = p.bucket;
-    // Counts and means first: the rollups answer them in milliseconds, and the browser
-    // sends at most six requests to a host at a time, so these must not queue behind
-    // the percentiles, which read raw events.
+
+    // Phase 0: the status codes of each period.
+    const [curAll, prevAll] = await Promise.all([
+      ask(cur, { granularity: g, group: "status_code", include: base }),
+      ask(prev, { group: "status_code", include: base }),
+    ]);
+    if (curAll.error || prevAll.error) return { byStatus: curAll, prevStatus: prevAll };
+    const only = (body) => ({ ...body, groups: Object.fromEntries(
+      Object.entries(body.groups).filter(([c]) => statusMatch(c, statusFilters))) });
+    const byStatus = only(curAll), prevStatus = only(prevAll);
+    const codes = (body) => Object.keys(body.groups);
+    const statusInclude = (present) => {
+      if (!statusFilters.length) return base;
+      // No code of the filter in the period: one of its codes, which matches nothing.
+      const sent = present.length ? present : [statusFilters[0].value.replace(/xx$/, "00")];
+      return base.concat(sent.map((c) => `status_code:${c}`));
+    };
+    const incCur = statusInclude(codes(byStatus)), incPrev = statusInclude(codes(prevStatus));
+    const errCur = codes(byStatus).filter((c) => c[0] === "5").map((c) => `status_code:${c}`);
+    const q = (range, params) => ask(range, { ...params, include: params.include || (range === prev ? incPrev : incCur) });
+
+    // Phase 1: counts and means, answered by the rollups in milliseconds. The browser
+    // sends at most six requests to a host at a time: these must not queue behind the
+    // percentiles, which read raw events.
     const fast = {
-      byStatus: q(cur, { granularity: g, group: "status_code" }),
       consumers: q(cur, { granularity: g, group: "consumer_id" }),
       functions: q(cur, { group: "function" }),
-      prevStatus: q(prev, { group: "status_code" }),
       prevConsumers: q(prev, { group: "consumer_id" }),
-      consumerErrors: err.length ? q(cur, { group: "consumer_id", include: inc.concat(err) }) : none,
-      functionErrors: err.length ? q(cur, { group: "function", include: inc.concat(err) }) : none,
+      consumerErrors: errCur.length ? q(cur, { group: "consumer_id", include: base.concat(errCur) }) : none,
+      functionErrors: errCur.length ? q(cur, { group: "function", include: base.concat(errCur) }) : none,
       functionMean: q(cur, { group: "function", aggregation: "mean" }),
       methods: q(cur, { group: "method" }).then(async (body) => {
         if (body.error) return body;
         const names = Object.keys(body.groups).slice(0, 6);
-        const per = await Promise.all(names.map((m) => q(cur, { group: "function", include: inc.concat([`method:${m}`]) })));
+        const per = await Promise.all(names.map((m) => q(cur, { group: "function", include: incCur.concat([`method:${m}`]) })));
         return { names, per };
       }),
     };
@@ -67,27 +112,37 @@
       const values = await Promise.all(Object.values(jobs));
       return Object.fromEntries(Object.keys(jobs).map((k, i) => [k, values[i]]));
     };
-    // The percentiles are asked for once the counts are in (the methods' follow-up
-    // requests would otherwise wait behind them).
-    const first = await settle(fast);
+    const first = { byStatus, prevStatus, ...(await settle(fast)) };
     if (onFast) onFast(first);
-    // Beyond two days, percentiles may come from the rollups' latency histograms
-    // (SPEC: precision=approximate, within about 1 %); a service without them ignores
-    // the parameter and answers exactly.
+
+    // Phase 2: percentiles. The service runs MAX_RAW_READS (2) raw reads at once per
+    // process and answers 503 overloaded to one that waited a second for its turn: two
+    // at a time from here, and an overloaded one is asked again after Retry-After.
+    // Beyond two days they may come from the rollups' latency histograms (SPEC:
+    // precision=approximate, within about 1 %); a service without them ignores the
+    // parameter and answers exactly.
     const approx = L > 2 * 86400 ? { precision: "approximate" } : {};
+    const turn = limiter(2);
+    const raw = (range, params) => turn(async () => {
+      for (let attempt = 0; ; attempt += 1) {
+        const body = await q(range, { ...params, ...approx });
+        if (!(body.error && body.error.code === "overloaded" && attempt < 5)) return body;
+        await sleep(1000 * (body.error.retryAfter || 1), signal);
+      }
+    });
     const slow = {
-      p50: q(cur, { ...approx, aggregation: "percentile_50" }),
-      p95: q(cur, { ...approx, aggregation: "percentile_95" }),
-      p99: q(cur, { ...approx, aggregation: "percentile_99" }),
-      p50t: q(cur, { granularity: g, ...approx, aggregation: "percentile_50" }),
-      p95t: q(cur, { granularity: g, ...approx, aggregation: "percentile_95" }),
-      p99t: q(cur, { granularity: g, ...approx, aggregation: "percentile_99" }),
-      functionP50: q(cur, { group: "function", ...approx, aggregation: "percentile_50" }),
-      functionP95: q(cur, { group: "function", ...approx, aggregation: "percentile_95" }),
-      consumerP95: q(cur, { group: "consumer_id", ...approx, aggregation: "percentile_95" }),
-      prevP50: q(prev, { ...approx, aggregation: "percentile_50" }),
-      prevP95: q(prev, { ...approx, aggregation: "percentile_95" }),
-      prevP99: q(prev, { ...approx, aggregation: "percentile_99" }),
+      p50: raw(cur, { aggregation: "percentile_50" }),
+      p95: raw(cur, { aggregation: "percentile_95" }),
+      p99: raw(cur, { aggregation: "percentile_99" }),
+      p50t: raw(cur, { granularity: g, aggregation: "percentile_50" }),
+      p95t: raw(cur, { granularity: g, aggregation: "percentile_95" }),
+      p99t: raw(cur, { granularity: g, aggregation: "percentile_99" }),
+      functionP95: raw(cur, { group: "function", aggregation: "percentile_95" }),
+      functionP50: raw(cur, { group: "function", aggregation: "percentile_50" }),
+      consumerP95: raw(cur, { group: "consumer_id", aggregation: "percentile_95" }),
+      prevP50: raw(prev, { aggregation: "percentile_50" }),
+      prevP95: raw(prev, { aggregation: "percentile_95" }),
+      prevP99: raw(prev, { aggregation: "percentile_99" }),
     };
     return { ...first, ...(await settle(slow)) };
   };
