@@ -7,6 +7,7 @@ from __future__ import annotations
 import socket
 import time
 from pathlib import Path
+from typing import Any
 
 import asyncpg
 import pytest
@@ -155,3 +156,35 @@ async def test_a_key_in_an_old_link_is_used_and_taken_out_of_the_address_bar(
     assert await tab.page.get_attribute("#h-requests", "data-value") == "20"
     assert app_keys.read_key not in tab.page.url
     assert "key=" not in tab.page.url
+
+
+async def test_a_percentile_refused_as_overloaded_is_asked_again(
+    client: TestClient, app_keys: NewApp, tab: Browser
+) -> None:
+    """The service answers 503 overloaded to a raw read that waited its turn too long
+    (docs/limits.md); the page asks again after Retry-After and draws the answer."""
+    await seed(client, app_keys, realistic_events(50, 3000))
+    page = tab.page
+    refused: list[str] = []
+    asked: list[str] = []
+
+    async def overload_once(route: Any) -> None:
+        url = route.request.url
+        if "aggregation=percentile_95" in url and "granularity" not in url and "group" not in url:
+            asked.append(url)
+            if not refused:
+                refused.append(url)
+                await route.fulfill(
+                    status=503,
+                    headers={"Retry-After": "1", "Content-Type": "application/json"},
+                    body='{"error": {"code": "overloaded", "message": "2 reads of raw events are running"}}',
+                )
+                return
+        await route.continue_()
+
+    await page.route("**/1/timeseries/**", overload_once)
+    await open_dashboard(tab, client, app_keys, app_keys.read_key, "3600")
+    assert await page.evaluate("() => document.body.dataset.state") == "ready"
+    # Asked twice for the current and once for the previous period's p95.
+    assert len(refused) == 1 and asked.count(refused[0]) == 2
+    assert await page.get_attribute("#h-p95", "data-value") not in (None, "")
