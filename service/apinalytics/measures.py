@@ -82,7 +82,7 @@ class Measure:
     def rollup(self) -> str:
         """The aggregate over a rollup's rows (a derived measure from ``calls``)."""
         if self.where is not None:
-            return f"sum(calls) FILTER (WHERE {self.where})"
+            return f"coalesce(sum(calls) FILTER (WHERE {self.where}), 0)"
         return self.merged()
 
     def raw_stored(self, value: str = VALUE) -> str:
