@@ -47,9 +47,9 @@ from aiohttp import web
 
 import generate
 from apinalytics import localdb
-from apinalytics.__main__ import new_event_loop
 from apinalytics.app import create_app, event_loop_name
 from apinalytics.rollups import RAW, ROLLUPS
+from apinalytics.serve_cli import new_event_loop
 from apinalytics.settings import Settings
 from common import (
     DATA,

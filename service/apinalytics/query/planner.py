@@ -93,9 +93,23 @@ def plan(
     if force_raw or (query.aggregation.needs_raw and not histogram) or query.value != VALUE:
         parts = _raw(query.start, query.end, _Context(query, now, horizons, rollups))
         return _decided(query, parts, (RAW,))
+    candidates = _candidates(query, rollups, histogram=histogram)
+    ctx = _Context(query, now, horizons, rollups)
+    parts = tuple(_cover(query.start, query.end, candidates, ctx))
+    used_sources = {p.source for p in parts}
+    order = [r.relation for r in candidates] + [RAW]
+    chosen = _decided(query, parts, tuple(s for s in order if s in used_sources))
+    if histogram:
+        return replace(chosen, histogram=chosen.reads_rollups)
+    return chosen
+
+
+def _candidates(query: Query, rollups: Sequence[Rollup], *, histogram: bool) -> list[Rollup]:
+    """Rollups of the kind asked for (histograms or not) that hold every field used and
+    whose width divides the query's buckets, coarsest (then narrowest) first."""
     used = query.fields() | query.aggregation.fields
     g = query.granularity
-    candidates = sorted(
+    return sorted(
         (
             r
             for r in rollups
@@ -105,14 +119,6 @@ def plan(
         ),
         key=lambda r: (-r.width_s, len(r.dimensions)),
     )
-    ctx = _Context(query, now, horizons, rollups)
-    parts = tuple(_cover(query.start, query.end, candidates, ctx))
-    used_sources = {p.source for p in parts}
-    order = [r.relation for r in candidates] + [RAW]
-    chosen = _decided(query, parts, tuple(s for s in order if s in used_sources))
-    if histogram:
-        return replace(chosen, histogram=chosen.reads_rollups)
-    return chosen
 
 
 def _decided(query: Query, parts: tuple[Part, ...], sources: tuple[str, ...]) -> Plan:
@@ -133,10 +139,10 @@ def _rollup_part(rollup: Rollup, start: int, end: int, query: Query) -> Part:
     same = g is not None and rollup.width_s == g.width_s and g.origin_s % rollup.width_s == 0
     # Its rows are the answer's points when it has no dimension but the grouped field
     # (filters on that field keep it so; the planner never sends other filters here).
-    # Not for histograms (rows per bin) nor measures derived from other dimensions.
+    # Not for measures derived from other dimensions (a histogram rollup's rows are
+    # then its points' bins, one row per bin).
     points = (
         same
-        and not rollup.histogram
         and not query.aggregation.fields
         and (rollup.dimensions == (query.group,) if query.group else not rollup.dimensions)
     )

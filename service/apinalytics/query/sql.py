@@ -180,16 +180,24 @@ def _merged(st: _Statement, plan: Plan, aggregate: Aggregate) -> str:
 def _histogram(st: _Statement, plan: Plan, aggregate: Aggregate) -> str:
     """Approximate answers: every part yields, per bucket, group and bin, its count
     (histogram rollups their ``calls``, raw events binned alike); the union is merged
-    per bucket, group and bin, ranked, and ``aggregate.hist`` reads each bucket's
-    histogram (measures.HISTOGRAM)."""
+    per bucket, group and bin (when a bucket spans parts), ranked, and
+    ``aggregate.hist`` reads each bucket's histogram (measures.HISTOGRAM)."""
     assert aggregate.hist is not None
     parts = []
     for p in plan.parts:
         if p.source == RAW:
             parts.append(st.select(p, ["count(*) AS n"], [f"{HISTOGRAM.bin_of(st.query.value)}"]))
         else:
-            parts.append(st.select(p, ["sum(calls) AS n"], ["bin"]))
+            # Rows already one per bucket, group and bin are read as they are.
+            parts.append(st.select(p, ["calls AS n" if p.points else "sum(calls) AS n"], ["bin"]))
     union = "\n UNION ALL ".join(parts)
+    # Each bucket in one part: its bins are already unique.
+    merged = (
+        f"SELECT bt, g, bin, sum(n) AS n FROM (\n {union}\n) parts (bt, g, bin, n) "
+        "GROUP BY bt, g, bin"
+        if plan.merge
+        else f"SELECT * FROM (\n {union}\n) parts (bt, g, bin, n)"
+    )
     parameter = _parameter(st)
     assert parameter is not None
     rank = ""
@@ -202,12 +210,10 @@ FROM (
   SELECT bt, g, n, upto, {HISTOGRAM.representative("bin")} AS rep{rank}
   FROM (
     SELECT bt, g, bin, n,
-      sum(n) OVER (PARTITION BY bt, g ORDER BY bin) AS upto,
-      (sum(n) OVER (PARTITION BY bt, g))::float8 AS total
+      sum(n) OVER (PARTITION BY bt, g COLLATE "C" ORDER BY bin) AS upto,
+      (sum(n) OVER (PARTITION BY bt, g COLLATE "C"))::float8 AS total
     FROM (
-      SELECT bt, g, bin, sum(n) AS n FROM (
- {union}
-      ) parts (bt, g, bin, n) GROUP BY bt, g, bin
+      {merged}
     ) merged
   ) ranked
 ) binned GROUP BY bt, g"""
