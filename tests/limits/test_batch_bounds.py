@@ -5,7 +5,6 @@ validated, whatever the elements are; the problems of an invalid batch are kept 
 from __future__ import annotations
 
 import json
-from typing import Any
 
 import pytest
 from aiohttp.test_utils import TestClient
@@ -14,24 +13,15 @@ from apinalytics.apps import NewApp
 from apinalytics.ingest.decode import MAX_DETAILS
 from apinalytics.settings import Settings
 
-from ..helpers import assert_error, event, write_headers
+from ..conftest import MakeSettings
+from ..helpers import assert_error, event, post
 
 LIMIT = 50
 
 
 @pytest.fixture
-def settings(database_url: str, tmp_path: Any) -> Settings:
-    return Settings(
-        database_url=database_url,
-        home=tmp_path / "home",
-        db_connect_timeout_s=2.0,
-        max_batch_events=LIMIT,
-    )
-
-
-async def post(client: TestClient, keys: NewApp, body: bytes) -> Any:
-    headers = {**write_headers(keys), "Content-Type": "application/json"}
-    return await client.post("/1/events/", data=body, headers=headers)
+def settings(make_settings: MakeSettings) -> Settings:
+    return make_settings(max_batch_events=LIMIT)
 
 
 ELEMENTS: list[tuple[str, bytes]] = [

@@ -16,7 +16,6 @@ from __future__ import annotations
 
 import asyncio
 import time
-from pathlib import Path
 
 import asyncpg
 import pytest
@@ -27,16 +26,15 @@ from apinalytics.apps import NewApp
 from apinalytics.keys import DB
 from apinalytics.settings import Settings
 
+from ..conftest import MakeSettings
 from ..helpers import assert_error, event, read_headers, write_headers
 
 POOL = 3
 
 
 @pytest.fixture
-def settings(database_url: str, tmp_path: Path) -> Settings:
-    return Settings(
-        database_url=database_url,
-        home=tmp_path / "home",
+def settings(make_settings: MakeSettings) -> Settings:
+    return make_settings(
         db_connect_timeout_s=5.0,
         db_pool_max=POOL,
         busy_wait_s=0.2,

@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import asyncio
 import json
-from pathlib import Path
 
 import pytest
 from aiohttp.test_utils import TestClient
@@ -18,16 +17,12 @@ from aiohttp.test_utils import TestClient
 from apinalytics.apps import NewApp
 from apinalytics.settings import Settings
 
+from ..conftest import MakeSettings
+
 
 @pytest.fixture
-def settings(database_url: str, tmp_path: Path) -> Settings:
-    return Settings(
-        database_url=database_url,
-        home=tmp_path / "home",
-        body_timeout_s=0.5,
-        header_timeout_s=1.0,
-        max_connections=3,
-    )
+def settings(make_settings: MakeSettings) -> Settings:
+    return make_settings(body_timeout_s=0.5, header_timeout_s=1.0, max_connections=3)
 
 
 @pytest.mark.parametrize(
