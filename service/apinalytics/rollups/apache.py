@@ -19,7 +19,7 @@ import asyncpg
 from .. import schema
 from ..db import timed
 from ..ingest.decode import Row
-from ..measures import MEASURES, VALUE
+from ..measures import VALUE
 from .declared import DIMENSIONS, RAW, ROLLUPS, Rollup
 
 # The columns of the rows that the rollups read, passed to the upkeep as one array
@@ -44,19 +44,20 @@ def _upkeep_sql(rollup: Rollup) -> str:
     continuous aggregate does. A rollup that others are built from also keeps its part
     of the batch in its staging table for them.
     """
-    dims = [*rollup.dimensions]
+    dims = [*rollup.group_exprs()]
     keys = rollup.key_columns
-    columns = ", ".join([*keys, *(m.column for m in MEASURES)])
+    measured = rollup.measures
+    columns = ", ".join([*keys, *(m.column for m in measured)])
     if rollup.built_from == RAW:
         arrays = ", ".join(f"${i}::{t}[]" for i, (_, t) in enumerate(_SOURCE, 1))
         names = ", ".join(c for c, _ in _SOURCE)
         source = f"unnest({arrays}) AS b({names})"
         source_time = "time"
-        measures = ", ".join(m.raw_stored() for m in MEASURES)
+        measures = ", ".join(m.raw_stored() for m in measured)
     else:
         source = _staging(next(r for r in ROLLUPS if r.relation == rollup.built_from))
         source_time = "bucket"
-        measures = ", ".join(m.merged_stored() for m in MEASURES)
+        measures = ", ".join(m.merged_stored() for m in measured)
     # time_bucket of a minute or an hour is aligned to the UNIX epoch (its default
     # origin, 2000-01-03, is a whole number of days after it).
     bucket = f"time_bucket(make_interval(secs => {rollup.width_s}), {source_time})"
@@ -67,7 +68,7 @@ def _upkeep_sql(rollup: Rollup) -> str:
     """
     upsert = f"""
         ON CONFLICT ({", ".join(keys)}) DO UPDATE SET
-            {", ".join(f"{m.column} = {m.combine()}" for m in MEASURES)}
+            {", ".join(f"{m.column} = {m.combine()}" for m in measured)}
     """
     order = ", ".join(keys)
     if rollup not in _STAGED:

@@ -16,6 +16,7 @@ See docs/rollups.md.
 from __future__ import annotations
 
 import math
+import time
 from collections.abc import Sequence
 
 import asyncpg
@@ -73,7 +74,11 @@ async def refresh_behind_threshold(conn: asyncpg.Connection, rows: Sequence[Row]
             times = sorted({row[0] for row in rows})
         if horizons is None:
             horizons = await retention.horizons(conn)
-        buckets = sorted({us - us % width for us in times if us - us % width < threshold})
+        # Never the current bucket: an hour aggregate on raw events (the histograms)
+        # would move the raw threshold it shares with events_1m past the clock; the
+        # current bucket lies above every aggregate's watermark, read in real time.
+        current = int(time.time() * _US) // width * width
+        buckets = sorted({b for us in times if (b := us - us % width) < threshold and b < current})
         for start, end in _windows(buckets, width, MAX_REFRESH_WINDOWS):
             window = _clamp(start, end, width, horizons.get(rollup.built_from))
             if window:
