@@ -289,6 +289,9 @@ def _window_message(ts: float, earliest: float, latest: float) -> str:
         return datetime.fromtimestamp(x, UTC).isoformat(timespec="seconds")
 
     when = "too old" if ts < earliest else "in the future"
+    if ts > latest and earliest <= ts / 1000 <= latest:
+        # The commonest slip: JavaScript's Date.now() and Java's currentTimeMillis().
+        when += f" (it looks like milliseconds: {ts / 1000:.3f} would be seconds)"
     return f"is {when}: accepted from {iso(earliest)} to {iso(latest)} (UNIX seconds, UTC)"
 
 

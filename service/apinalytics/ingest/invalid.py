@@ -29,6 +29,8 @@ _MESSAGES = {
     "less_than_equal": "must be at most {le}",
 }
 KNOWN = frozenset(FIELDS)
+# Fields a client may not have a value for: an empty string says so (SPEC).
+MAY_BE_EMPTY = frozenset(("consumer_id", "function"))
 
 
 @dataclass
@@ -81,7 +83,10 @@ def _explain(value: Any, info: ValidationInfo) -> None:
                 if template
                 else e["msg"][:1].lower() + e["msg"][1:]
             )
-            found.add(i, ".".join(str(p) for p in e["loc"]) or None, message)
+            where = ".".join(str(p) for p in e["loc"]) or None
+            if e["type"] == "string_type" and where in MAY_BE_EMPTY:
+                message += ' ("" when there is none; null is not a string)'
+            found.add(i, where, message)
     if isinstance(data, dict):
         for k, v in data.items():
             if type(v) is not str:
