@@ -61,6 +61,8 @@ def add_routes(app: web.Application) -> None:
     r.add_get("/login/callback", callback, name="accounts.callback")
     r.add_post("/logout", logout, name="accounts.logout")
     r.add_get("/apps", list_apps, name="accounts.apps")
+    # A typed trailing slash gets the page, not a JSON 404.
+    r.add_get("/apps/", apps_slash, name="accounts.apps_slash")
     r.add_post("/apps", add_app, name="accounts.create")
     r.add_get("/apps/{app_id}", show_app, name="accounts.app")
     r.add_post("/apps/{app_id}/keys/{kind}", rotate_key, name="accounts.rotate")
@@ -73,6 +75,10 @@ def add_routes(app: web.Application) -> None:
 
 
 async def applications_2014(request: web.Request) -> web.StreamResponse:
+    raise web.HTTPMovedPermanently("/apps")
+
+
+async def apps_slash(request: web.Request) -> web.StreamResponse:
     raise web.HTTPMovedPermanently("/apps")
 
 
