@@ -13,7 +13,9 @@ import aiohttp
 import asyncpg
 from aiohttp import ClientResponse
 
+from apinalytics import migrate
 from apinalytics.apps import NewApp
+from apinalytics.rollups import materializer
 
 
 def write_headers(app: NewApp) -> dict[str, str]:
@@ -141,3 +143,13 @@ def exact_us(timestamp: float) -> int:
     value rounded to the nearest microsecond, ties to even (computed with fractions,
     independently of how ingest does it)."""
     return round(Fraction(timestamp) * 1_000_000)
+
+
+async def catch_up(conn: asyncpg.Connection) -> int:
+    """``apinalytics rollups catch-up`` on ``conn`` (a plain connection outside any
+    transaction): the rollups hold every stored event once it returns (the service's
+    own materializer may be running: this waits its turn). Returns the pending rows it
+    materialized."""
+    mode = await migrate.rollup_mode(conn)
+    assert mode is not None
+    return await materializer.catch_up(conn, mode, pause_s=0.05)

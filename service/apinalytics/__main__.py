@@ -21,7 +21,7 @@ import asyncpg
 
 from . import __version__, apps, localdb, logs, migrate, retention_cli
 from .edition import Edition
-from .rollups import rebuild
+from .rollups import materializer, rebuild
 from .settings import Settings
 
 Command = Callable[[argparse.Namespace, Settings], Coroutine[Any, Any, int]]
@@ -119,6 +119,17 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("start", type=_instant, help="UNIX seconds or an ISO 8601 time (UTC if bare)")
     p.add_argument("end", type=_instant, help="UNIX seconds or an ISO 8601 time (UTC if bare)")
     p.set_defaults(func=cmd_rollups_rebuild)
+    p = rollups_sub.add_parser(
+        "catch-up",
+        parents=[common],
+        help="bring the rollups up to date over every pending stretch, until none is left "
+        "(what the service's materializer does in the background; for cron or one-off use)",
+    )
+    p.set_defaults(func=cmd_rollups_catch_up)
+    p = rollups_sub.add_parser(
+        "status", parents=[common], help="pending stretches, the oldest one's age, the materializer"
+    )
+    p.set_defaults(func=cmd_rollups_status)
     retention_cli.register(sub)
     return parser
 
@@ -347,6 +358,35 @@ async def cmd_rollups_rebuild(args: argparse.Namespace, settings: Settings) -> i
         else:
             # Past its source's retention, or the current bucket (real-time aggregation's).
             print(f"{relation}: nothing to rebuild in that range")
+    return 0
+
+
+async def cmd_rollups_catch_up(args: argparse.Namespace, settings: Settings) -> int:
+    conn = await _connect(settings)
+    try:
+        mode = await migrate.rollup_mode(conn)
+        assert mode is not None  # _connect migrated the database
+        # An operator's command: no statement timeout (a Community refresh over a long
+        # backlog may take minutes).
+        await conn.execute("SET statement_timeout = 0")
+        done = await materializer.catch_up(conn, mode)
+    finally:
+        await conn.close()
+    print(f"materialized {done} pending stretches; none is pending")
+    return 0
+
+
+async def cmd_rollups_status(args: argparse.Namespace, settings: Settings) -> int:
+    conn = await _connect(settings)
+    try:
+        found = await materializer.status(conn)
+    finally:
+        await conn.close()
+    print(f"pending stretches: {found.ranges}")
+    oldest = "-" if found.oldest_s is None else f"{found.oldest_s:.1f} s"
+    print(f"oldest pending: {oldest}")
+    running = "idle" if found.running_pid is None else f"running (backend {found.running_pid})"
+    print(f"materializer: {running}")
     return 0
 
 

@@ -10,6 +10,7 @@ from .db import Database
 from .edition import Edition
 from .ingest.group import GroupWriter
 from .metrics import Metrics
+from .rollups.materializer import Materializer
 from .settings import Settings
 
 SETTINGS = web.AppKey("settings", Settings)
@@ -21,6 +22,8 @@ METRICS = web.AppKey("metrics", Metrics)
 EDITION = web.AppKey("edition", Edition)
 # Where ingest requests hand their validated batches (group commit).
 INGEST = web.AppKey("ingest", GroupWriter)
+# The rollups' background materializer (woken after each commit).
+MATERIALIZER = web.AppKey("materializer", Materializer)
 # The one thread that validates big ingest bodies off the event loop.
 DECODER = web.AppKey("decoder", ThreadPoolExecutor)
 
