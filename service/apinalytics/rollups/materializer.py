@@ -48,9 +48,9 @@ import asyncio
 import contextlib
 import logging
 from dataclasses import dataclass
+from typing import TYPE_CHECKING
 
 import asyncpg
-from prometheus_client import Counter
 
 from .. import retention
 from ..db import timed
@@ -58,6 +58,11 @@ from ..edition import Edition
 from . import community, pending
 from .declared import ROLLUPS
 from .rebuild import delete_sql, rebuild_sql
+
+if TYPE_CHECKING:
+    # Not at run time: `serve --workers N` sets up prometheus_client's multiprocess
+    # directory before anything imports it, and the CLI imports this module.
+    from prometheus_client import Counter
 
 log = logging.getLogger(__name__)
 
