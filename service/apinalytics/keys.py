@@ -18,7 +18,7 @@ DB = web.AppKey("db", Database)
 # The ingest path's pool: timestamptz as ints of UNIX microseconds (db.unix_us_timestamps).
 INGEST_DB = web.AppKey("ingest_db", Database)
 METRICS = web.AppKey("metrics", Metrics)
-# The database's edition, read once at start: what the rollup upkeep does.
+# The database's edition, read once at start: how the materializer keeps the rollups.
 EDITION = web.AppKey("edition", Edition)
 # Where ingest requests hand their validated batches (group commit).
 INGEST = web.AppKey("ingest", GroupWriter)
