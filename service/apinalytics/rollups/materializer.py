@@ -52,7 +52,6 @@ from typing import TYPE_CHECKING
 
 import asyncpg
 
-from .. import retention
 from ..db import timed
 from ..edition import Edition
 from . import community, pending
@@ -88,6 +87,8 @@ _READ = """
     LIMIT $1
 """
 _DONE = "DELETE FROM rollup_pending WHERE id = ANY($1::bigint[])"
+# Per relation, the time before which its data was (or may have been) dropped.
+_DROPPED = "SELECT relation, extract(epoch FROM dropped_before)::float8 AS dropped FROM retention"
 
 _STATUS = f"""
     SELECT count(*) AS ranges,
@@ -190,7 +191,10 @@ async def _reaggregate(conn: asyncpg.Connection, limit: int) -> Run:
             (list(per_app),),
             "pending apps",
         )
-        horizons = await retention.horizons(conn)
+        dropped = {
+            r["relation"]: r["dropped"]
+            for r in await timed(conn.fetch, _DROPPED, (), "dropped before")
+        }
         stretches = 0
         for r in live:
             app = r["id"]
@@ -198,11 +202,13 @@ async def _reaggregate(conn: asyncpg.Connection, limit: int) -> Run:
                 stretches += 1
                 for rollup in ROLLUPS:
                     lo = start
-                    horizon = horizons.get(rollup.built_from)
-                    if horizon is not None:
+                    gone = dropped.get(rollup.built_from)
+                    if gone is not None:
                         # Never re-aggregate from a source's dropped data: that would
-                        # delete the rollup rows kept longer than it.
-                        lo = max(lo, -int(-horizon // pending.WIDTH_S) * pending.WIDTH_S)
+                        # delete the rollup rows kept longer than it. Data merely older
+                        # than the retention is still there until `retention apply`
+                        # drops it (and then records dropped_before).
+                        lo = max(lo, -int(-gone // pending.WIDTH_S) * pending.WIDTH_S)
                     if lo >= end:
                         continue
                     args = (lo, end, app)
