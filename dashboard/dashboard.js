@@ -143,7 +143,31 @@ async function refresh(cfg) {
   draw("total-time", "line", labels, sets, { plugins: { legend: { display: false } } });
 
   const n = Object.values(calls).reduce((a, b) => a + b, 0);
+  await showEmptyState(cfg, n === 0, end);
   setStatus(`${n.toLocaleString()} calls from ${new Date(start * 1000).toLocaleString()} to ${new Date(end * 1000).toLocaleString()}.`);
+}
+
+/* The Python client's FastAPI snippet, with the app's ID; never a key. */
+function snippet(app, base) {
+  return [
+    "from apinalytics_client import Sender",
+    "from apinalytics_client.asgi import ApinalyticsMiddleware",
+    "",
+    `sender = Sender(${JSON.stringify(app)}, "YOUR_WRITE_KEY", ${JSON.stringify(base.replace(/\/$/, ""))})`,
+    "app.add_middleware(ApinalyticsMiddleware, sender=sender)",
+  ].join("\n");
+}
+
+/* When the range has no calls, whether the app has any at all (within the year the
+ * service accepts): if not, how to send some. */
+async function showEmptyState(cfg, rangeEmpty, end) {
+  let none = false;
+  if (rangeEmpty) {
+    const all = await query(cfg, end - 400 * 86400, end + 3600, {});
+    none = Object.values(all.groups).every((pairs) => pairs.every(([, v]) => v === 0));
+  }
+  if (none) $("snippet").textContent = snippet(cfg.app, cfg.base || defaultBase());
+  $("empty").hidden = !none;
 }
 
 function init() {

@@ -11,6 +11,7 @@ from __future__ import annotations
 import os
 from collections.abc import AsyncIterator, Callable, Iterator
 from pathlib import Path
+from typing import Any
 
 import asyncpg
 import pytest
@@ -61,14 +62,29 @@ def database_url(servers: Servers, mode: str) -> Iterator[str]:
         server.drop_database(name)
 
 
+MakeSettings = Callable[..., Settings]
+
+
 @pytest.fixture
-def settings(database_url: str, tmp_path: Path) -> Settings:
-    return Settings(
-        database_url=database_url,
-        home=tmp_path / "home",
-        log_json=True,
-        db_connect_timeout_s=2.0,
-    )
+def make_settings(database_url: str, tmp_path: Path) -> MakeSettings:
+    """Settings for this test's database and home; keyword arguments set other fields
+    (``make_settings(max_buckets=1000)``), validated as the environment's would be."""
+
+    def make(**overrides: Any) -> Settings:
+        fields: dict[str, Any] = {
+            "database_url": database_url,
+            "home": tmp_path / "home",
+            "log_json": True,
+            "db_connect_timeout_s": 2.0,
+        }
+        return Settings(**(fields | overrides))
+
+    return make
+
+
+@pytest.fixture
+def settings(make_settings: MakeSettings) -> Settings:
+    return make_settings()
 
 
 @pytest.fixture

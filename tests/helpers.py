@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import json
 import sys
 import time
 from fractions import Fraction
@@ -12,6 +13,7 @@ from typing import IO, Any
 import aiohttp
 import asyncpg
 from aiohttp import ClientResponse
+from aiohttp.test_utils import TestClient
 
 from apinalytics import migrate
 from apinalytics.apps import NewApp
@@ -26,6 +28,38 @@ def write_headers(app: NewApp) -> dict[str, str]:
 def read_headers(app: NewApp) -> dict[str, str]:
     assert app.read_key
     return {"X-Auth-User": app.app_id, "X-Auth-Key": app.read_key}
+
+
+INGEST = "/1/events/"
+# Events per request of post_accepted: well inside the default max_batch_events.
+POST_BATCH = 5000
+
+
+async def post(
+    client: TestClient,
+    app: NewApp,
+    body: list[dict[str, Any]] | bytes,
+    *,
+    key: str | None = None,
+    **headers: str,
+) -> ClientResponse:
+    """One ingest request with the app's write key, its answer unchecked: a list is
+    sent as JSON, bytes as they are, as application/json unless ``headers`` say
+    otherwise; ``key`` is its Idempotency-Key."""
+    data = body if isinstance(body, bytes) else json.dumps(body).encode()
+    sent = {"Content-Type": "application/json", **write_headers(app), **headers}
+    if key is not None:
+        sent["Idempotency-Key"] = key
+    return await client.post(INGEST, data=data, headers=sent)
+
+
+async def post_accepted(client: TestClient, app: NewApp, events: list[dict[str, Any]]) -> None:
+    """Send ``events`` (``POST_BATCH`` a request at most), each request accepted whole."""
+    for i in range(0, len(events), POST_BATCH):
+        batch = events[i : i + POST_BATCH]
+        resp = await post(client, app, batch)
+        assert resp.status == 200, await resp.text()
+        assert await resp.json() == {"accepted": len(batch)}
 
 
 def event(**overrides: Any) -> dict[str, Any]:

@@ -139,8 +139,9 @@ async def test_list_shows_apps_without_keys(cli: Any, db: asyncpg.Connection) ->
     b = await apps.create(db, "second")
     text = await cli("apps", "list")
     assert text.code == 0, text.err
-    lines = [line.split("\t")[:2] for line in text.out.strip().splitlines()]
-    assert lines == [[a.app_id, "first"], [b.app_id, "second"]]
+    header, *rows = text.out.strip().splitlines()
+    assert header == "APP ID\tNAME\tCREATED (UTC)"
+    assert [row.split("\t")[:2] for row in rows] == [[a.app_id, "first"], [b.app_id, "second"]]
     as_json = await cli("apps", "list", "--json")
     assert [(x["app_id"], x["name"]) for x in as_json.json()] == [
         (a.app_id, "first"),

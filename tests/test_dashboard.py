@@ -79,6 +79,7 @@ async def test_dashboard_draws_every_panel(
     await status.filter(has_text="4 calls").wait_for(timeout=15_000)
     for panel in PANELS:
         assert await page.get_attribute(f"#{panel}", "data-ready") == "true", panel  # type: ignore[attr-defined]
+    assert await page.is_hidden("#empty")  # type: ignore[attr-defined]
 
     # What the charts hold is what was sent; the empty consumer and function are named.
     drawn = await page.evaluate(  # type: ignore[attr-defined]
@@ -112,3 +113,33 @@ async def test_dashboard_shows_the_api_error(
     status = page.locator("#status.error")  # type: ignore[attr-defined]
     await status.wait_for(timeout=15_000)
     assert "wrong key" in await status.inner_text()
+
+
+async def test_dashboard_of_an_app_without_events_shows_the_client_snippet(
+    client: TestClient, app_keys: NewApp, page: object
+) -> None:
+    url = client.make_url("/dashboard/").with_query(
+        app=app_keys.app_id, key=app_keys.read_key or "", range="3600"
+    )
+    await page.goto(str(url))  # type: ignore[attr-defined]
+    await page.locator("#status").filter(has_text="0 calls").wait_for(timeout=15_000)  # type: ignore[attr-defined]
+    await page.locator("#empty").wait_for(state="visible", timeout=5_000)  # type: ignore[attr-defined]
+    snippet = await page.inner_text("#snippet")  # type: ignore[attr-defined]
+    base = str(client.make_url("")).rstrip("/")
+    assert f'Sender("{app_keys.app_id}", "YOUR_WRITE_KEY", "{base}")' in snippet
+    assert "ApinalyticsMiddleware" in snippet
+    assert app_keys.read_key and app_keys.read_key not in snippet
+
+
+async def test_dashboard_of_an_app_with_older_events_does_not_show_the_snippet(
+    client: TestClient, app_keys: NewApp, page: object
+) -> None:
+    old = [event(timestamp=time.time() - 3 * 86400)]
+    resp = await client.post("/1/events/", json=old, headers=write_headers(app_keys))
+    assert resp.status == 200
+    url = client.make_url("/dashboard/").with_query(
+        app=app_keys.app_id, key=app_keys.read_key or "", range="3600"
+    )
+    await page.goto(str(url))  # type: ignore[attr-defined]
+    await page.locator("#status").filter(has_text="0 calls").wait_for(timeout=15_000)  # type: ignore[attr-defined]
+    assert await page.is_hidden("#empty")  # type: ignore[attr-defined]

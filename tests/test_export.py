@@ -20,7 +20,6 @@ import io
 import json
 import random
 from datetime import UTC, datetime, timedelta
-from pathlib import Path
 from typing import Any
 
 import aiohttp
@@ -32,10 +31,9 @@ from apinalytics import apps
 from apinalytics.apps import NewApp
 from apinalytics.export import BATCH_ROWS
 from apinalytics.ingest.model import MAX_RESPONSE_US
-from apinalytics.settings import Settings
 
 from .conftest import ALL_MODES
-from .helpers import assert_error, exact_us, read_headers, write_headers
+from .helpers import assert_error, exact_us, post_accepted, read_headers, write_headers
 
 DAY = 86400
 NOW = int(datetime.now(UTC).timestamp())
@@ -43,11 +41,6 @@ NOW = int(datetime.now(UTC).timestamp())
 START = NOW - NOW % DAY - 2 * DAY
 END = START + DAY
 EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
-
-
-@pytest.fixture
-def settings(database_url: str, tmp_path: Path) -> Settings:
-    return Settings(database_url=database_url, home=tmp_path / "home", db_connect_timeout_s=2.0)
 
 
 def make_events(n: int, seed: int = 7) -> list[dict[str, Any]]:
@@ -118,14 +111,6 @@ def from_csv(text: str) -> list[dict[str, Any]]:
     ]
 
 
-async def post(client: TestClient, app: NewApp, events: list[dict[str, Any]]) -> None:
-    for i in range(0, len(events), 5000):
-        resp = await client.post(
-            "/1/events/", json=events[i : i + 5000], headers=write_headers(app)
-        )
-        assert resp.status == 200, await resp.text()
-
-
 async def export(
     client: TestClient, app: NewApp, start: int = START, end: int = END, **kw: Any
 ) -> tuple[aiohttp.ClientResponse, str]:
@@ -169,7 +154,7 @@ async def test_round_trip_every_event_once_in_order_fields_intact(
     headers: dict[str, str],
 ) -> None:
     sent = make_events(2 * BATCH_ROWS + 37)  # crosses cursor batches
-    await post(client, app_keys, sent)
+    await post_accepted(client, app_keys, sent)
     resp, body = await export(client, app_keys, params=query, headers=headers)
     assert resp.status == 200, body
     assert resp.content_type == ("text/csv" if fmt == "csv" else "application/x-ndjson")
@@ -198,7 +183,7 @@ async def test_round_trip_every_event_once_in_order_fields_intact(
         ]
     # Re-sent as exported, into another app, it exports the same again.
     other = await apps.create(db, "copy")
-    await post(client, other, got)
+    await post_accepted(client, other, got)
     resp2, body2 = await export(client, other, params=query, headers=headers)
     assert sorted(normalized(e) for e in parse(resp2, body2)) == sorted(normalized(e) for e in got)
 
@@ -217,7 +202,7 @@ async def test_range_is_start_inclusive_end_exclusive(
     client: TestClient, app_keys: NewApp, offset: float, exported: bool
 ) -> None:
     ev = make_events(1)[0] | {"timestamp": START + offset}
-    await post(client, app_keys, [ev])
+    await post_accepted(client, app_keys, [ev])
     resp, body = await export(client, app_keys)
     assert resp.status == 200
     assert len(body.splitlines()) == (1 if exported else 0)
@@ -248,7 +233,7 @@ async def test_include_filters_as_queries(
     client: TestClient, app_keys: NewApp, includes: list[str]
 ) -> None:
     sent = make_events(600)
-    await post(client, app_keys, sent)
+    await post_accepted(client, app_keys, sent)
     wanted: dict[str, set[str]] = {}
     for inc in includes:
         if inc:
@@ -272,7 +257,7 @@ async def test_only_the_apps_own_events(
     client: TestClient, app_keys: NewApp, db: asyncpg.Connection
 ) -> None:
     other = await apps.create(db, "other")
-    await post(client, other, make_events(20))
+    await post_accepted(client, other, make_events(20))
     resp, body = await export(client, app_keys)
     assert resp.status == 200
     assert body == ""
@@ -348,7 +333,7 @@ async def test_errors(
 async def test_paths_and_empty_format(
     client: TestClient, app_keys: NewApp, path: str, params: dict[str, str]
 ) -> None:
-    await post(client, app_keys, make_events(3))
+    await post_accepted(client, app_keys, make_events(3))
     resp = await client.get(path, params=params, headers=read_headers(app_keys))
     assert resp.status == 200
     assert resp.content_type == "application/x-ndjson"

@@ -14,6 +14,7 @@ from __future__ import annotations
 import asyncio
 import json
 import logging
+import time
 from collections.abc import Callable
 from typing import Any
 
@@ -24,7 +25,7 @@ from prometheus_client.parser import text_string_to_metric_families
 from apinalytics.apps import NewApp
 from apinalytics.settings import Settings
 
-from .helpers import assert_error, event, write_headers
+from .helpers import assert_error, event, read_headers, write_headers
 
 
 @pytest.mark.parametrize("path", ["/healthz", "/healthz/"])
@@ -220,3 +221,20 @@ async def test_a_malformed_request_is_a_400_and_one_info_line(
     assert not [r for r in caplog.records if r.levelno >= logging.WARNING]
     [line] = [r for r in caplog.records if r.getMessage().startswith("malformed request")]
     assert line.levelname == "INFO" and line.exc_info is None and getattr(line, "error", "")
+
+
+async def test_every_statement_of_a_query_is_timed_and_logged(
+    client: TestClient, app_keys: NewApp, caplog: pytest.LogCaptureFixture
+) -> None:
+    """DESIGN "all SQL goes through one path": the key check, the retention horizons the
+    planner reads, the parallel-worker setting of a raw read and the query itself, each
+    logged with its label and duration."""
+    now = int(time.time())
+    url = f"/1/timeseries/{now - 3600}/{now}/?granularity=minute&aggregation=percentile_50"
+    with caplog.at_level(logging.DEBUG, logger="apinalytics.db"):
+        resp = await client.get(url, headers=read_headers(app_keys))
+    assert resp.status == 200, await resp.text()
+    timed = [r for r in caplog.records if r.name == "apinalytics.db" and r.getMessage() == "sql"]
+    labels = {getattr(r, "label", None) for r in timed}
+    assert {"authenticate", "horizons", "parallel workers", "timeseries"} <= labels
+    assert all(isinstance(getattr(r, "ms", None), float) for r in timed)

@@ -11,17 +11,18 @@ from concurrent.futures import ThreadPoolExecutor
 
 from aiohttp import web
 
-from . import accounts, dashboard, export, localdb, logs, middleware, migrate
+from . import accounts, dashboard, export, localdb, logs, middleware, migrate, openapi
 from .db import Database, create_pool, serial_plans, unix_us_timestamps
 from .edition import Edition
 from .ingest import handlers as ingest
+from .ingest import otlp
 from .ingest.group import GroupWriter
 from .ingest.write import purge_idempotency_keys
 from .keys import DB, DECODER, EDITION, INGEST, INGEST_DB, MATERIALIZER, METRICS, SETTINGS
 from .metrics import Metrics
 from .ops import healthz, metrics_view, readyz
 from .query import handlers as query
-from .rollups.materializer import Materializer
+from .rollups.background import Materializer
 from .settings import Settings
 
 log = logging.getLogger(__name__)
@@ -96,6 +97,8 @@ def add_routes(app: web.Application) -> None:
     for path in ("/1/events", "/1/event"):
         for p in (path, path + "/"):
             app.router.add_post(p, ingest.post_events)
+    for p in ("/v1/traces", "/v1/traces/"):
+        app.router.add_post(p, otlp.post_traces)
     for p in ("/1/timeseries/{start}/{end}", "/1/timeseries/{start}/{end}/"):
         app.router.add_get(p, query.timeseries)
     for path in ("/1/events/{start}/{end}", "/1/event/{start}/{end}"):
@@ -106,6 +109,7 @@ def add_routes(app: web.Application) -> None:
     for p in ("/readyz", "/readyz/"):
         app.router.add_get(p, readyz)
     app.router.add_get("/metrics", metrics_view)
+    app.router.add_get("/openapi.json", openapi.view)
     # The landing page at "/", login, and the application and key pages.
     accounts.add_routes(app)
     dashboard.add_routes(app)
@@ -125,10 +129,7 @@ def _database(run_migrations: bool) -> Callable[[web.Application], AsyncIterator
         settings = app[SETTINGS]
         dsn = settings.database_url
         if not dsn:
-            cluster = localdb.LocalCluster(
-                datadir=settings.home / "pgdata",
-                bindir=localdb.find_bindir(settings.pg_bindir),
-            )
+            cluster = localdb.project_cluster(settings)
             await asyncio.to_thread(cluster.ensure_running)
             app[LOCAL_CLUSTER] = cluster
             dsn = cluster.dsn

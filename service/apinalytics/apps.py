@@ -3,6 +3,11 @@
 Keys are 256-bit random URL-safe strings, shown once and stored only as SHA-256
 digests. A prefix tells a write key from a read key at a glance (and lets secret
 scanners recognise them); it carries no authority of its own.
+
+Clients written for the 2014 service treat keys as padded base64: its dashboard appends
+``=`` until a key's length is a multiple of four. No key we issue holds an ``=``, so up
+to two trailing ones (base64's padding) are taken off before the digest is compared
+(docs/compatibility.md); any other character appended still makes a wrong key.
 """
 
 from __future__ import annotations
@@ -18,6 +23,7 @@ from enum import Enum
 
 import asyncpg
 
+from . import db
 from .rollups import RAW, ROLLUPS
 
 WRITE_PREFIX = "apw_"
@@ -66,6 +72,17 @@ def new_key(kind: KeyKind) -> str:
     return (WRITE_PREFIX if kind is KeyKind.WRITE else READ_PREFIX) + secrets.token_urlsafe(32)
 
 
+# base64 pads with at most two "=".
+MAX_KEY_PADDING = 2
+
+
+def unpadded(key: str) -> str:
+    """``key`` without base64 padding: up to ``MAX_KEY_PADDING`` trailing ``=`` removed.
+    More than that is no padding, and the key is left as sent (it matches no key)."""
+    stripped = key.rstrip("=")
+    return stripped if len(key) - len(stripped) <= MAX_KEY_PADDING else key
+
+
 def key_matches(key: str, stored_digest: bytes) -> bool:
     return hmac.compare_digest(digest(key), stored_digest)
 
@@ -89,7 +106,9 @@ async def create(conn: asyncpg.Connection, name: str, owner_id: int | None = Non
     name = checked_name(name)
     app = NewApp(new_public_id(), name, new_key(KeyKind.WRITE), new_key(KeyKind.READ))
     assert app.write_key and app.read_key
-    await conn.execute(
+    await db.execute(
+        conn,
+        "create app",
         """
         INSERT INTO apps (public_id, name, owner_id, write_key_digest, read_key_digest)
         VALUES ($1, $2, $3, $4, $5)
@@ -104,7 +123,9 @@ async def create(conn: asyncpg.Connection, name: str, owner_id: int | None = Non
 
 
 async def list_apps(conn: asyncpg.Connection, owner_id: int | None = None) -> list[AppInfo]:
-    rows = await conn.fetch(
+    rows = await db.fetch(
+        conn,
+        "list apps",
         """
         SELECT id, public_id, name, owner_id, created_at FROM apps
         WHERE $1::bigint IS NULL OR owner_id = $1
@@ -120,8 +141,11 @@ async def list_apps(conn: asyncpg.Connection, owner_id: int | None = None) -> li
 async def get(conn: asyncpg.Connection, app_id: str) -> AppInfo | None:
     if not app_id.isascii() or "\x00" in app_id:
         return None  # Application IDs are URL-safe ASCII; text cannot hold a NUL anyway
-    r = await conn.fetchrow(
-        "SELECT id, public_id, name, owner_id, created_at FROM apps WHERE public_id = $1", app_id
+    r = await db.fetchrow(
+        conn,
+        "get app",
+        "SELECT id, public_id, name, owner_id, created_at FROM apps WHERE public_id = $1",
+        app_id,
     )
     return (
         AppInfo(r["id"], r["public_id"], r["name"], r["owner_id"], r["created_at"]) if r else None
@@ -132,7 +156,9 @@ async def rotate(conn: asyncpg.Connection, app_id: str, kinds: set[KeyKind]) -> 
     """New keys of the given kinds; the old ones stop working with the commit."""
     write = new_key(KeyKind.WRITE) if KeyKind.WRITE in kinds else None
     read = new_key(KeyKind.READ) if KeyKind.READ in kinds else None
-    name = await conn.fetchval(
+    name = await db.fetchval(
+        conn,
+        "rotate keys",
         """
         UPDATE apps SET
             write_key_digest = COALESCE($2, write_key_digest),
@@ -156,12 +182,19 @@ PER_APP_RELATIONS: list[str] = [RAW, *(r.relation for r in ROLLUPS)]
 
 async def delete(conn: asyncpg.Connection, app_id: str) -> bool:
     """Delete an app and all of its data, in the caller's transaction."""
-    internal = await conn.fetchval("SELECT id FROM apps WHERE public_id = $1 FOR UPDATE", app_id)
+    internal = await db.fetchval(
+        conn, "lock app", "SELECT id FROM apps WHERE public_id = $1 FOR UPDATE", app_id
+    )
     if internal is None:
         return False
     for relation in await deletable_relations(conn):
-        await conn.execute(f"DELETE FROM {relation} WHERE app_id = $1", internal)
-    await conn.execute("DELETE FROM apps WHERE id = $1", internal)
+        await db.execute(
+            conn,
+            f"delete app from {relation}",
+            f"DELETE FROM {relation} WHERE app_id = $1",
+            internal,
+        )
+    await db.execute(conn, "delete app", "DELETE FROM apps WHERE id = $1", internal)
     return True
 
 
@@ -177,7 +210,9 @@ async def deletable_relations(conn: asyncpg.Connection) -> list[str]:
     """
     out = []
     for relation in PER_APP_RELATIONS:
-        row = await conn.fetchrow(
+        row = await db.fetchrow(
+            conn,
+            f"kind of {relation}",
             """
             SELECT c.relkind::text AS kind,
                    CASE WHEN ca.view_name IS NOT NULL THEN
@@ -209,9 +244,14 @@ class Credentials:
 
 
 async def authenticate(conn: asyncpg.Connection, app_id: str, key: str) -> Credentials | None:
-    """Which kind of key this is for the app, or None if the app or key is unknown."""
-    row = await conn.fetchrow(
-        "SELECT id, write_key_digest, read_key_digest FROM apps WHERE public_id = $1", app_id
+    """Which kind of key this is for the app, or None if the app or key is unknown
+    (``key`` with or without base64 padding: ``unpadded``)."""
+    key = unpadded(key)
+    row = await db.fetchrow(
+        conn,
+        "authenticate",
+        "SELECT id, write_key_digest, read_key_digest FROM apps WHERE public_id = $1",
+        app_id,
     )
     if row is None:
         # Compare anyway so an unknown app costs the same as a wrong key.

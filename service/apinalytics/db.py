@@ -57,7 +57,11 @@ def mapped_errors(timeout_s: float) -> Iterator[None]:
 
 
 class Database:
-    """The pool plus timing, timeouts and error mapping; the only way to run SQL."""
+    """The pool plus timing, timeouts and error mapping; the only way to run SQL.
+
+    A caller holding one of its connections runs statements through ``timed`` or the
+    functions below it (``fetch(conn, label, sql, *args)``, ...), so that every
+    statement is timed and logged alike."""
 
     def __init__(self, pool: asyncpg.Pool, statement_timeout_s: float, acquire_timeout_s: float):
         self.pool = pool
@@ -82,22 +86,19 @@ class Database:
 
     async def fetch(self, sql: str, *args: Any, label: str = "") -> list[asyncpg.Record]:
         async with self.connection() as conn:
-            rows: list[asyncpg.Record] = await timed(conn.fetch, sql, args, label)
-            return rows
+            return await fetch(conn, label, sql, *args)
 
     async def fetchrow(self, sql: str, *args: Any, label: str = "") -> asyncpg.Record | None:
         async with self.connection() as conn:
-            row: asyncpg.Record | None = await timed(conn.fetchrow, sql, args, label)
-            return row
+            return await fetchrow(conn, label, sql, *args)
 
     async def fetchval(self, sql: str, *args: Any, label: str = "") -> Any:
         async with self.connection() as conn:
-            return await timed(conn.fetchval, sql, args, label)
+            return await fetchval(conn, label, sql, *args)
 
     async def execute(self, sql: str, *args: Any, label: str = "") -> str:
         async with self.connection() as conn:
-            result: str = await timed(conn.execute, sql, args, label)
-            return result
+            return await execute(conn, label, sql, *args)
 
 
 async def timed(fn: Any, sql: str, args: Sequence[Any], label: str = "") -> Any:
@@ -112,6 +113,32 @@ async def timed(fn: Any, sql: str, args: Sequence[Any], label: str = "") -> Any:
             log.log(
                 level, "sql", extra={"label": label or sql[:60], "ms": round(elapsed * 1000, 2)}
             )
+
+
+# The same path for a caller that holds a connection (a transaction, a command's own
+# connection): ``await fetch(conn, "apps of owner", sql, owner_id)``. The label names
+# the statement in the log; the arguments never appear there.
+
+
+async def fetch(conn: asyncpg.Connection, label: str, sql: str, *args: Any) -> list[asyncpg.Record]:
+    rows: list[asyncpg.Record] = await timed(conn.fetch, sql, args, label)
+    return rows
+
+
+async def fetchrow(
+    conn: asyncpg.Connection, label: str, sql: str, *args: Any
+) -> asyncpg.Record | None:
+    row: asyncpg.Record | None = await timed(conn.fetchrow, sql, args, label)
+    return row
+
+
+async def fetchval(conn: asyncpg.Connection, label: str, sql: str, *args: Any) -> Any:
+    return await timed(conn.fetchval, sql, args, label)
+
+
+async def execute(conn: asyncpg.Connection, label: str, sql: str, *args: Any) -> str:
+    result: str = await timed(conn.execute, sql, args, label)
+    return result
 
 
 # PostgreSQL counts timestamptz in microseconds from 2000-01-01 00:00 UTC.
@@ -155,7 +182,7 @@ async def serial_plans(conn: asyncpg.Connection) -> None:
     their transaction with ``SET LOCAL max_parallel_workers_per_gather TO DEFAULT``:
     the value the server's configuration gives.
     """
-    await conn.execute("SET max_parallel_workers_per_gather = 0")
+    await execute(conn, "serial plans", "SET max_parallel_workers_per_gather = 0")
 
 
 async def _release(conn: asyncpg.Connection) -> None:

@@ -6,7 +6,22 @@ wrong on our side and, where it helps, when to come back.
 
 from __future__ import annotations
 
-from typing import Any
+from typing import Any, NotRequired
+
+# pydantic (the OpenAPI document's schemas) needs typing_extensions' TypedDict before 3.12.
+from typing_extensions import TypedDict
+
+
+class ErrorInfo(TypedDict):
+    code: str
+    message: str
+    details: NotRequired[list[dict[str, Any]]]
+
+
+class ErrorBody(TypedDict):
+    """Every error's JSON body (SPEC "Errors")."""
+
+    error: ErrorInfo
 
 
 class ApiError(Exception):
@@ -30,8 +45,8 @@ class ApiError(Exception):
         if code is not None:
             self.code = code
 
-    def body(self) -> dict[str, Any]:
-        error: dict[str, Any] = {"code": self.code, "message": self.message}
+    def body(self) -> ErrorBody:
+        error: ErrorInfo = {"code": self.code, "message": self.message}
         if self.details:
             error["details"] = self.details
         return {"error": error}
@@ -42,10 +57,6 @@ class UserError(ApiError):
 
     status = 400
     code = "bad_request"
-
-
-class BadRequest(UserError):
-    pass
 
 
 class InvalidQuery(UserError):

@@ -26,6 +26,7 @@ from aiohttp import web
 
 from . import auth, retention
 from .apps import KeyKind
+from .db import timed
 from .errors import ApiError, Gone, InvalidQuery
 from .keys import DB
 from .query import params
@@ -186,7 +187,7 @@ async def export_events(request: web.Request) -> web.StreamResponse:
     try:
         async with request.app[DB].transaction() as conn:
             _check_retention(start, (await retention.horizons(conn)).get(RAW))
-            cursor = await conn.cursor(text, *args)
+            cursor = await timed(conn.cursor, text, args, "export")
             # The first batch is read before the headers go out, so the errors most
             # likely to happen (timeouts, an unreachable database) still get a JSON
             # error response.

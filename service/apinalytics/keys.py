@@ -3,15 +3,19 @@
 from __future__ import annotations
 
 from concurrent.futures import ThreadPoolExecutor
+from typing import TYPE_CHECKING
 
 from aiohttp import web
 
 from .db import Database
 from .edition import Edition
-from .ingest.group import GroupWriter
 from .metrics import Metrics
-from .rollups.materializer import Materializer
 from .settings import Settings
+
+if TYPE_CHECKING:
+    # For its type only: importing it would load the ingest stack wherever a key is read.
+    from .ingest.group import GroupWriter
+    from .rollups.background import Materializer
 
 SETTINGS = web.AppKey("settings", Settings)
 DB = web.AppKey("db", Database)
@@ -21,9 +25,9 @@ METRICS = web.AppKey("metrics", Metrics)
 # The database's edition, read once at start: how the materializer keeps the rollups.
 EDITION = web.AppKey("edition", Edition)
 # Where ingest requests hand their validated batches (group commit).
-INGEST = web.AppKey("ingest", GroupWriter)
+INGEST: web.AppKey[GroupWriter] = web.AppKey("ingest")
 # The rollups' background materializer (woken after each commit).
-MATERIALIZER = web.AppKey("materializer", Materializer)
+MATERIALIZER: web.AppKey[Materializer] = web.AppKey("materializer")
 # The one thread that validates big ingest bodies off the event loop.
 DECODER = web.AppKey("decoder", ThreadPoolExecutor)
 

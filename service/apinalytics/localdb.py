@@ -8,6 +8,7 @@ belongs to the unprivileged ``postgres`` OS user (created by Debian's package).
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import json
 import os
@@ -18,7 +19,10 @@ import subprocess
 import time
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
+
+if TYPE_CHECKING:
+    from .settings import Settings
 
 SUPERUSER = "apinalytics"
 DEFAULT_DB = "apinalytics"
@@ -85,6 +89,22 @@ def free_port() -> int:
         return int(s.getsockname()[1])
 
 
+def project_cluster(settings: Settings) -> LocalCluster:
+    """The cluster ``serve`` and the commands run on without a database URL: the data
+    under ``<home>/pgdata``, the PostgreSQL of ``settings.pg_bindir`` or found."""
+    datadir = (settings.home / "pgdata").resolve()
+    return LocalCluster(datadir, find_bindir(settings.pg_bindir))
+
+
+async def dsn_for(settings: Settings) -> str:
+    """The configured database, or the project's cluster (started if needed)."""
+    if settings.database_url:
+        return settings.database_url
+    cluster = project_cluster(settings)
+    await asyncio.to_thread(cluster.ensure_running)
+    return cluster.dsn
+
+
 @dataclass
 class LocalCluster:
     """A PostgreSQL cluster in ``datadir``, listening on 127.0.0.1:``port``."""
@@ -136,11 +156,12 @@ class LocalCluster:
         self._create_default_db()
         return self
 
-    def stop(self) -> None:
-        if (self.datadir / "postmaster.pid").exists():
-            self._run_pg(
-                ["pg_ctl", "-D", str(self.datadir), "-m", "fast", "-w", "stop"], check=False
-            )
+    def stop(self) -> bool:
+        """Stop the cluster; False if it was not running."""
+        if not self._is_running():
+            return False
+        self._run_pg(["pg_ctl", "-D", str(self.datadir), "-m", "fast", "-w", "stop"], check=False)
+        return True
 
     # -- internals ---------------------------------------------------------------
 
@@ -175,21 +196,8 @@ class LocalCluster:
         # Repairs data directories that earlier versions left open to others (0701),
         # which PostgreSQL refuses to start on.
         self.datadir.chmod(self.datadir.stat().st_mode & 0o750)
-        self._run_pg(
-            [
-                "pg_ctl",
-                "-D",
-                str(self.datadir),
-                "-l",
-                str(log),
-                "-o",
-                " ".join(opts),
-                "-w",
-                "-t",
-                "60",
-                "start",
-            ]
-        )
+        argv = ["pg_ctl", "-D", str(self.datadir), "-l", str(log), "-o", " ".join(opts)]
+        self._run_pg([*argv, "-w", "-t", "60", "start"])
         (self.datadir / _STATE_FILE).write_text(
             json.dumps({"port": self.port, "license": self.license})
         )

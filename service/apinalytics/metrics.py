@@ -38,6 +38,14 @@ class Metrics:
             ["reason"],
             registry=self.registry,
         )
+        self.otlp_spans_ignored = Counter(
+            "apinalytics_otlp_spans_ignored",
+            "Spans sent to /v1/traces that are no request to an HTTP server, by reason "
+            "(not_server: a kind other than SERVER; no_http_method: a SERVER span without "
+            "an HTTP method attribute).",
+            ["reason"],
+            registry=self.registry,
+        )
         self.ingest_group_batches = Histogram(
             "apinalytics_ingest_group_batches",
             "Batches written per group transaction of the ingest path.",
@@ -57,7 +65,10 @@ class Metrics:
             ["source"],
             registry=self.registry,
         )
+        self._rollup_upkeep()
 
+    def _rollup_upkeep(self) -> None:
+        """The materializer's runs, and what is pending (rollups/materializer.py)."""
         self.materializer_runs = Counter(
             "apinalytics_materializer_runs",
             "Runs of the rollup materializer, by outcome: materialized (it caught up on "

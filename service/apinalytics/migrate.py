@@ -15,6 +15,7 @@ from pathlib import Path
 
 import asyncpg
 
+from . import db
 from .edition import Edition
 
 # Any constant works; it only has to be the same for every migrating process.
@@ -69,18 +70,20 @@ async def migrate(dsn: str, directory: Path | None = None) -> Result:
     directory = directory or migrations_dir()
     conn: asyncpg.Connection = await asyncpg.connect(dsn)
     try:
-        await conn.execute("SELECT pg_advisory_lock($1)", _LOCK_ID)
+        await db.execute(conn, "migration lock", "SELECT pg_advisory_lock($1)", _LOCK_ID)
         try:
             return await _migrate_locked(conn, directory)
         finally:
-            await conn.execute("SELECT pg_advisory_unlock($1)", _LOCK_ID)
+            await db.execute(conn, "migration unlock", "SELECT pg_advisory_unlock($1)", _LOCK_ID)
     finally:
         await conn.close()
 
 
 async def _migrate_locked(conn: asyncpg.Connection, directory: Path) -> Result:
-    await conn.execute("CREATE EXTENSION IF NOT EXISTS timescaledb")
-    await conn.execute(
+    await db.execute(conn, "create extension", "CREATE EXTENSION IF NOT EXISTS timescaledb")
+    await db.execute(
+        conn,
+        "create migration tables",
         """
         CREATE TABLE IF NOT EXISTS schema_migrations (
             version integer PRIMARY KEY,
@@ -91,14 +94,19 @@ async def _migrate_locked(conn: asyncpg.Connection, directory: Path) -> Result:
             key text PRIMARY KEY,
             value text NOT NULL
         );
-        """
+        """,
     )
-    license = str(await conn.fetchval("SHOW timescaledb.license"))
-    recorded = await conn.fetchval("SELECT value FROM apinalytics_meta WHERE key = 'rollup_mode'")
+    license = str(await db.fetchval(conn, "license", "SHOW timescaledb.license"))
+    recorded = await db.fetchval(
+        conn, "rollup mode", "SELECT value FROM apinalytics_meta WHERE key = 'rollup_mode'"
+    )
     if recorded is None:
         mode = mode_for_license(license)
-        await conn.execute(
-            "INSERT INTO apinalytics_meta (key, value) VALUES ('rollup_mode', $1)", mode
+        await db.execute(
+            conn,
+            "record rollup mode",
+            "INSERT INTO apinalytics_meta (key, value) VALUES ('rollup_mode', $1)",
+            mode,
         )
     elif not (mode := Edition(recorded)).runs_on(license):
         raise RuntimeError(
@@ -106,14 +114,16 @@ async def _migrate_locked(conn: asyncpg.Connection, directory: Path) -> Result:
             f"the server now runs TimescaleDB with license '{license}'; start it with the "
             "Community build and timescaledb.license=timescale"
         )
-    done = {r["version"] for r in await conn.fetch("SELECT version FROM schema_migrations")}
+    done = await _applied(conn)
     applied: list[str] = []
     for mig in discover(directory, mode):
         if mig.version in done:
             continue
         async with conn.transaction():
-            await conn.execute(mig.path.read_text())
-            await conn.execute(
+            await db.execute(conn, f"migration {mig.path.name}", mig.path.read_text())
+            await db.execute(
+                conn,
+                f"record migration {mig.path.name}",
                 "INSERT INTO schema_migrations (version, name) VALUES ($1, $2)",
                 mig.version,
                 mig.name,
@@ -122,12 +132,21 @@ async def _migrate_locked(conn: asyncpg.Connection, directory: Path) -> Result:
     return Result(mode=mode, applied=applied, license=license)
 
 
+async def _applied(conn: asyncpg.Connection) -> set[int]:
+    rows = await db.fetch(conn, "migrations applied", "SELECT version FROM schema_migrations")
+    return {r["version"] for r in rows}
+
+
 async def rollup_mode(conn: asyncpg.Connection) -> Edition | None:
     """The recorded rollup mode, or None before the first migration."""
-    exists = await conn.fetchval("SELECT to_regclass('apinalytics_meta') IS NOT NULL")
+    exists = await db.fetchval(
+        conn, "migrated", "SELECT to_regclass('apinalytics_meta') IS NOT NULL"
+    )
     if not exists:
         return None
-    value = await conn.fetchval("SELECT value FROM apinalytics_meta WHERE key = 'rollup_mode'")
+    value = await db.fetchval(
+        conn, "rollup mode", "SELECT value FROM apinalytics_meta WHERE key = 'rollup_mode'"
+    )
     return Edition(value) if value is not None else None
 
 
@@ -139,10 +158,18 @@ async def pending(conn: asyncpg.Connection, directory: Path | None = None) -> li
         # Never migrated: the files the first run would apply, in the mode it would pick
         # (the license is unknown until the extension exists in this database, and
         # then the Apache variants are named: same numbers, same names).
-        license = await conn.fetchval("SELECT current_setting('timescaledb.license', true)")
+        license = await db.fetchval(
+            conn, "license", "SELECT current_setting('timescaledb.license', true)"
+        )
         mode = Edition.for_license(str(license or Edition.APACHE))
     else:
-        done = {r["version"] for r in await conn.fetch("SELECT version FROM schema_migrations")}
+        done = await _applied(conn)
     return [
         m.path.name for m in discover(directory or migrations_dir(), mode) if m.version not in done
     ]
+
+
+async def connect_migrated(dsn: str) -> asyncpg.Connection:
+    """A connection to ``dsn`` once its schema is up to date: the commands' way in."""
+    await migrate(dsn)
+    return await asyncpg.connect(dsn)

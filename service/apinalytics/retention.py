@@ -33,7 +33,7 @@ from itertools import pairwise
 
 import asyncpg
 
-from .db import timed
+from . import db
 from .edition import Edition
 from .rollups.declared import RAW, ROLLUPS
 
@@ -169,24 +169,25 @@ async def horizons(conn: asyncpg.Connection) -> dict[str, float | None]:
     The planner never reads a relation before its horizon. One read of a table of a
     few rows (one per relation): it runs on every query.
     """
-    rows = await timed(
-        conn.fetch,
-        f"SELECT relation, {horizon_sql('r')} AS horizon FROM retention r",
-        (),
+    rows = await db.fetch(
+        conn,
         "horizons",
+        f"SELECT relation, {horizon_sql('r')} AS horizon FROM retention r",
     )
     return {r["relation"]: r["horizon"] for r in rows}
 
 
 async def retention_in_force(conn: asyncpg.Connection) -> dict[str, int | None]:
-    rows = await conn.fetch("SELECT relation, keep_s FROM retention")
+    rows = await db.fetch(conn, "retention in force", "SELECT relation, keep_s FROM retention")
     found = {r["relation"]: r["keep_s"] for r in rows}
     return {rel: found.get(rel) for rel in RELATIONS}
 
 
 async def refresh_windows(conn: asyncpg.Connection) -> dict[str, int | None]:
     """Community: each continuous aggregate's refresh policy start_offset, in seconds."""
-    rows = await conn.fetch(
+    rows = await db.fetch(
+        conn,
+        "refresh windows",
         """
         SELECT ca.view_name,
                extract(epoch FROM (j.config ->> 'start_offset')::interval)::bigint AS start_s
@@ -195,14 +196,16 @@ async def refresh_windows(conn: asyncpg.Connection) -> dict[str, int | None]:
           ON ca.materialization_hypertable_schema = j.hypertable_schema
          AND ca.materialization_hypertable_name = j.hypertable_name
         WHERE j.proc_name = 'policy_refresh_continuous_aggregate'
-        """
+        """,
     )
     return {r["view_name"]: r["start_s"] for r in rows}
 
 
 async def hypertables(conn: asyncpg.Connection) -> dict[str, tuple[str, str]]:
     """Relation -> (schema, name) of the hypertable holding its chunks."""
-    rows = await conn.fetch(
+    rows = await db.fetch(
+        conn,
+        "hypertables of relations",
         """
         SELECT r.rel,
                coalesce(ca.materialization_hypertable_schema, h.hypertable_schema) AS s,
@@ -235,7 +238,9 @@ async def chunks(
     if relation not in tables:
         return []
     schema, name = tables[relation]
-    rows = await conn.fetch(
+    rows = await db.fetch(
+        conn,
+        f"chunks of {relation}",
         """
         SELECT chunk_name, range_start, range_end,
                pg_total_relation_size(format('%I.%I', chunk_schema, chunk_name)::regclass) AS bytes
@@ -275,13 +280,17 @@ async def drop_expired(conn: asyncpg.Connection, now: datetime) -> list[Chunk]:
     dropped: list[Chunk] = []
     async with conn.transaction():
         # Serialises against `set` and another `apply`.
-        await conn.execute("SELECT 1 FROM retention FOR UPDATE")
+        await db.execute(conn, "lock retention", "SELECT 1 FROM retention FOR UPDATE")
         for rel, cutoff in cutoffs(await retention_in_force(conn), now).items():
             expected = await chunks(conn, rel, cutoff)
             if not expected:
                 continue
-            await conn.fetch(
-                "SELECT drop_chunks($1::regclass, older_than => $2::timestamptz)", rel, cutoff
+            await db.fetch(
+                conn,
+                f"drop chunks of {rel}",
+                "SELECT drop_chunks($1::regclass, older_than => $2::timestamptz)",
+                rel,
+                cutoff,
             )
             await _record_dropped(conn, rel, max(c.end for c in expected))
             dropped += expected
@@ -289,7 +298,9 @@ async def drop_expired(conn: asyncpg.Connection, now: datetime) -> list[Chunk]:
 
 
 async def _record_dropped(conn: asyncpg.Connection, relation: str, before: datetime) -> None:
-    await conn.execute(
+    await db.execute(
+        conn,
+        f"record dropped {relation}",
         """
         UPDATE retention SET dropped_before = greatest(dropped_before, $2), updated_at = now()
         WHERE relation = $1
@@ -311,14 +322,16 @@ class Job:
 async def retention_jobs(conn: asyncpg.Connection) -> dict[str, Job]:
     """Community: the retention policy of each relation, if it has one."""
     tables = {v: k for k, v in (await hypertables(conn)).items()}
-    rows = await conn.fetch(
+    rows = await db.fetch(
+        conn,
+        "retention jobs",
         """
         SELECT job_id, hypertable_schema AS s, hypertable_name AS n, next_start,
                schedule_interval,
                extract(epoch FROM (config ->> 'drop_after')::interval)::bigint AS drop_after_s
         FROM timescaledb_information.jobs
         WHERE proc_name = 'policy_retention'
-        """
+        """,
     )
     out: dict[str, Job] = {}
     for r in rows:
@@ -335,7 +348,7 @@ async def run_policies(conn: asyncpg.Connection) -> list[Chunk]:
     dropped: list[Chunk] = []
     for rel, job in (await retention_jobs(conn)).items():
         before = await chunks(conn, rel)
-        await conn.execute("CALL run_job($1)", job.job_id)
+        await db.execute(conn, f"run retention job of {rel}", "CALL run_job($1)", job.job_id)
         left = {c.name for c in await chunks(conn, rel)}
         gone = [c for c in before if c.name not in left]
         if gone:
@@ -365,7 +378,7 @@ async def set_retention(
     policy may already have dropped data up to there.
     """
     async with conn.transaction():
-        await conn.execute("SELECT 1 FROM retention FOR UPDATE")
+        await db.execute(conn, "lock retention", "SELECT 1 FROM retention FOR UPDATE")
         old = await retention_in_force(conn)
         new = {**old, **changes}
         reasons = await check(conn, new, mode=mode)
@@ -376,7 +389,9 @@ async def set_retention(
             frozen = (
                 mode.retention_policies and before is not None and (keep is None or keep > before)
             )
-            await conn.execute(
+            await db.execute(
+                conn,
+                f"set retention of {rel}",
                 """
                 UPDATE retention SET keep_s = $2, updated_at = now(),
                     dropped_before = CASE WHEN $3 THEN greatest(
@@ -390,11 +405,16 @@ async def set_retention(
                 before,
             )
             if mode.retention_policies:
-                await conn.execute(
-                    "SELECT remove_retention_policy($1::regclass, if_exists => true)", rel
+                await db.execute(
+                    conn,
+                    f"remove retention policy of {rel}",
+                    "SELECT remove_retention_policy($1::regclass, if_exists => true)",
+                    rel,
                 )
                 if keep is not None:
-                    await conn.execute(
+                    await db.execute(
+                        conn,
+                        f"add retention policy of {rel}",
                         "SELECT add_retention_policy($1::regclass, drop_after => $2::interval)",
                         rel,
                         timedelta(seconds=keep),
@@ -449,7 +469,9 @@ async def _edge(
     column = TIME_COLUMN[relation]
     agg = {"min": "min", "max": "max"}[fn]
     for c in parts:
-        found: datetime | None = await conn.fetchval(
+        found: datetime | None = await db.fetchval(
+            conn,
+            f"{agg} time of {relation}",
             f"SELECT {agg}({column}) FROM {relation} WHERE {column} >= $1 AND {column} < $2",
             c.start,
             c.end,

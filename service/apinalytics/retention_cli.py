@@ -1,4 +1,4 @@
-"""``apinalytics retention show|set|apply``: retention for DBAs, at a terminal or in cron.
+"""apinalytics retention show|set|apply: retention for DBAs, at a terminal or in cron.
 
 Exit codes (documented in docs/retention.md), stable for scripts:
 
@@ -7,6 +7,9 @@ Exit codes (documented in docs/retention.md), stable for scripts:
     2  usage error, or a destructive action without --yes and no terminal to ask at
     3  set refused: the setting would lose data or exact answers (reasons on stderr)
     4  not confirmed at the prompt: nothing changed
+
+Over 300 lines: each command's parsing, confirmation and output sit side by side with
+the exit codes above, so a DBA's script and this module are read against one table.
 """
 
 from __future__ import annotations
@@ -21,7 +24,7 @@ from typing import Any
 
 import asyncpg
 
-from . import migrate, retention
+from . import db, localdb, migrate, retention
 from .edition import Edition
 from .retention import FLAGS, RELATIONS, Chunk, format_duration
 from .settings import Settings
@@ -93,11 +96,11 @@ def _duration(text: str) -> int | None:
 
 
 async def _connect(settings: Settings) -> tuple[asyncpg.Connection, Edition]:
-    from .__main__ import dsn_for
-
-    conn: asyncpg.Connection = await asyncpg.connect(await dsn_for(settings))
+    conn: asyncpg.Connection = await asyncpg.connect(await localdb.dsn_for(settings))
     mode = await migrate.rollup_mode(conn)
-    if mode is None or not await conn.fetchval("SELECT to_regclass('retention') IS NOT NULL"):
+    if mode is None or not await db.fetchval(
+        conn, "retention migrated", "SELECT to_regclass('retention') IS NOT NULL"
+    ):
         await conn.close()
         raise OSError("the database is not migrated: run `apinalytics migrate` first")
     return conn, mode
@@ -293,7 +296,7 @@ def _print_chunks(verb: str, found: Sequence[Chunk]) -> None:
 async def cmd_apply(args: argparse.Namespace, settings: Settings) -> int:
     conn, mode = await _connect(settings)
     try:
-        now: datetime = await conn.fetchval("SELECT now()")
+        now: datetime = await db.fetchval(conn, "now", "SELECT now()")
         if mode.retention_policies:
             return await _apply_community(conn, now, args)
         expired = await retention.expired_chunks(conn, now)

@@ -32,7 +32,6 @@ class Settings(BaseSettings):
     # Public base URL (for OAuth redirects behind a proxy); derived from the request if unset.
     public_url: str | None = None
 
-    db_pool_min: int = 2
     db_pool_max: int = 10
     # Cancels a query that runs longer; the client gets a clear 503 query_timeout.
     statement_timeout_s: float = 10.0
@@ -56,6 +55,11 @@ class Settings(BaseSettings):
     # flight are written together, up to this many events per transaction.
     ingest_writers: int = Field(default=2, gt=0)
     ingest_group_max_events: int = Field(default=20_000, gt=0)
+
+    # OpenTelemetry ingest (POST /v1/traces, docs/otlp.md): the attribute that names the
+    # consumer, and the attributes copied into data (JSON list), span's then resource's.
+    otlp_consumer_attribute: str = "enduser.id"
+    otlp_data_attributes: list[str] = Field(default_factory=list)
 
     # The rollups' background materializer: seconds between runs when nothing wakes it
     # (a commit does); 0 runs none in this process (`apinalytics rollups catch-up`

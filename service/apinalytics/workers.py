@@ -54,9 +54,8 @@ def serve(settings: Settings, dsn: str, *, migrate_first: bool, banner: str) -> 
     metrics_dir = tempfile.mkdtemp(prefix="apinalytics-metrics-")
     os.environ["PROMETHEUS_MULTIPROC_DIR"] = metrics_dir
     arbiter_pid = os.getpid()
-    print(banner, file=sys.stderr, flush=True)
     try:
-        _Application(settings.model_copy(update={"database_url": dsn}), metrics_dir).run()
+        _Application(settings.model_copy(update={"database_url": dsn}), metrics_dir, banner).run()
     finally:
         # The workers are forked from here and leave through this frame too.
         if os.getpid() == arbiter_pid:
@@ -72,9 +71,10 @@ class _Application(BaseApplication):  # type: ignore[misc]
     """gunicorn configured in code: no configuration file, command line or
     ``GUNICORN_CMD_ARGS`` is read."""
 
-    def __init__(self, settings: Settings, metrics_dir: str) -> None:
+    def __init__(self, settings: Settings, metrics_dir: str, banner: str) -> None:
         self.settings = settings
         self.metrics_dir = metrics_dir
+        self.banner = banner
         super().__init__()
 
     def load_config(self) -> None:
@@ -85,6 +85,12 @@ class _Application(BaseApplication):  # type: ignore[misc]
             from prometheus_client import multiprocess
 
             multiprocess.mark_process_dead(worker.pid, metrics_dir)  # type: ignore[no-untyped-call]
+
+        banner = self.banner
+
+        def when_ready(arbiter: Any) -> None:
+            # The sockets are bound: only now is the service listening.
+            print(banner, file=sys.stderr, flush=True)
 
         options: dict[str, Any] = {
             "bind": [bind_address(s.host, s.port)],
@@ -100,6 +106,7 @@ class _Application(BaseApplication):  # type: ignore[misc]
             # used: signals are the interface, as for the single process.
             "control_socket_disable": True,
             "child_exit": child_exit,
+            "when_ready": when_ready,
         }
         for key, value in options.items():
             self.cfg.set(key, value)

@@ -11,6 +11,7 @@ from aiohttp.test_utils import TestClient
 
 from apinalytics.settings import Settings
 
+from ..conftest import MakeSettings
 from .fake_github import CLIENT_ID, CLIENT_SECRET, FakeGitHub
 
 Browser = aiohttp.ClientSession
@@ -25,15 +26,13 @@ async def github(aiohttp_server: Callable[..., Awaitable[Any]]) -> FakeGitHub:
 
 
 @pytest.fixture
-def settings(settings: Settings, github: FakeGitHub) -> Settings:
-    return settings.model_copy(
-        update={
-            "github_client_id": CLIENT_ID,
-            "github_client_secret": CLIENT_SECRET,
-            "github_authorize_url": github.authorize_url,
-            "github_token_url": github.token_url,
-            "github_api_url": github.api_url,
-        }
+def settings(make_settings: MakeSettings, github: FakeGitHub) -> Settings:
+    return make_settings(
+        github_client_id=CLIENT_ID,
+        github_client_secret=CLIENT_SECRET,
+        github_authorize_url=github.authorize_url,
+        github_token_url=github.token_url,
+        github_api_url=github.api_url,
     )
 
 

@@ -50,7 +50,7 @@ def shown_keys(html: str) -> dict[str, str]:
     return dict(_KEY.findall(html))
 
 
-async def create_app(browser: aiohttp.ClientSession, name: str) -> dict[str, str]:
+async def add_app(browser: aiohttp.ClientSession, name: str) -> dict[str, str]:
     token = await csrf_token(browser)
     resp = await browser.post("/apps", data={"name": name, "csrf_token": token})
     assert resp.status == 200, await resp.text()

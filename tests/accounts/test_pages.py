@@ -23,7 +23,7 @@ from apinalytics.apps import NewApp
 
 from ..helpers import assert_error, event
 from .fake_github import FakeGitHub
-from .flow import create_app, csrf_token, log_in
+from .flow import add_app, csrf_token, log_in
 
 Browser = aiohttp.ClientSession
 
@@ -165,7 +165,7 @@ async def test_app_names(alice: Browser, db: asyncpg.Connection, name: str, ok: 
 async def test_rotation_stops_the_old_key_at_once(
     alice: Browser, client: TestClient, kind: str
 ) -> None:
-    old = await create_app(alice, "rotating")
+    old = await add_app(alice, "rotating")
     token = await csrf_token(alice, f"/apps/{old['app-id']}")
     resp = await alice.post(f"/apps/{old['app-id']}/keys/{kind}", data={"csrf_token": token})
     assert resp.status == 200
@@ -192,7 +192,7 @@ async def test_rotation_stops_the_old_key_at_once(
 
 
 async def test_unknown_key_kind_is_404(alice: Browser) -> None:
-    keys = await create_app(alice, "kinds")
+    keys = await add_app(alice, "kinds")
     token = await csrf_token(alice)
     resp = await alice.post(f"/apps/{keys['app-id']}/keys/admin", data={"csrf_token": token})
     assert resp.status == 404
@@ -211,7 +211,7 @@ async def count_rows(db: asyncpg.Connection, internal_id: int) -> dict[str, int]
 async def test_delete_after_confirmation_removes_events_and_rollups(
     alice: Browser, client: TestClient, db: asyncpg.Connection, app_keys: NewApp
 ) -> None:
-    doomed = await create_app(alice, "doomed")
+    doomed = await add_app(alice, "doomed")
     batch = [event(timestamp=time.time() - 60 * i, function=f"f{i}") for i in range(5)]
     for keys in (doomed, {"app-id": app_keys.app_id, "write-key": str(app_keys.write_key)}):
         resp = await client.post("/1/events/", json=batch, headers=write(keys))
@@ -262,7 +262,7 @@ BAD_TOKENS = ("missing", "wrong", "another_sessions")
 async def test_every_form_needs_the_csrf_token(
     alice: Browser, bob: Browser, client: TestClient, db: asyncpg.Connection, form: str
 ) -> None:
-    keys = await create_app(alice, "guarded")
+    keys = await add_app(alice, "guarded")
     path, fields = {
         "create": ("/apps", {"name": "sneaky"}),
         "rotate_write": (f"/apps/{keys['app-id']}/keys/write", {}),
@@ -289,9 +289,9 @@ async def test_every_form_needs_the_csrf_token(
 async def test_users_cannot_see_or_touch_each_others_apps(
     alice: Browser, bob: Browser, client: TestClient, db: asyncpg.Connection
 ) -> None:
-    keys = await create_app(alice, "alice-private")
+    keys = await add_app(alice, "alice-private")
     app_id = keys["app-id"]
-    bobs = await create_app(bob, "bob-own")
+    bobs = await add_app(bob, "bob-own")
 
     listing = await (await bob.get("/apps")).text()
     assert "alice-private" not in listing and app_id not in listing

@@ -19,7 +19,7 @@ from apinalytics.apps import NewApp
 
 from ..helpers import assert_error, event, write_headers
 from .fake_github import FakeGitHub
-from .flow import create_app, log_in
+from .flow import add_app, log_in
 
 Browser = aiohttp.ClientSession
 
@@ -55,7 +55,7 @@ async def test_session_reads(
 ) -> None:
     owner = new_browser()
     await log_in(owner, github, "alice")
-    keys = await create_app(owner, "dashboarded")
+    keys = await add_app(owner, "dashboarded")
     ingest = await client.post(
         "/1/events/",
         json=[event(), event()],
@@ -92,7 +92,7 @@ async def test_sessions_never_authorize_ingest(
 ) -> None:
     owner = new_browser()
     await log_in(owner, github, "alice")
-    keys = await create_app(owner, "write-guarded")
+    keys = await add_app(owner, "write-guarded")
     resp = await owner.post("/1/events/", json=[event()], headers={"X-Auth-User": keys["app-id"]})
     await assert_error(resp, 401, "unauthorized")
     count = await client.get(
@@ -108,7 +108,7 @@ async def test_a_logged_out_session_reads_nothing(
 
     owner = new_browser()
     await log_in(owner, github, "alice")
-    keys = await create_app(owner, "left")
+    keys = await add_app(owner, "left")
     assert (await owner.get(query_path(), headers={"X-Auth-User": keys["app-id"]})).status == 200
     token = await csrf_token(owner)
     await owner.post("/logout", data={"csrf_token": token})

@@ -9,9 +9,6 @@ Each example uses a fresh application on the one client of the test.
 
 from __future__ import annotations
 
-from pathlib import Path
-from typing import Any
-
 import asyncpg
 import hypothesis
 import pytest
@@ -22,8 +19,8 @@ from hypothesis import strategies as st
 from apinalytics import apps
 from apinalytics.settings import Settings
 
-from ..conftest import ALL_MODES
-from ..helpers import catch_up, read_headers, write_headers
+from ..conftest import ALL_MODES, MakeSettings
+from ..helpers import catch_up, post_accepted, read_headers
 from . import oracle
 from .oracle import BASE, CONSUMERS, DAY, FUNCTIONS, METHODS, STATUSES, Ev, Q
 
@@ -34,28 +31,12 @@ EXAMPLES = settings(
 )
 
 
-@pytest.fixture
-def settings_(database_url: str, tmp_path: Path) -> Settings:
-    return Settings(
-        database_url=database_url,
-        home=tmp_path / "home",
-        db_connect_timeout_s=2.0,
-        # The examples' events are in August 2025, and a second-granularity query
-        # over their three days has 260 000 buckets.
-        max_event_age_s=20 * 366 * 86400,
-        max_buckets=1_000_000,
-    )
-
-
-@pytest.fixture
-async def client(make_client: Any, settings_: Settings) -> TestClient:
-    c: TestClient = await make_client(settings_)
-    return c
-
-
-async def post(client: TestClient, app: apps.NewApp, evs: list[Ev]) -> None:
-    resp = await client.post("/1/events/", json=[e.body() for e in evs], headers=write_headers(app))
-    assert resp.status == 200, await resp.text()
+# Named apart from hypothesis.settings, imported above.
+@pytest.fixture(name="settings")
+def oracle_settings(make_settings: MakeSettings) -> Settings:
+    # The examples' events are in August 2025, and a second-granularity query over
+    # their three days has 260 000 buckets.
+    return make_settings(max_event_age_s=20 * 366 * 86400, max_buckets=1_000_000)
 
 
 async def check(client: TestClient, app: apps.NewApp, evs: list[Ev], qs: list[Q]) -> None:
@@ -78,7 +59,7 @@ async def test_answers_equal_the_oracle(
     client: TestClient, db: asyncpg.Connection, case: oracle.Scenario
 ) -> None:
     app = await apps.create(db, "oracle")
-    await post(client, app, case.events)
+    await post_accepted(client, app, [e.body() for e in case.events])
     await check(client, app, case.events, case.queries)
 
 
@@ -95,7 +76,7 @@ async def test_back_dated_events_are_read_at_once(
     sent: list[Ev] = []
     for i in range(0, len(newest_first), size):
         batch = newest_first[i : i + size]
-        await post(client, app, batch)
+        await post_accepted(client, app, [e.body() for e in batch])
         sent.extend(batch)
         await check(client, app, sent, case.queries)
 
@@ -137,7 +118,7 @@ async def test_narrow_hour_rollups_answer_what_they_cover(
         )
         for i in range(300)
     ]
-    await post(client, app, evs)
+    await post_accepted(client, app, [e.body() for e in evs])
     # Nothing pending, so the rollups answer every whole hour.
     await catch_up(db)
     for q, source in NARROW_QUERIES:

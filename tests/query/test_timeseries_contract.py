@@ -21,7 +21,6 @@
 
 from __future__ import annotations
 
-from pathlib import Path
 from typing import Any
 
 import asyncpg
@@ -33,26 +32,16 @@ from apinalytics.keys import DB
 from apinalytics.query.model import DAY, HOUR, WEEK, WEEK_ORIGIN
 from apinalytics.settings import Settings
 
-from ..helpers import assert_error, catch_up, event, read_headers, write_headers
+from ..conftest import MakeSettings
+from ..helpers import assert_error, catch_up, event, post_accepted, read_headers, write_headers
 
 T = WEEK_ORIGIN + 2900 * WEEK  # 2025-08-04, a Monday 00:00 UTC
 
 
 @pytest.fixture
-def settings(database_url: str, tmp_path: Path) -> Settings:
+def settings(make_settings: MakeSettings) -> Settings:
     # Accept events back to 2014, so SPEC's own example can be sent through ingest.
-    return Settings(
-        database_url=database_url,
-        home=tmp_path / "home",
-        db_connect_timeout_s=2.0,
-        max_event_age_s=20 * 366 * DAY,
-        max_buckets=1000,
-    )
-
-
-async def post(client: TestClient, app: NewApp, events: list[dict[str, Any]]) -> None:
-    resp = await client.post("/1/events/", json=events, headers=write_headers(app))
-    assert resp.status == 200, await resp.text()
+    return make_settings(max_event_age_s=20 * 366 * DAY, max_buckets=1000)
 
 
 async def get(
@@ -71,7 +60,7 @@ async def get(
 
 
 async def test_spec_example(client: TestClient, app_keys: NewApp) -> None:
-    await post(
+    await post_accepted(
         client,
         app_keys,
         [
@@ -95,7 +84,7 @@ async def test_spec_example(client: TestClient, app_keys: NewApp) -> None:
 
 
 async def test_defaults_one_group_one_pair(client: TestClient, app_keys: NewApp) -> None:
-    await post(client, app_keys, [event(timestamp=T + 10), event(timestamp=T + 7200)])
+    await post_accepted(client, app_keys, [event(timestamp=T + 10), event(timestamp=T + 7200)])
     path = f"/1/timeseries/{T}/{T + DAY}"
     expected = {
         "groups": {app_keys.app_id: [[T, 2]]},
@@ -132,7 +121,9 @@ AGGREGATIONS = [
 async def test_aggregations(
     client: TestClient, app_keys: NewApp, aggregation: str, expected: float
 ) -> None:
-    await post(client, app_keys, [event(timestamp=T + 60 * i, response_us=i + 1) for i in range(4)])
+    await post_accepted(
+        client, app_keys, [event(timestamp=T + 60 * i, response_us=i + 1) for i in range(4)]
+    )
     body = await get(
         client, app_keys, f"/1/timeseries/{T}/{T + HOUR}", {"aggregation": aggregation}
     )
@@ -146,7 +137,7 @@ async def test_aggregations(
 
 
 async def test_group_keys_are_strings(client: TestClient, app_keys: NewApp) -> None:
-    await post(
+    await post_accepted(
         client,
         app_keys,
         [event(timestamp=T + 1, status_code=200), event(timestamp=T + 2, status_code=503)],
@@ -156,7 +147,7 @@ async def test_group_keys_are_strings(client: TestClient, app_keys: NewApp) -> N
 
 
 async def test_includes_or_within_and_across(client: TestClient, app_keys: NewApp) -> None:
-    await post(
+    await post_accepted(
         client,
         app_keys,
         [
@@ -182,13 +173,13 @@ async def test_include_the_longest_url_an_event_may_hold(
 ) -> None:
     # Percent-encoded, 8,192 four-byte characters make a request line of about 98 KB.
     url = "/" + "\U0001f600" * (settings.max_url_length - 1)
-    await post(client, app_keys, [event(timestamp=T + 1, url=url), event(timestamp=T + 2)])
+    await post_accepted(client, app_keys, [event(timestamp=T + 1, url=url), event(timestamp=T + 2)])
     body = await get(client, app_keys, f"/1/timeseries/{T}/{T + HOUR}", [("include", f"url:{url}")])
     assert body["groups"] == {app_keys.app_id: [[T, 1]]}
 
 
 async def test_custom_dimension(client: TestClient, app_keys: NewApp) -> None:
-    await post(
+    await post_accepted(
         client,
         app_keys,
         [
@@ -207,7 +198,7 @@ async def test_custom_dimension(client: TestClient, app_keys: NewApp) -> None:
 async def test_buckets_epoch_aligned_empty_left_out_edges_clipped(
     client: TestClient, app_keys: NewApp
 ) -> None:
-    await post(
+    await post_accepted(
         client,
         app_keys,
         [
@@ -245,7 +236,7 @@ async def test_alignment(
     client: TestClient, app_keys: NewApp, granularity: str, stamp: int
 ) -> None:
     assert (WEDNESDAY - 946857600) % 7000 != WEDNESDAY % 7000
-    await post(client, app_keys, [event(timestamp=WEDNESDAY + 0.25)])
+    await post_accepted(client, app_keys, [event(timestamp=WEDNESDAY + 0.25)])
     body = await get(
         client, app_keys, f"/1/timeseries/{T - WEEK}/{T + WEEK}", {"granularity": granularity}
     )
@@ -254,11 +245,11 @@ async def test_alignment(
 
 async def test_back_dated_event_is_read(client: TestClient, app_keys: NewApp) -> None:
     path = f"/1/timeseries/{T}/{T + 2 * DAY}"
-    await post(client, app_keys, [event(timestamp=T + DAY + 5)])
+    await post_accepted(client, app_keys, [event(timestamp=T + DAY + 5)])
     assert (await get(client, app_keys, path, {"granularity": "day"}))["groups"] == {
         app_keys.app_id: [[T + DAY, 1]]
     }
-    await post(client, app_keys, [event(timestamp=T + 5, response_us=7)])
+    await post_accepted(client, app_keys, [event(timestamp=T + 5, response_us=7)])
     body = await get(client, app_keys, path, {"granularity": "day", "aggregation": "sum"})
     assert body["groups"] == {app_keys.app_id: [[T, 7], [T + DAY, 1500]]}
 
@@ -301,7 +292,7 @@ async def test_sources_header_and_metric(
     params: dict[str, str],
     sources: str,
 ) -> None:
-    await post(client, app_keys, [event(timestamp=T + 30 + 61 * i) for i in range(100)])
+    await post_accepted(client, app_keys, [event(timestamp=T + 30 + 61 * i) for i in range(100)])
     # Nothing pending: the rollups answer what they cover.
     await catch_up(db)
     resp = await client.get(f"/1/timeseries/{path}", params=params, headers=read_headers(app_keys))
@@ -315,7 +306,9 @@ async def test_sources_header_and_metric(
 async def test_force_raw_gives_the_same_answer(
     client: TestClient, app_keys: NewApp, db: asyncpg.Connection
 ) -> None:
-    await post(client, app_keys, [event(timestamp=T + 7 * i, response_us=i) for i in range(2000)])
+    await post_accepted(
+        client, app_keys, [event(timestamp=T + 7 * i, response_us=i) for i in range(2000)]
+    )
     await catch_up(db)
     path = f"/1/timeseries/{T + 30}/{T + 3 * HOUR + 30}"
     params = {"granularity": "hour", "aggregation": "mean", "group": "function"}
@@ -336,7 +329,7 @@ async def test_parallel_workers_for_raw_reads_only(
     name = await db.fetchval("SELECT current_database()")
     await db.execute(f'ALTER DATABASE "{name}" SET max_parallel_workers_per_gather = 3')
     await client.app[DB].pool.expire_connections()  # so they connect under that setting
-    await post(client, app_keys, [event(timestamp=T + 7 * i) for i in range(100)])
+    await post_accepted(client, app_keys, [event(timestamp=T + 7 * i) for i in range(100)])
     path = f"/1/timeseries/{T}/{T + HOUR}"
     raw = {**read_headers(app_keys), "X-Apinalytics-Planner": "raw"}
     for headers in (read_headers(app_keys), raw):
@@ -410,7 +403,7 @@ async def test_other_apps_data_is_invisible(
     from apinalytics import apps
 
     other = await apps.create(db, "other")
-    await post(client, other, [event(timestamp=T + 1)])
+    await post_accepted(client, other, [event(timestamp=T + 1)])
     body = await get(client, app_keys, f"/1/timeseries/{T}/{T + DAY}", {"group": "function"})
     assert body["groups"] == {}
 
@@ -442,7 +435,7 @@ PAST_RAW = [
 async def test_past_raw_retention_is_gone(
     client: TestClient, app_keys: NewApp, db: asyncpg.Connection, params: dict[str, str]
 ) -> None:
-    await post(client, app_keys, [event(timestamp=T + 5)])
+    await post_accepted(client, app_keys, [event(timestamp=T + 5)])
     # Raw events are kept a week: the horizon moves, whether or not chunks were dropped.
     await db.execute("UPDATE retention SET keep_s = $1 WHERE relation = 'events'", WEEK)
     resp = await client.get(
@@ -454,7 +447,7 @@ async def test_past_raw_retention_is_gone(
 async def test_past_raw_retention_answered_from_rollups(
     client: TestClient, app_keys: NewApp, db: asyncpg.Connection
 ) -> None:
-    await post(
+    await post_accepted(
         client, app_keys, [event(timestamp=T + 5 + 60 * i, response_us=i) for i in range(90)]
     )
     await catch_up(db)

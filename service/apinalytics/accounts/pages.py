@@ -20,7 +20,7 @@ from aiohttp.typedefs import Handler
 
 from .. import apps
 from ..apps import KeyKind, NewApp
-from ..errors import ApiError, BadRequest, NotFound, UserError
+from ..errors import ApiError, NotFound, UserError
 from ..keys import DB, SETTINGS
 from . import csrf, oauth, sessions, users
 from .users import User
@@ -61,12 +61,19 @@ def add_routes(app: web.Application) -> None:
     r.add_get("/login/callback", callback, name="accounts.callback")
     r.add_post("/logout", logout, name="accounts.logout")
     r.add_get("/apps", list_apps, name="accounts.apps")
-    r.add_post("/apps", create_app, name="accounts.create")
+    r.add_post("/apps", add_app, name="accounts.create")
     r.add_get("/apps/{app_id}", show_app, name="accounts.app")
     r.add_post("/apps/{app_id}/keys/{kind}", rotate_key, name="accounts.rotate")
     r.add_get("/apps/{app_id}/delete", confirm_delete, name="accounts.confirm_delete")
     r.add_post("/apps/{app_id}/delete", delete_app, name="accounts.delete")
     r.add_static("/static/", STATIC_DIR, name="static")
+    # Where the 2014 service showed a user's Application ID and keys (docs/compatibility.md).
+    r.add_get("/u", applications_2014, name="accounts.applications_2014")
+    r.add_get("/u/", applications_2014, name="accounts.applications_2014_slash")
+
+
+async def applications_2014(request: web.Request) -> web.StreamResponse:
+    raise web.HTTPMovedPermanently("/apps")
 
 
 # -- helpers ------------------------------------------------------------------------
@@ -122,7 +129,7 @@ async def render(
 def examples(request: web.Request, new: NewApp) -> dict[str, str]:
     """Ready-to-paste curl commands with the keys just shown."""
     base = base_url(request)
-    out: dict[str, str] = {}
+    out: dict[str, str] = {"base": base}
     if new.write_key:
         out["send"] = (
             f"curl -X POST '{base}/1/events/' \\\n"
@@ -147,7 +154,7 @@ def app_name(form_value: object) -> str:
     try:
         return apps.checked_name(form_value if isinstance(form_value, str) else "")
     except ValueError as exc:
-        raise BadRequest(str(exc)) from exc
+        raise UserError(str(exc)) from exc
 
 
 # -- login --------------------------------------------------------------------------
@@ -215,7 +222,7 @@ async def list_apps(request: web.Request) -> web.Response:
     return await render(request, "apps.html", user, apps=owned, flash=flash, max_name=apps.MAX_NAME)
 
 
-async def create_app(request: web.Request) -> web.Response:
+async def add_app(request: web.Request) -> web.Response:
     user = await require_user(request)
     form = await csrf.checked_form(request)
     name = app_name(form.get("name"))

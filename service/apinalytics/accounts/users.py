@@ -7,6 +7,7 @@ from datetime import datetime
 
 import asyncpg
 
+from .. import db
 from .oauth import GitHubUser
 
 
@@ -36,7 +37,9 @@ def _user(row: asyncpg.Record) -> User:
 
 async def record_login(conn: asyncpg.Connection, gh: GitHubUser) -> User:
     """Create the user at the first login; later logins refresh login, name and time."""
-    row = await conn.fetchrow(
+    row = await db.fetchrow(
+        conn,
+        "record login",
         f"""
         INSERT INTO users (github_id, login, name) VALUES ($1, $2, $3)
         ON CONFLICT (github_id) DO UPDATE
@@ -51,5 +54,5 @@ async def record_login(conn: asyncpg.Connection, gh: GitHubUser) -> User:
 
 
 async def get(conn: asyncpg.Connection, uid: int) -> User | None:
-    row = await conn.fetchrow(f"SELECT {_COLUMNS} FROM users WHERE id = $1", uid)
+    row = await db.fetchrow(conn, "get user", f"SELECT {_COLUMNS} FROM users WHERE id = $1", uid)
     return _user(row) if row else None

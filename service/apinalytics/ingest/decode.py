@@ -63,12 +63,15 @@ class BatchTooLarge(PayloadTooLarge):
         self.events = events
 
 
-async def read_body(request: web.Request, settings: Settings) -> bytes:
-    """The request body, gunzipped, within the size limit."""
+async def read_body(
+    request: web.Request, settings: Settings, content_types: tuple[str, ...] = ("application/json",)
+) -> bytes:
+    """The request body, gunzipped, within the size limit; its Content-Type one of
+    ``content_types``."""
     ctype = request.content_type
-    if ctype != "application/json":
+    if ctype not in content_types:
         given = f"not {ctype}" if "Content-Type" in request.headers else "none was sent"
-        raise UnsupportedMediaType(f"Content-Type must be application/json; {given}.")
+        raise UnsupportedMediaType(f"Content-Type must be {' or '.join(content_types)}; {given}.")
     encoding = request.headers.get("Content-Encoding", "identity").strip().lower()
     if encoding not in ("identity", "gzip"):
         raise UnsupportedMediaType(f"Content-Encoding must be gzip or absent, not {encoding}.")

@@ -1,9 +1,16 @@
-"""``POST /1/events/``: authenticate, decode, validate, store (group commit), answer."""
+"""``POST /1/events/``: authenticate, decode, validate, store (group commit), answer.
+
+``idempotency_key``, ``outcome_counted`` and ``off_loop_if_big`` are the steps every
+ingest route shares (the OTLP route too: ``otlp.py``).
+"""
 
 from __future__ import annotations
 
 import asyncio
 import time
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+from typing import ParamSpec, TypeVar
 
 from aiohttp import web
 
@@ -11,16 +18,28 @@ from .. import auth
 from ..apps import KeyKind
 from ..errors import CommitOutcomeUnknown, DatabaseUnavailable, UserError
 from ..keys import DECODER, INGEST, METRICS, SETTINGS
+from ..metrics import Metrics
 from . import decode
 
 MAX_IDEMPOTENCY_KEY = 255
 
+P = ParamSpec("P")
+T = TypeVar("T")
+
 
 async def post_events(request: web.Request) -> web.Response:
-    try:
+    with outcome_counted(request.app[METRICS]):
         return await _post_events(request)
+
+
+@contextmanager
+def outcome_counted(metrics: Metrics) -> Iterator[None]:
+    """Count a refused ingest request by its code; a database outage before COMMIT
+    says that nothing was stored."""
+    try:
+        yield
     except UserError as exc:
-        request.app[METRICS].batches_rejected.labels(reason=exc.code).inc()
+        metrics.batches_rejected.labels(reason=exc.code).inc()
         raise
     except CommitOutcomeUnknown:
         raise
@@ -29,27 +48,39 @@ async def post_events(request: web.Request) -> web.Response:
         raise DatabaseUnavailable(exc.retry_after, stored_nothing=True) from exc
 
 
-async def _post_events(request: web.Request) -> web.Response:
-    creds = await auth.require(request, KeyKind.WRITE)
-    settings = request.app[SETTINGS]
-    metrics = request.app[METRICS]
+def idempotency_key(request: web.Request) -> str | None:
+    """The request's Idempotency-Key, if any; a 400 for one that is empty, too long or
+    not UTF-8 text."""
     idem = request.headers.get("Idempotency-Key")
     if idem is not None and not (0 < len(idem) <= MAX_IDEMPOTENCY_KEY and _is_text(idem)):
         raise UserError(
             f"Idempotency-Key must be 1 to {MAX_IDEMPOTENCY_KEY} characters of UTF-8 text.",
             code="invalid_idempotency_key",
         )
+    return idem
+
+
+async def off_loop_if_big(
+    request: web.Request, size: int, fn: Callable[P, T], *args: P.args, **kwargs: P.kwargs
+) -> T:
+    """``fn(*args)``; for a body of at least ``offload_body_bytes``, in the decoder thread,
+    so other requests keep flowing while a big batch is validated."""
+    if size < request.app[SETTINGS].offload_body_bytes:
+        return fn(*args, **kwargs)
+    loop = asyncio.get_running_loop()
+    return await loop.run_in_executor(request.app[DECODER], lambda: fn(*args, **kwargs))
+
+
+async def _post_events(request: web.Request) -> web.Response:
+    creds = await auth.require(request, KeyKind.WRITE)
+    settings = request.app[SETTINGS]
+    metrics = request.app[METRICS]
+    idem = idempotency_key(request)
     try:
         body = await decode.read_body(request, settings)
-        now = time.time()
-        if len(body) >= settings.offload_body_bytes:
-            # Big batches are validated off the event loop so other requests keep flowing.
-            loop = asyncio.get_running_loop()
-            rows = await loop.run_in_executor(
-                request.app[DECODER], decode.parse, body, creds.app, now, settings
-            )
-        else:
-            rows = decode.parse(body, creds.app, now, settings)
+        rows = await off_loop_if_big(
+            request, len(body), decode.parse, body, creds.app, time.time(), settings
+        )
         result = await request.app[INGEST].submit(creds.app, rows, idem)
     except (decode.BatchRejected, decode.BatchTooLarge) as exc:
         metrics.events_rejected.labels(reason=exc.code).inc(exc.events)

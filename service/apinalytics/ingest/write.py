@@ -24,6 +24,7 @@ from __future__ import annotations
 
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
+from functools import partial
 
 import asyncpg
 
@@ -155,9 +156,10 @@ async def transaction(
                 written.stored = await _claim_keys(conn, kept, idempotency_ttl_s, written)
                 written.rows = [row for b in written.stored for row in b.rows]
                 if written.rows:
-                    await conn.copy_records_to_table(
-                        "events", records=written.rows, columns=COLUMNS
+                    copy = partial(
+                        conn.copy_records_to_table, records=written.rows, columns=COLUMNS
                     )
+                    await timed(copy, "events", (), "copy events")
                     touched: dict[int, list[int]] = {}
                     for b in written.stored:
                         touched.setdefault(b.app, []).extend(row[0] for row in b.rows)

@@ -157,7 +157,8 @@ def parse_query(
                 "ask for a coarser granularity or a shorter range",
             )
     group = field_name("group", single["group"]) if single["group"] else None
-    includes = parse_includes(list(params.get("include", ())))
+    # include[]: how jQuery's $.param (the 2014 dashboard's) writes an array of values.
+    includes = parse_includes([*params.get("include", ()), *params.get("include[]", ())])
     return Query(
         start=s,
         end=e,

@@ -17,7 +17,7 @@ from contextlib import asynccontextmanager
 
 import asyncpg
 
-from .. import retention
+from .. import db, retention
 from ..db import Database, timed
 from ..edition import Edition
 from ..measures import MEASURES
@@ -113,14 +113,14 @@ async def _refresh_slices(
     slices: list[tuple[int, int]],
     windows: dict[str, tuple[int, int]],
 ) -> None:
-    await conn.execute("SET statement_timeout = 0")
+    await db.execute(conn, "no statement timeout", "SET statement_timeout = 0")
     try:
         for s, e in slices:
             for rollup, (a, b) in _parts(s, e, windows):
                 await community.refresh(conn, rollup, a, b)
     finally:
         try:
-            await conn.execute("RESET statement_timeout")
+            await db.execute(conn, "reset statement timeout", "RESET statement_timeout")
         except BaseException:
             # Pools hand connections on without resetting them (db.create_pool):
             # one without its statement timeout must not go back.
@@ -182,11 +182,13 @@ async def _rebuild_tables(
 ) -> None:
     relations = ", ".join(r.relation for r in ROLLUPS)
     async with conn.transaction():
-        await conn.execute("SET LOCAL statement_timeout = 0")
+        await db.execute(conn, "no statement timeout", "SET LOCAL statement_timeout = 0")
         # SHARE ROW EXCLUSIVE conflicts with the materializer's ROW EXCLUSIVE: the two
         # take turns. Batches committed meanwhile keep their pending stretches, which
         # the materializer re-aggregates after this (from the same raw events).
-        await conn.execute(f"LOCK TABLE {relations} IN SHARE ROW EXCLUSIVE MODE")
+        await db.execute(
+            conn, "lock rollups", f"LOCK TABLE {relations} IN SHARE ROW EXCLUSIVE MODE"
+        )
         for rollup, (a, b) in _parts(start_s, end_s, windows):
             # Whole seconds as integers: right on a connection with either timestamp codec.
             bounds = (a, b)

@@ -43,9 +43,9 @@ from apinalytics.localdb import LocalCluster
 from apinalytics.rollups import ROLLUPS, rebuild
 from apinalytics.settings import Settings
 
-from .conftest import ALL_MODES
-from .helpers import assert_error, catch_up, event, wait_for_lock_waiter, write_headers
-from .test_outage import cluster  # noqa: F401 (a fixture: a cluster of the test's own)
+from ..conftest import ALL_MODES
+from ..helpers import assert_error, catch_up, event, post, wait_for_lock_waiter
+from ..test_outage import cluster  # noqa: F401 (a fixture: a cluster of the test's own)
 
 all_modes = pytest.mark.parametrize("mode", ALL_MODES, indirect=True)
 DAY = 86400
@@ -77,15 +77,6 @@ async def wait_queued(client: TestClient, n: int) -> None:
     raise AssertionError(f"{writer(client).queued} batches queued, expected {n}")
 
 
-async def post(
-    client: TestClient, app: NewApp, events: list[dict[str, Any]], key: str | None = None
-) -> ClientResponse:
-    headers = write_headers(app)
-    if key is not None:
-        headers["Idempotency-Key"] = key
-    return await client.post("/1/events/", json=events, headers=headers)
-
-
 async def internal_id(db: asyncpg.Connection, app: NewApp) -> int:
     value: int = await db.fetchval("SELECT id FROM apps WHERE public_id = $1", app.app_id)
     return value
@@ -113,7 +104,7 @@ async def writer_held(
             "INSERT INTO idempotency_keys (app_id, key, accepted) VALUES ($1, 'plug', 1)",
             app_internal,
         )
-        plug = asyncio.create_task(post(client, app, [event(url="/plug")], "plug"))
+        plug = asyncio.create_task(post(client, app, [event(url="/plug")], key="plug"))
         await wait_for_lock_waiter(blocker)
         try:
             yield plug
@@ -129,7 +120,7 @@ async def queue(
     """Post each batch in turn, each once the one before it is queued (keeps their order)."""
     tasks = []
     for i, (app, events, key) in enumerate(posts, 1):
-        tasks.append(asyncio.create_task(post(client, app, events, key)))
+        tasks.append(asyncio.create_task(post(client, app, events, key=key)))
         await wait_queued(client, i)
     return tasks
 
@@ -171,7 +162,7 @@ async def test_each_batch_of_a_group_gets_its_own_answer(
     doomed, other = await apps.create(db, "doomed"), await apps.create(db, "other")
     a, c = await internal_id(db, app_keys), await internal_id(db, other)
     now = time.time()
-    first = await post(client, app_keys, [event(), event()], "k-old")
+    first = await post(client, app_keys, [event(), event()], key="k-old")
     assert await first.json() == {"accepted": 2}
     await db.execute("UPDATE retention SET keep_s = 2 * 86400 WHERE relation = 'events'")
 
@@ -362,7 +353,7 @@ async def test_outage_under_a_group_is_503_for_each_batch_and_stores_nothing(
         assert await conn.fetchval("SELECT count(*) FROM events") == 0
         assert await conn.fetchval("SELECT key FROM idempotency_keys") == "plug"
         for events, key in batches:
-            again = await post(client, app, events, key)
+            again = await post(client, app, events, key=key)
             assert await again.json() == {"accepted": len(events)}
         assert await conn.fetchval("SELECT count(*) FROM events") == 5
     finally:

@@ -27,7 +27,7 @@ from prometheus_client.parser import text_string_to_metric_families
 from apinalytics import apps
 from apinalytics.apps import NewApp
 
-from .helpers import assert_error, event, exact_us, wait_for_lock_waiter, write_headers
+from ..helpers import assert_error, event, exact_us, wait_for_lock_waiter, write_headers
 
 
 async def count(db: asyncpg.Connection) -> int:

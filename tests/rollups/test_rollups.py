@@ -42,9 +42,9 @@ from apinalytics.edition import Edition
 from apinalytics.ingest.decode import COLUMNS
 from apinalytics.rollups import ROLLUPS, Rollup, community, materializer, pending, rebuild
 
-from .conftest import ALL_MODES
-from .dbs import Servers, run
-from .helpers import catch_up, event, exact_us, write_headers
+from ..conftest import ALL_MODES
+from ..dbs import Servers, run
+from ..helpers import catch_up, event, exact_us, post_accepted, write_headers
 
 EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
 DIMENSION_SHAPE = {
@@ -131,12 +131,6 @@ async def internal_id(db: asyncpg.Connection, app: NewApp) -> int:
     return value
 
 
-async def post(client: TestClient, app: NewApp, events: list[dict[str, Any]]) -> None:
-    resp = await client.post("/1/events/", json=events, headers=write_headers(app))
-    assert resp.status == 200, await resp.text()
-    assert await resp.json() == {"accepted": len(events)}
-
-
 async def run_policies(db: asyncpg.Connection, mode: str) -> None:
     """Community: one run of each refresh policy, each aggregate after the one it is
     built from (declaration order), as the scheduler would."""
@@ -202,7 +196,7 @@ async def test_boundaries_land_in_their_buckets(
         event(timestamp=base + p.values[0], function=p.id, response_us=i * 10)
         for i, p in enumerate(BOUNDARIES)
     ]
-    await post(client, app_keys, events)
+    await post_accepted(client, app_keys, events)
     await catch_up(db)
     for p in BOUNDARIES:
         _, minute, hour = p.values
@@ -219,7 +213,7 @@ async def test_boundaries_land_in_their_buckets(
     # materialize it, and the same events again take the ingest path's refresh.
     await run_policies(db, mode)
     await assert_rollups_match(db, {app: events})
-    await post(client, app_keys, events)
+    await post_accepted(client, app_keys, events)
     await assert_rollups_match(db, {app: events + events})
 
 
@@ -250,7 +244,7 @@ async def test_back_dated_events_are_reflected_at_once(
     app = await internal_id(db, app_keys)
     await run_policies(db, mode)
     recent = mixed_events(rng, 50, now - 6 * 3600, 6 * 3600 - 5)
-    await post(client, app_keys, recent)
+    await post_accepted(client, app_keys, recent)
     # The scheduler's runs move the thresholds to now - 15 minutes and now - 1 hour.
     await run_policies(db, mode)
     await assert_rollups_match(db, {app: recent})
@@ -261,11 +255,11 @@ async def test_back_dated_events_are_reflected_at_once(
         # Below the minute rollup's threshold (the two-day-old ones below both):
         # real-time aggregation alone would not show them.
         assert max(e["timestamp"] for e in half_hour_ago) < (await thresholds(db))["events_1m"]
-    await post(client, app_keys, two_days_ago)
+    await post_accepted(client, app_keys, two_days_ago)
     await assert_rollups_match(db, {app: recent + two_days_ago})
     # One batch mixing a back-dated stretch and live events.
     live = mixed_events(rng, 20, now - 30, 25)
-    await post(client, app_keys, half_hour_ago + live)
+    await post_accepted(client, app_keys, half_hour_ago + live)
     await assert_rollups_match(db, {app: recent + two_days_ago + half_hour_ago + live})
 
 
@@ -278,7 +272,7 @@ async def test_concurrent_batches_all_succeed_with_exact_totals(
     app = await internal_id(db, app_keys)
     await run_policies(db, mode)
     first = mixed_events(rng, 5, now - 3600, 60)
-    await post(client, app_keys, first)
+    await post_accepted(client, app_keys, first)
     await run_policies(db, mode)
     # Few keys, so batches overlap; each batch in its own order; live and back-dated
     # events, so Community batches refresh concurrently.
@@ -288,7 +282,9 @@ async def test_concurrent_batches_all_succeed_with_exact_totals(
         batch = rng.sample(pool, 80)
         rng.shuffle(batch)
         batches.append(batch)
-    await asyncio.wait_for(asyncio.gather(*(post(client, app_keys, b) for b in batches)), 120)
+    await asyncio.wait_for(
+        asyncio.gather(*(post_accepted(client, app_keys, b) for b in batches)), 120
+    )
     sent = first + [e for b in batches for e in b]
     assert await db.fetchval("SELECT count(*) FROM events") == len(sent)
     await assert_rollups_match(db, {app: sent})
@@ -315,7 +311,7 @@ async def test_a_sibling_refresh_does_not_make_the_hour_rollup_materialize_its_s
     minute = int(now // 60 * 60)
     app = await internal_id(db, app_keys)
     earlier = mixed_events(rng, 30, now - 3 * 3600, 3 * 3600 - 5)
-    await post(client, app_keys, earlier)
+    await post_accepted(client, app_keys, earlier)
     await run_policies(db, mode)
     for relation in ("events_1m", "events_1m_app"):
         await db.execute(
@@ -330,9 +326,9 @@ async def test_a_sibling_refresh_does_not_make_the_hour_rollup_materialize_its_s
         return mixed_events(rng, n, minute, max(time.time() - minute, 0.001))
 
     back_dated_and_live = mixed_events(rng, 5, now - 86400, 60) + live(5)
-    await post(client, app_keys, back_dated_and_live)
+    await post_accepted(client, app_keys, back_dated_and_live)
     later = live(5)
-    await post(client, app_keys, later)
+    await post_accepted(client, app_keys, later)
     await assert_rollups_match(db, {app: earlier + back_dated_and_live + later})
 
 
@@ -351,13 +347,13 @@ async def test_deleting_an_app_removes_its_rollup_rows_only(
     sent: dict[int, list[dict[str, Any]]] = {}
     for keys, app in ((app_keys, doomed_id), (other, other_id)):
         sent[app] = mixed_events(rng, 40, now - 5 * 3600, 5 * 3600 - 5)
-        await post(client, keys, sent[app])
+        await post_accepted(client, keys, sent[app])
     await run_policies(db, mode)
     # Back-dated after the policies ran: materialized by the ingest path's refresh.
     for keys, app in ((app_keys, doomed_id), (other, other_id)):
         back = mixed_events(rng, 10, now - 3 * 86400, 600)
         sent[app] += back
-        await post(client, keys, back)
+        await post_accepted(client, keys, back)
     await assert_rollups_match(db, sent)
 
     async with db.transaction():
@@ -398,7 +394,7 @@ async def test_rebuild_recomputes_bulk_loaded_events(
     app = await internal_id(db, app_keys)
     await run_policies(db, mode)
     via_api = mixed_events(rng, 30, now - 2 * 86400, 86400)
-    await post(client, app_keys, via_api)
+    await post_accepted(client, app_keys, via_api)
     # A bulk load straight into events, bypassing the ingest path.
     bulk = mixed_events(rng, 500, now - 3 * 86400, 3 * 86400 - 5)
     await db.copy_records_to_table(
@@ -412,7 +408,7 @@ async def test_rebuild_recomputes_bulk_loaded_events(
     await assert_rollups_match(db, {app: via_api + bulk})
     # Ingest keeps working on top of a rebuild.
     live = mixed_events(rng, 10, now - 60, 50)
-    await post(client, app_keys, live)
+    await post_accepted(client, app_keys, live)
     await assert_rollups_match(db, {app: via_api + bulk + live})
 
 
@@ -429,8 +425,8 @@ async def test_rebuild_and_refreshes_stay_inside_the_raw_horizon(
     await run_policies(db, mode)
     old = mixed_events(rng, 30, now - 4 * 86400, 3600)
     recent = mixed_events(rng, 30, now - 3600, 3000)
-    await post(client, app_keys, old)
-    await post(client, app_keys, recent)
+    await post_accepted(client, app_keys, old)
+    await post_accepted(client, app_keys, recent)
     await run_policies(db, mode)
     await assert_rollups_match(db, {app: old + recent})
 
@@ -448,7 +444,7 @@ async def test_rebuild_and_refreshes_stay_inside_the_raw_horizon(
     assert windows["events_1m"][0] >= now - 2 * 86400
     # A batch that reaches back across the horizon refreshes only inside it.
     back = mixed_events(rng, 5, now - 86400, 60)
-    await post(client, app_keys, back)
+    await post_accepted(client, app_keys, back)
     await run_policies(db, mode)
     await assert_rollups_match(db, {app: old + recent + back})
 

@@ -32,8 +32,8 @@ from apinalytics.app import create_app
 from apinalytics.apps import NewApp
 from apinalytics.settings import Settings
 
-from .dbs import Servers
-from .helpers import assert_error, event, write_headers
+from ..dbs import Servers
+from ..helpers import assert_error, event, post, write_headers
 
 DEFAULTS = Settings()
 MISSING = object()  # in an override: drop the field from the event
@@ -47,12 +47,6 @@ def with_(**overrides: Any) -> dict[str, Any]:
         else:
             ev[k] = v
     return ev
-
-
-async def post(client: TestClient, app: NewApp, body: bytes | list[Any], **headers: str) -> Any:
-    data = body if isinstance(body, bytes) else json.dumps(body).encode()
-    h = {"Content-Type": "application/json", **write_headers(app), **headers}
-    return await client.post("/1/events/", data=data, headers=h)
 
 
 async def stored(db: asyncpg.Connection, app: NewApp) -> int:
