@@ -149,8 +149,8 @@ def _database(run_migrations: bool) -> Callable[[web.Application], AsyncIterator
         app[DB] = db
         # The ingest path's own connections, with integer timestamps (db.unix_us_timestamps),
         # so queries and ingest never wait for each other's connections. One per group
-        # transaction, one per group finishing its after-commit work, and two for
-        # batches written alone (an empty batch's key claim).
+        # transaction, as many spare, and two for batches written alone (an empty
+        # batch's key claim).
         ingest_pool = await create_pool(
             dsn,
             max_size=2 * settings.ingest_writers + 2,

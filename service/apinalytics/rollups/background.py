@@ -8,6 +8,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import time
 from typing import TYPE_CHECKING
 
 import asyncpg
@@ -25,8 +26,14 @@ log = logging.getLogger(__name__)
 
 class Materializer:
     """The service's background loop: a run every ``interval_s``, or soon after
-    ``wake`` (called after a commit), never closer than ``min_gap_s`` apart; its own
-    connection (it holds a session lock). Failures are logged and retried."""
+    ``wake`` (called after a commit); its own connection (it holds a session lock).
+    Failures are logged and retried.
+
+    Paced: after runs that took ``t`` seconds it rests ``max(min_gap_s, t * (1 /
+    busy_share - 1))``, so under steady ingest it keeps at most ``busy_share`` of the
+    database's time busy re-aggregating (a run re-reads each touched hour whole, so
+    back-to-back runs would redo more and more of the same hour). Pending stretches
+    wait a little longer instead; queries read them from raw events meanwhile."""
 
     def __init__(
         self,
@@ -36,6 +43,7 @@ class Materializer:
         *,
         interval_s: float = 1.0,
         min_gap_s: float = 0.25,
+        busy_share: float = 0.25,
         statement_timeout_s: float = 600.0,
         connect_timeout_s: float = 5.0,
     ) -> None:
@@ -44,6 +52,7 @@ class Materializer:
         self._runs = runs
         self._interval_s = interval_s
         self._min_gap_s = min_gap_s
+        self._rest = 1 / busy_share - 1
         self._statement_timeout_s = statement_timeout_s
         self._connect_timeout_s = connect_timeout_s
         self._wake = asyncio.Event()
@@ -58,8 +67,10 @@ class Materializer:
                 with contextlib.suppress(TimeoutError):
                     await asyncio.wait_for(self._wake.wait(), self._interval_s)
                 self._wake.clear()
+                started = time.perf_counter()
                 await self._runs_until_idle()
-                await asyncio.sleep(self._min_gap_s)
+                took = time.perf_counter() - started
+                await asyncio.sleep(max(self._min_gap_s, took * self._rest))
         finally:
             if self._conn is not None:
                 self._conn.terminate()
