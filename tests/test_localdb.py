@@ -105,8 +105,7 @@ async def test_service_without_database_url_runs_on_the_home_cluster(
     client: TestClient = await aiohttp_client(create_app(settings, run_migrations=True))
     resp = await client.get("/readyz")
     assert resp.status == 200, await resp.text()
-    port = fresh(home).ensure_running().port
-    conn = await asyncpg.connect(f"postgresql://apinalytics@127.0.0.1:{port}/apinalytics")
+    conn = await asyncpg.connect(fresh(home).ensure_running().dsn)
     try:
         assert await conn.fetchval("SELECT count(*) FROM schema_migrations") > 0
     finally:

@@ -122,11 +122,12 @@ async def test_too_many_connections_is_503_then_recovers(
     """The server refusing new connections is the database being unavailable too."""
     # A role of its own: superusers are exempt from connection limits.
     role = f"limited_{os.getpid()}"
-    await db.execute(f"CREATE ROLE {role} LOGIN")
+    # With a password: the embedded test clusters ask every connection for one.
+    await db.execute(f"CREATE ROLE {role} LOGIN PASSWORD '{role}'")
     try:
         await db.execute(f"GRANT SELECT ON apps, apinalytics_meta TO {role}")
         url = urlsplit(database_url)
-        dsn = urlunsplit(url._replace(netloc=f"{role}@{url.hostname}:{url.port}"))
+        dsn = urlunsplit(url._replace(netloc=f"{role}:{role}@{url.hostname}:{url.port}"))
         settings = Settings(database_url=dsn, home=tmp_path / "home", db_connect_timeout_s=2.0)
         client: TestClient = await make_client(settings)
         h = write_headers(app_keys)

@@ -11,14 +11,36 @@ from concurrent.futures import ThreadPoolExecutor
 
 from aiohttp import web
 
-from . import accounts, dashboard, export, localdb, logs, middleware, migrate, openapi
+from . import (
+    accounts,
+    dashboard,
+    export,
+    localdb,
+    logs,
+    middleware,
+    migrate,
+    openapi,
+    protocol,
+    security,
+)
 from .db import Database, create_pool, serial_plans, unix_us_timestamps
 from .edition import Edition
 from .ingest import handlers as ingest
 from .ingest import otlp
 from .ingest.group import GroupWriter
 from .ingest.write import purge_idempotency_keys
-from .keys import DB, DECODER, EDITION, INGEST, INGEST_DB, MATERIALIZER, METRICS, SETTINGS
+from .keys import (
+    DB,
+    DECODER,
+    EDITION,
+    INGEST,
+    INGEST_DB,
+    LIMITS,
+    MATERIALIZER,
+    METRICS,
+    SETTINGS,
+)
+from .limits import Limits
 from .metrics import Metrics
 from .ops import healthz, metrics_view, readyz
 from .query import handlers as query
@@ -58,6 +80,7 @@ MIN_LINE_BYTES = 8190
 
 def create_app(settings: Settings, *, run_migrations: bool = True) -> web.Application:
     logs.quiet_malformed_requests()
+    protocol.install()
     app = web.Application(
         middlewares=[
             middleware.timing,
@@ -81,6 +104,7 @@ def create_app(settings: Settings, *, run_migrations: bool = True) -> web.Applic
     )
     app[SETTINGS] = settings
     app[METRICS] = Metrics()
+    app[LIMITS] = Limits(settings)
     app.on_startup.append(_log_event_loop)
     app.cleanup_ctx.append(_database(run_migrations))
     app.cleanup_ctx.append(_materializer)
@@ -88,6 +112,7 @@ def create_app(settings: Settings, *, run_migrations: bool = True) -> web.Applic
     app.cleanup_ctx.append(_decoder)
     app.cleanup_ctx.append(_idempotency_purge)
     app.on_response_prepare.append(middleware.cors_headers)
+    app.on_response_prepare.append(security.headers)
     accounts.setup_templates(app)
     add_routes(app)
     return app
@@ -145,21 +170,27 @@ def _database(run_migrations: bool) -> Callable[[web.Application], AsyncIterator
             connect_timeout_s=settings.db_connect_timeout_s,
             init=serial_plans,
         )
-        db = Database(pool, settings.statement_timeout_s, settings.db_connect_timeout_s)
+        db = Database(
+            pool, settings.statement_timeout_s, settings.db_connect_timeout_s, settings.busy_wait_s
+        )
         app[DB] = db
         # The ingest path's own connections, with integer timestamps (db.unix_us_timestamps),
         # so queries and ingest never wait for each other's connections. One per group
-        # transaction, as many spare, and two for batches written alone (an empty
-        # batch's key claim).
+        # transaction, as many spare, two for batches written alone (an empty batch's
+        # key claim), and two for checking write keys: ingest never waits for a
+        # connection a query holds.
         ingest_pool = await create_pool(
             dsn,
-            max_size=2 * settings.ingest_writers + 2,
+            max_size=2 * settings.ingest_writers + 4,
             statement_timeout_s=settings.statement_timeout_s,
             connect_timeout_s=settings.db_connect_timeout_s,
             init=unix_us_timestamps,
         )
         app[INGEST_DB] = Database(
-            ingest_pool, settings.statement_timeout_s, settings.db_connect_timeout_s
+            ingest_pool,
+            settings.statement_timeout_s,
+            settings.db_connect_timeout_s,
+            settings.busy_wait_s,
         )
         async with db.connection() as conn:
             edition = await migrate.rollup_mode(conn)

@@ -19,7 +19,7 @@ from . import apps
 from .accounts import sessions
 from .apps import Credentials, KeyKind
 from .errors import Forbidden, Unauthorized
-from .keys import DB, REQUEST_APP_ID
+from .keys import DB, INGEST_DB, REQUEST_APP_ID
 
 _WHAT_FOR = {KeyKind.WRITE: "sending events", KeyKind.READ: "reading data"}
 
@@ -38,7 +38,10 @@ async def require(request: web.Request, kind: KeyKind) -> Credentials:
             return owned
     if not app_id or not key:
         raise Unauthorized("Send the Application ID in X-Auth-User and a key in X-Auth-Key.")
-    async with request.app[DB].connection() as conn:
+    # Writes check their key on the ingest path's own pool: ingest never waits for a
+    # connection that queries hold.
+    db = request.app[INGEST_DB if kind is KeyKind.WRITE else DB]
+    async with db.connection() as conn:
         creds = await apps.authenticate(conn, app_id, key)
     if creds is None:
         raise Unauthorized("Unknown Application ID or wrong key.")

@@ -16,7 +16,7 @@ from typing import Any
 
 import asyncpg
 
-from .errors import DatabaseUnavailable, QueryTimeout
+from .errors import DatabaseUnavailable, Overloaded, QueryTimeout
 
 log = logging.getLogger(__name__)
 
@@ -63,25 +63,55 @@ class Database:
     functions below it (``fetch(conn, label, sql, *args)``, ...), so that every
     statement is timed and logged alike."""
 
-    def __init__(self, pool: asyncpg.Pool, statement_timeout_s: float, acquire_timeout_s: float):
+    def __init__(
+        self,
+        pool: asyncpg.Pool,
+        statement_timeout_s: float,
+        acquire_timeout_s: float,
+        busy_wait_s: float | None = None,
+    ):
         self.pool = pool
         self.statement_timeout_s = statement_timeout_s
         self.acquire_timeout_s = acquire_timeout_s
+        self.busy_wait_s = acquire_timeout_s if busy_wait_s is None else busy_wait_s
+
+    def busy(self) -> bool:
+        """Every connection the pool may have is open and in use: a wait for one is a
+        wait for other requests, not for the database."""
+        pool = self.pool
+        return bool(pool.get_idle_size() == 0 and pool.get_size() >= pool.get_max_size())
+
+    @asynccontextmanager
+    async def _acquire(self) -> AsyncIterator[asyncpg.Connection]:
+        """A connection; ``Overloaded`` after ``busy_wait_s`` if the pool was busy (a
+        full pool is not a database outage, and says so quickly)."""
+        busy = self.busy()
+        try:
+            conn = await self.pool.acquire(
+                timeout=min(self.busy_wait_s, self.acquire_timeout_s)
+                if busy
+                else self.acquire_timeout_s
+            )
+        except TimeoutError:
+            if busy or self.busy():
+                raise Overloaded("every database connection is in use") from None
+            raise
+        try:
+            yield conn
+        finally:
+            await self.pool.release(conn)
 
     @asynccontextmanager
     async def connection(self) -> AsyncIterator[asyncpg.Connection]:
         with mapped_errors(self.statement_timeout_s):
-            async with self.pool.acquire(timeout=self.acquire_timeout_s) as conn:
+            async with self._acquire() as conn:
                 yield conn
 
     @asynccontextmanager
     async def transaction(self) -> AsyncIterator[asyncpg.Connection]:
         """A connection inside one transaction; committed when the block exits cleanly."""
         with mapped_errors(self.statement_timeout_s):
-            async with (
-                self.pool.acquire(timeout=self.acquire_timeout_s) as conn,
-                conn.transaction(),
-            ):
+            async with self._acquire() as conn, conn.transaction():
                 yield conn
 
     async def fetch(self, sql: str, *args: Any, label: str = "") -> list[asyncpg.Record]:

@@ -64,8 +64,8 @@ class InvalidQuery(UserError):
 
     code = "invalid_parameter"
 
-    def __init__(self, param: str, why: str) -> None:
-        super().__init__(f"{param}: {why}", details=[{"param": param, "message": why}])
+    def __init__(self, param: str, why: str, *, code: str | None = None) -> None:
+        super().__init__(f"{param}: {why}", details=[{"param": param, "message": why}], code=code)
         self.param = param
         self.why = why
 
@@ -99,6 +99,19 @@ class MethodNotAllowed(UserError):
 class PayloadTooLarge(UserError):
     status = 413
     code = "payload_too_large"
+
+
+class BodyTimeout(UserError):
+    """The request's body did not arrive in time; the connection is closed."""
+
+    status = 408
+    code = "body_timeout"
+
+    def __init__(self, timeout_s: float) -> None:
+        super().__init__(
+            f"The body did not arrive within {timeout_s:g} s; nothing was stored.",
+            headers={"Connection": "close"},
+        )
 
 
 class UnsupportedMediaType(UserError):
@@ -170,4 +183,37 @@ class QueryTimeout(SystemFault):
         super().__init__(
             f"The query ran longer than the {timeout_s:g} s statement timeout and was "
             "cancelled; ask for a shorter range or a coarser granularity."
+        )
+
+
+class Overloaded(SystemFault):
+    """Every connection of the pool is busy (the database itself answers): come back
+    in a moment. Said within ``busy_wait_s``, not after the acquire timeout."""
+
+    status = 503
+    code = "overloaded"
+
+    def __init__(self, what: str, retry_after: int = 1) -> None:
+        super().__init__(
+            f"The service is busy: {what}. Retry in {retry_after} s.",
+            headers={"Retry-After": str(retry_after)},
+        )
+
+
+class RateLimited(UserError):
+    """This application is over its share (docs/limits.md): 429 with Retry-After and
+    the RateLimit-* fields of draft-ietf-httpapi-ratelimit-headers."""
+
+    status = 429
+    code = "rate_limited"
+
+    def __init__(self, what: str, limit: int, retry_after: int = 1) -> None:
+        super().__init__(
+            f"This application is over its limit: {what}. Retry in {retry_after} s.",
+            headers={
+                "Retry-After": str(retry_after),
+                "RateLimit-Limit": str(limit),
+                "RateLimit-Remaining": "0",
+                "RateLimit-Reset": str(retry_after),
+            },
         )

@@ -24,11 +24,11 @@ from typing import Any
 import asyncpg
 from aiohttp import web
 
-from . import auth, retention
+from . import auth, limits, retention
 from .apps import KeyKind
 from .db import timed
 from .errors import ApiError, Gone, InvalidQuery
-from .keys import DB
+from .keys import DB, LIMITS, SETTINGS
 from .query import params
 from .query.sql import Params, filters
 from .rollups.declared import RAW
@@ -173,11 +173,20 @@ def _check_retention(start: int, horizon: float | None) -> None:
 
 async def export_events(request: web.Request) -> web.StreamResponse:
     creds = await auth.require(request, KeyKind.READ)
+    async with request.app[LIMITS].query(creds.app_id):
+        return await _export(request, creds.app)
+
+
+async def _export(request: web.Request, app: int) -> web.StreamResponse:
     start, end = params.parse_range(request.match_info["start"], request.match_info["end"])
-    includes = params.parse_includes(request.query.getall("include", []))
+    includes = params.parse_includes(
+        limits.check_includes(
+            request.query.getall("include", []), request.app[SETTINGS].max_include_values
+        )
+    )
     fmt = negotiate(request)
     encode = ENCODERS[fmt]
-    text, args = statement(creds.app, start, end, includes)
+    text, args = statement(app, start, end, includes)
     resp = web.StreamResponse(
         headers={
             "Content-Type": f"{FORMATS[fmt]}; charset=utf-8",

@@ -9,6 +9,7 @@ from aiohttp import web
 
 from .db import Database
 from .edition import Edition
+from .limits import Limits
 from .metrics import Metrics
 from .settings import Settings
 
@@ -22,6 +23,8 @@ DB = web.AppKey("db", Database)
 # The ingest path's pool: timestamptz as ints of UNIX microseconds (db.unix_us_timestamps).
 INGEST_DB = web.AppKey("ingest_db", Database)
 METRICS = web.AppKey("metrics", Metrics)
+# Fair shares among applications: queries, raw reads, ingest rate (limits.py).
+LIMITS = web.AppKey("limits", Limits)
 # The database's edition, read once at start: how the materializer keeps the rollups.
 EDITION = web.AppKey("edition", Edition)
 # Where ingest requests hand their validated batches (group commit).

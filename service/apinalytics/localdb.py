@@ -4,6 +4,8 @@
 (data under ``<home>/pgdata``); the test suite starts throwaway ones in temporary
 directories. PostgreSQL refuses to run as root, so when we are root the cluster
 belongs to the unprivileged ``postgres`` OS user (created by Debian's package).
+
+Connections need the superuser's password (localauth.py).
 """
 
 from __future__ import annotations
@@ -21,10 +23,12 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+from . import localauth
+from .localauth import SUPERUSER
+
 if TYPE_CHECKING:
     from .settings import Settings
 
-SUPERUSER = "apinalytics"
 DEFAULT_DB = "apinalytics"
 _STATE_FILE = "apinalytics-local.json"
 
@@ -122,10 +126,11 @@ class LocalCluster:
 
     @property
     def dsn(self) -> str:
-        return f"postgresql://{SUPERUSER}@127.0.0.1:{self.port}/{DEFAULT_DB}"
+        return self.dsn_for(DEFAULT_DB)
 
     def dsn_for(self, database: str) -> str:
-        return f"postgresql://{SUPERUSER}@127.0.0.1:{self.port}/{database}"
+        password = localauth.read_password(self.datadir)
+        return f"postgresql://{SUPERUSER}:{password}@127.0.0.1:{self.port}/{database}"
 
     # -- lifecycle ---------------------------------------------------------------
 
@@ -144,6 +149,7 @@ class LocalCluster:
             if state:
                 self.port = int(state["port"])
                 self.license = state.get("license")
+            localauth.require(self)
             return self
         if state and self.license is None:
             # A restart keeps the license it was first started with (the rollup mode
@@ -153,6 +159,7 @@ class LocalCluster:
             wanted = int(state["port"]) if state else 0
             self.port = wanted if wanted and _port_free(wanted) else free_port()
         self._start()
+        localauth.require(self)
         self._create_default_db()
         return self
 
@@ -168,12 +175,7 @@ class LocalCluster:
     def _initdb(self) -> None:
         self.datadir.mkdir(parents=True, exist_ok=True)
         self._own(self.datadir)
-        # Trust on loopback only: the cluster listens on 127.0.0.1 and a socket in datadir.
-        argv = ["initdb", "-D", str(self.datadir), "-U", SUPERUSER, "--auth=trust"]
-        argv += ["--encoding=UTF8", "--locale=C.UTF-8"]
-        if not self.durable:
-            argv.append("--no-sync")
-        self._run_pg(argv)
+        localauth.initdb(self)
 
     def _start(self) -> None:
         opts = [
@@ -206,22 +208,19 @@ class LocalCluster:
     def _create_default_db(self) -> None:
         psql = str(self.bindir / "psql")
         base = [psql, "-h", "127.0.0.1", "-p", str(self.port), "-U", SUPERUSER, "-d", "postgres"]
+        env = {**os.environ, "PGPASSWORD": localauth.read_password(self.datadir)}
+        exists = f"SELECT 1 FROM pg_database WHERE datname = '{DEFAULT_DB}'"
         deadline = time.monotonic() + 30
         while True:
-            out = subprocess.run(
-                [*base, "-tAc", f"SELECT 1 FROM pg_database WHERE datname = '{DEFAULT_DB}'"],
-                capture_output=True,
-                text=True,
-            )
+            out = subprocess.run([*base, "-tAc", exists], capture_output=True, text=True, env=env)
             if out.returncode == 0:
                 break
             if time.monotonic() > deadline:
                 raise LocalDbError(f"local cluster did not accept connections: {out.stderr}")
             time.sleep(0.2)
         if out.stdout.strip() != "1":
-            subprocess.run(
-                [*base, "-c", f"CREATE DATABASE {DEFAULT_DB}"], check=True, capture_output=True
-            )
+            create = [*base, "-c", f"CREATE DATABASE {DEFAULT_DB}"]
+            subprocess.run(create, check=True, capture_output=True, env=env)
 
     def _is_running(self) -> bool:
         if not (self.datadir / "postmaster.pid").exists():

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import json
 import logging
+import re
 import sys
 from datetime import UTC, datetime
 from typing import Any
@@ -54,6 +55,18 @@ def configure(level: str = "INFO", as_json: bool = True, *, with_pid: bool = Fal
     root.setLevel(level.upper())
 
 
+# aiohttp's messages say what is wrong, then a colon or a quote, then the bytes.
+_ECHO = re.compile(r"[:'\"\n\r\\]")
+MAX_WHAT = 120
+
+
+def what_was_wrong(exc: BaseException) -> str:
+    """The kind of problem of a request aiohttp could not parse, without any of its bytes."""
+    message = exc.message if isinstance(exc, HttpProcessingError) else ""
+    what = _ECHO.split(str(message), maxsplit=1)[0].strip()[:MAX_WHAT]
+    return what or type(exc).__name__
+
+
 class _MalformedRequests(logging.Filter):
     """aiohttp logs every request it cannot parse (a space in the target, a bad header,
     a line over the limit) at ERROR, with a traceback, and answers it with a 400. That
@@ -67,7 +80,8 @@ class _MalformedRequests(logging.Filter):
         record.levelno, record.levelname = logging.INFO, "INFO"
         record.exc_info = None
         record.msg = "malformed request from %s"
-        record.error = f"{type(exc).__name__}: {exc.message}"
+        # Only what kind of problem: aiohttp's message quotes the bytes, keys included.
+        record.error = f"{type(exc).__name__}: {what_was_wrong(exc)}"
         return logging.getLogger().isEnabledFor(logging.INFO)
 
 

@@ -46,6 +46,14 @@ class Metrics:
             ["reason"],
             registry=self.registry,
         )
+        self.requests_rejected = Counter(
+            "apinalytics_requests_rejected",
+            "Requests refused to keep the service within its bounds (docs/limits.md), by "
+            "reason: overloaded, rate_limited, payload_too_large, too_many_includes, "
+            "too_many_groups, query_timeout.",
+            ["reason"],
+            registry=self.registry,
+        )
         self.ingest_group_batches = Histogram(
             "apinalytics_ingest_group_batches",
             "Batches written per group transaction of the ingest path.",

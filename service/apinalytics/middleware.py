@@ -15,6 +15,17 @@ from .keys import METRICS, REQUEST_APP_ID
 log = logging.getLogger("apinalytics.http")
 
 API_PREFIX = "/1/"
+# Error codes of requests refused to keep within bounds, counted by reason in /metrics.
+REJECTIONS = frozenset(
+    {
+        "overloaded",
+        "rate_limited",
+        "payload_too_large",
+        "too_many_includes",
+        "too_many_groups",
+        "query_timeout",
+    }
+)
 CLIENT_GONE = 499
 CORS_HEADERS = {
     "Access-Control-Allow-Origin": "*",
@@ -43,6 +54,8 @@ async def errors(request: web.Request, handler: Handler) -> web.StreamResponse:
     except ApiError as exc:
         if not isinstance(exc, UserError):
             log.warning("request failed: %s", exc.message, extra={"code": exc.code})
+        if exc.code in REJECTIONS:
+            request.app[METRICS].requests_rejected.labels(reason=exc.code).inc()
         return render(exc)
     except web.HTTPNotFound:
         return render(NotFound(f"No such resource: {request.path}"))

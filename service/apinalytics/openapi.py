@@ -35,7 +35,7 @@ from typing_extensions import TypedDict
 
 from . import __version__
 from .errors import ErrorBody
-from .ingest.model import EventIn
+from .ingest.model import REQUIRED, EventIn
 from .keys import SETTINGS
 from .measures import Kind
 from .query.model import DATA_PREFIX, FIELDS, NAMED_GRANULARITIES
@@ -60,6 +60,8 @@ NOT_API = (
     "/apps/{app_id}/delete",
     "/static",
     "/dashboard",
+    # The 2014 service's keys page, now a redirect to /apps.
+    "/u",
 )
 # Paths a route also answers at, and the documented path each stands for.
 ALIASES = {"/1/event": "/1/events"}
@@ -170,6 +172,8 @@ class Operation:
     headers: tuple[Mapping[str, Any], ...] = ()
     body: Mapping[str, Any] | None = None
     errors: tuple[int, ...] = field(default=())
+    # The body of its errors, where it is not the service's error shape alone.
+    error_content: Mapping[str, Any] | None = None
 
 
 def _json(schema: Mapping[str, Any], description: str, **extra: Any) -> dict[str, Any]:
@@ -223,7 +227,7 @@ OPERATIONS: tuple[Operation, ...] = (
             "content": {JSON: {"schema": {"type": "array", "items": _ref("Event")}}},
         },
         responses={"200": _json(_ref("Accepted"), "Stored (or an empty batch)")},
-        errors=(400, 401, 403, 413, 415, 503),
+        errors=(400, 401, 403, 413, 415, 429, 503),
     ),
     Operation(
         "post",
@@ -257,7 +261,14 @@ OPERATIONS: tuple[Operation, ...] = (
                 },
             }
         },
-        errors=(400, 401, 403, 413, 415, 503),
+        errors=(400, 401, 403, 413, 415, 429, 503),
+        # OTLP/HTTP answers errors with a google.rpc.Status in the request's encoding;
+        # what is refused before the body is read (415, 429 and 503 of the service's
+        # bounds) keeps the service's error shape.
+        error_content={
+            PROTOBUF: {"schema": {"type": "string", "format": "binary"}},
+            JSON: {"schema": {"anyOf": [_ref("RpcStatus"), _ref("Error")]}},
+        },
     ),
     Operation(
         "get",
@@ -269,7 +280,7 @@ OPERATIONS: tuple[Operation, ...] = (
         path_params=_RANGE,
         query=TimeseriesParams,
         responses={"200": _json(_ref("TimeseriesAnswer"), "The series", headers=_SOURCES)},
-        errors=(400, 401, 403, 404, 410, 503),
+        errors=(400, 401, 403, 404, 410, 429, 503),
     ),
     Operation(
         "get",
@@ -349,8 +360,21 @@ def _schemas(settings: Settings) -> dict[str, Any]:
         schema = TypeAdapter(tp).json_schema(ref_template=REF)
         schemas.update(schema.pop("$defs", {}))
         schemas[name] = schema
+    schemas["RpcStatus"] = {
+        "description": "google.rpc.Status in its JSON form (OTLP/HTTP errors).",
+        "type": "object",
+        "properties": {
+            "code": {"type": "integer"},
+            "message": {"type": "string"},
+            "details": {"type": "array", "items": {"type": "object"}},
+        },
+    }
     _, top = models_json_schema([(TimeseriesAnswer, "serialization")], ref_template=REF)
     schemas.update(top.get("$defs", {}))
+    # The model keeps unknown fields and takes data values as they come, so that a
+    # hopeless batch costs little (ingest/model.py); decode refuses them: say so here.
+    schemas["Event"]["required"] = list(REQUIRED)
+    schemas["Event"]["additionalProperties"] = False
     event = schemas["Event"]["properties"]
     for name in ("consumer_id", "function"):
         event[name]["maxLength"] = settings.max_string_length
@@ -359,7 +383,7 @@ def _schemas(settings: Settings) -> dict[str, Any]:
     data = event["data"]["anyOf"][0]
     data["maxProperties"] = settings.max_data_keys
     data["propertyNames"] = {"minLength": 1, "maxLength": settings.max_string_length}
-    data["additionalProperties"]["maxLength"] = settings.max_data_value_length
+    data["additionalProperties"] = {"type": "string", "maxLength": settings.max_data_value_length}
     event["timestamp"]["description"] = (
         f"UNIX seconds, accepted from {settings.max_event_age_s} s ago to "
         f"{settings.max_event_future_s} s ahead; kept to the microsecond."
@@ -401,10 +425,14 @@ def _parameters(op: Operation) -> list[dict[str, Any]]:
 
 def _operation(op: Operation) -> dict[str, Any]:
     responses: dict[str, Any] = {code: dict(r) for code, r in op.responses.items()}
+    content = op.error_content or {JSON: {"schema": _ref("Error")}}
     for status in op.errors:
-        responses[str(status)] = _json(_ref("Error"), "An error; the message says what to change")
+        responses[str(status)] = {
+            "description": "An error; the message says what to change",
+            "content": content,
+        }
     # Any other status (404 for an unreadable path, 405, 500) has the same error shape.
-    responses["default"] = _json(_ref("Error"), "An error")
+    responses["default"] = {"description": "An error", "content": content}
     out: dict[str, Any] = {
         "summary": op.summary,
         "tags": [op.tag],

@@ -69,6 +69,33 @@ class Settings(BaseSettings):
     # Query limits.
     max_buckets: int = Field(default=10_000, gt=0)
 
+    # Bounds and fair shares (docs/limits.md). Generous defaults: real traffic never
+    # meets them, a runaway client or a storm of heavy reads does.
+    # How long a request waits for a connection of a pool that is busy (every
+    # connection in use, the database answering) before 503 overloaded.
+    busy_wait_s: float = Field(default=1.0, gt=0)
+    # Time-series queries and exports one application may have running at once (429).
+    max_queries_per_app: int = Field(default=16, gt=0)
+    # Reads of raw events (percentiles, forced raw plans) running at once in a process;
+    # the rest of the query pool stays free for rollup reads. Each takes the server's
+    # parallel workers: about one per two cores of the database (docs/benchmarks.md).
+    max_raw_reads: int = Field(default=2, gt=0)
+    # Ingest requests per second per application (token bucket), and the burst.
+    ingest_rate_per_app: float = Field(default=1000.0, gt=0)
+    ingest_burst_per_app: int = Field(default=2000, gt=0)
+    # A connection that has not sent a whole request head this long after opening is
+    # closed; past max_connections open in a process, new ones get a 503.
+    header_timeout_s: float = Field(default=10.0, gt=0)
+    max_connections: int = Field(default=1000, gt=0)
+    # How long an ingest request may take to send its body (408 beyond).
+    body_timeout_s: float = Field(default=30.0, gt=0)
+    # include=field:value filters per request.
+    max_include_values: int = Field(default=100, gt=0)
+    # Groups in one time-series answer, and points (groups x buckets): 400
+    # too_many_groups beyond. A million points is a JSON answer of about 20 MB.
+    max_groups: int = Field(default=10_000, gt=0)
+    max_points: int = Field(default=1_000_000, gt=0)
+
     # Accounts (GitHub OAuth); all optional, the CLI path works without them.
     github_client_id: str | None = None
     github_client_secret: str | None = None

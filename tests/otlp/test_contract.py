@@ -598,11 +598,12 @@ async def test_database_unavailable_is_503_with_retry_after(
     own: superusers are exempt from connection limits); the write path's recovery is
     tests/test_outage.py's."""
     role = f"otlp_limited_{os.getpid()}"
-    await db.execute(f"CREATE ROLE {role} LOGIN")
+    # With a password: the embedded test clusters ask every connection for one.
+    await db.execute(f"CREATE ROLE {role} LOGIN PASSWORD '{role}'")
     try:
         await db.execute(f"GRANT SELECT ON apps, apinalytics_meta TO {role}")
         url = urlsplit(database_url)
-        dsn = urlunsplit(url._replace(netloc=f"{role}@{url.hostname}:{url.port}"))
+        dsn = urlunsplit(url._replace(netloc=f"{role}:{role}@{url.hostname}:{url.port}"))
         client = await make_client(make_settings(database_url=dsn))
         raw = encode(request(span(CURRENT)), PROTOBUF)
         await db.execute(f"ALTER ROLE {role} CONNECTION LIMIT 0")

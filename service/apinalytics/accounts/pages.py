@@ -80,16 +80,21 @@ async def applications_2014(request: web.Request) -> web.StreamResponse:
 
 
 def base_url(request: web.Request) -> str:
-    """The service's public address, for OAuth redirects and the curl examples."""
-    public = request.app[SETTINGS].public_url
-    if public:
-        return public.rstrip("/")
-    try:
-        return str(request.url.origin())
-    except ValueError as exc:  # a Host header that is no host[:port]
-        raise UserError(
-            f"The Host header is not a host name and port: {request.host!r}.", code="invalid_host"
-        ) from exc
+    """The service's public address, for OAuth redirects and the curl examples:
+    ``APINALYTICS_PUBLIC_URL``, else the address the connection came in on.
+
+    Never the Host header, which the client writes: a login link built from it would
+    send GitHub's code to whatever host a crafted request named.
+    """
+    settings = request.app[SETTINGS]
+    if settings.public_url:
+        return settings.public_url.rstrip("/")
+    sockname = request.transport.get_extra_info("sockname") if request.transport else None
+    if isinstance(sockname, tuple) and len(sockname) >= 2:
+        host, port = str(sockname[0]), int(sockname[1])
+    else:  # a Unix socket, or a connection already gone
+        host, port = settings.host, settings.port
+    return f"http://[{host}]:{port}" if ":" in host else f"http://{host}:{port}"
 
 
 def redirect_uri(request: web.Request) -> str:

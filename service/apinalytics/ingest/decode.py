@@ -4,7 +4,8 @@ Order of checks: content type and encoding (415), body size before and after
 gunzip (413), JSON and types per event and field (400), batch size (413), then one
 pass over the events for what pydantic cannot know: configured string limits, NUL
 characters (PostgreSQL text cannot hold them), the accepted time window. Every
-problem of the batch is reported, up to ``MAX_DETAILS``, and nothing is stored.
+problem of the batch is counted, the first ``MAX_DETAILS`` are named, and nothing is
+stored. An invalid batch costs no more than its size (ingest/invalid.py).
 
 Over 300 lines on purpose: the fast path (``parse``) and the slow path that names
 each problem (``_check``, the messages) must state the same rules, and side by side
@@ -29,9 +30,15 @@ from pydantic import ValidationError
 from .. import schema
 from ..errors import InvalidEvents, PayloadTooLarge, UnsupportedMediaType, UserError
 from ..settings import Settings
-from .model import BATCH, EventIn
+from . import invalid
+from .model import BATCH, FIELDS, REQUIRED, EventIn
 
 MAX_DETAILS = 100
+# A body that is not valid UTF-8 is parsed once more, leniently, to name the events and
+# fields of the bad text, if it is at most this big (that parse holds it all at once).
+MAX_UNICODE_DIAGNOSIS_BYTES = 1 << 20
+# Fields of an event without unknown ones: all but data, plus data if present.
+_REQUIRED_FIELDS = len(FIELDS) - 1
 _NUL_ESCAPE = b"\\u0000"
 EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
 # RFC 9110 token characters: GET, PROPFIND, M-SEARCH, ...
@@ -122,17 +129,18 @@ def _gunzip(body: bytes, limit: int) -> bytes:
 
 def parse(body: bytes, app: int, now: float, settings: Settings) -> list[Row]:
     """Validate a whole batch and build its rows; raises before anything is stored."""
+    too_many = invalid.over(body, settings.max_batch_events)
+    if too_many is not None:
+        raise _too_many(too_many, settings.max_batch_events)
     try:
         events = BATCH.validate_json(body)
     except ValidationError as exc:
-        raise _from_pydantic(exc, body) from None
+        raise _from_pydantic(exc, body, settings) from None
     if len(events) > settings.max_batch_events:
-        raise BatchTooLarge(
-            f"The batch has {len(events)} events; the limit is {settings.max_batch_events}.",
-            events=len(events),
-        )
+        raise _too_many(len(events), settings.max_batch_events)
     rows: list[Row] = []
     problems: list[dict[str, Any]] = []
+    total = 0
     earliest = now - settings.max_event_age_s
     latest = now + settings.max_event_future_s
     # This loop is the hot path of ingest (see docs/benchmarks.md): the common case, an
@@ -146,16 +154,21 @@ def parse(body: bytes, app: int, now: float, settings: Settings) -> list[Row]:
     # raw control characters in strings): without one, no string needs to be searched.
     nul = _NUL_ESCAPE in body
     for i, ev in enumerate(events):
-        method = ev["method"]
+        try:
+            method = ev["method"]
+            consumer, url, function = ev["consumer_id"], ev["url"], ev["function"]
+            timestamp, response_us, status = ev["timestamp"], ev["response_us"], ev["status_code"]
+        except KeyError:
+            # A required field is missing (model.EventIn): no method matches "", and the
+            # event goes to _check, which names what is missing.
+            method = ""
         upper = methods.get(method, "")
         if upper == "":
             upper = methods[method] = method.upper() if _METHOD.match(method) else None
-        consumer, url, function = ev["consumer_id"], ev["url"], ev["function"]
         data = ev.get("data")
-        timestamp = ev["timestamp"]
         if (
-            earliest <= timestamp <= latest
-            and upper is not None
+            upper is not None
+            and earliest <= timestamp <= latest
             and len(consumer) <= max_string
             and len(url) <= max_url
             and len(function) <= max_string
@@ -163,6 +176,7 @@ def parse(body: bytes, app: int, now: float, settings: Settings) -> list[Row]:
                 not nul or ("\x00" not in consumer and "\x00" not in url and "\x00" not in function)
             )
             and (not data or _data_ok(data, settings, nul))
+            and len(ev) <= _REQUIRED_FIELDS + ("data" in ev)
         ):
             if not problems:
                 rows.append(
@@ -173,17 +187,23 @@ def parse(body: bytes, app: int, now: float, settings: Settings) -> list[Row]:
                         upper,
                         url,
                         function,
-                        ev["response_us"],
-                        ev["status_code"],
+                        response_us,
+                        status,
                         _encode_data(data) if data else None,
                     )
                 )
             continue
         bad = _check(ev, settings, earliest, latest)
-        problems.extend({"index": i, "field": f, "message": m} for f, m in bad)
-    if problems:
-        raise _rejected(problems, len(events))
+        total += len(bad)
+        room = MAX_DETAILS - len(problems)
+        problems.extend({"index": i, "field": f, "message": m} for f, m in bad[:room])
+    if total:
+        raise _rejected(problems, len(events), total)
     return rows
+
+
+def _too_many(events: int, limit: int) -> BatchTooLarge:
+    return BatchTooLarge(f"The batch has {events} events; the limit is {limit}.", events=events)
 
 
 def timestamp_us(timestamp: float) -> int:
@@ -200,12 +220,12 @@ def timestamp_us(timestamp: float) -> int:
     return whole * 1_000_000 + round((timestamp - whole) * 1_000_000)
 
 
-def _encode_data(data: dict[str, str]) -> str:
+def _encode_data(data: dict[str, Any]) -> str:
     """``data`` as JSON text for its jsonb column (which parses it again anyway)."""
     return orjson.dumps(data).decode()
 
 
-def _data_ok(data: dict[str, str], s: Settings, nul: bool) -> bool:
+def _data_ok(data: dict[str, Any], s: Settings, nul: bool) -> bool:
     """Whether ``data`` passes every rule `_check` applies to it (``nul``: whether the
     body may hold a NUL character at all)."""
     if len(data) > s.max_data_keys:
@@ -213,6 +233,7 @@ def _data_ok(data: dict[str, str], s: Settings, nul: bool) -> bool:
     max_key, max_value = s.max_string_length, s.max_data_value_length
     return all(
         0 < len(k) <= max_key
+        and type(v) is str
         and len(v) <= max_value
         and (not nul or ("\x00" not in k and "\x00" not in v))
         for k, v in data.items()
@@ -220,7 +241,13 @@ def _data_ok(data: dict[str, str], s: Settings, nul: bool) -> bool:
 
 
 def _check(ev: EventIn, s: Settings, earliest: float, latest: float) -> list[tuple[str, str]]:
-    bad: list[tuple[str, str]] = []
+    bad: list[tuple[str, str]] = [
+        (name, "is not a known field") for name in ev if name not in invalid.KNOWN
+    ]
+    missing = [name for name in REQUIRED if name not in ev]
+    if missing:
+        # Without all of its fields, an event is not looked at further.
+        return bad + [(name, "is required") for name in missing]
     if not isfinite(ev["timestamp"]):
         bad.append(("timestamp", "must be a finite number (UNIX seconds), not NaN or Infinity"))
     elif not earliest <= ev["timestamp"] <= latest:
@@ -239,8 +266,13 @@ def _check(ev: EventIn, s: Settings, earliest: float, latest: float) -> list[tup
     data = ev.get("data")
     if data:
         if len(data) > s.max_data_keys:
+            # One problem, not one per key: the keys' own problems can wait.
             bad.append(("data", f"has {len(data)} keys; the limit is {s.max_data_keys}"))
+            return bad
         for k, v in data.items():
+            if type(v) is not str:
+                bad.append((f"data.{k}", "must be a string"))
+                continue
             if "\x00" in k or "\x00" in v:
                 bad.append((f"data.{k}", "must not contain NUL characters"))
             if len(k) > s.max_string_length:
@@ -291,22 +323,8 @@ def past_horizon(rows: Sequence[Row], horizon: float) -> BatchRejected:
     return _rejected(problems, len(rows))
 
 
-_MESSAGES = {
-    "missing": "is required",
-    "extra_forbidden": "is not a known field",
-    "string_type": "must be a string",
-    "float_type": "must be a number (UNIX seconds)",
-    "int_type": "must be an integer",
-    "dict_type": "must be an object of string to string, or null",
-    "string_too_short": "must not be empty",
-    "greater_than_equal": "must be at least {ge}",
-    "less_than_equal": "must be at most {le}",
-}
-
-
-def _from_pydantic(exc: ValidationError, body: bytes) -> UserError:
-    errors = exc.errors(include_url=False, include_input=False)
-    first = errors[0]
+def _from_pydantic(exc: ValidationError, body: bytes, settings: Settings) -> UserError:
+    first = exc.errors(include_url=False, include_input=False)[0]
     if first["type"] == "json_invalid":
         return _not_unicode(body) or UserError(
             f"The body is not valid JSON (or not valid UTF-8): {first['msg'].removeprefix('Invalid JSON: ')}.",
@@ -314,22 +332,12 @@ def _from_pydantic(exc: ValidationError, body: bytes) -> UserError:
         )
     if not first["loc"]:
         return UserError("The body must be a JSON array of event objects.", code="not_an_array")
-    problems = []
-    for e in errors:
-        loc = e["loc"]
-        index = loc[0]
-        field = ".".join(str(p) for p in loc[1:]) or None
-        if field is None and e["type"] == "dict_type":
-            message = "must be an object"  # the event itself, not its data
-        else:
-            template = _MESSAGES.get(e["type"])
-            message = (
-                template.format(**e.get("ctx", {}))
-                if template
-                else e["msg"][:1].lower() + e["msg"][1:]
-            )
-        problems.append({"index": index, "field": field, "message": message})
-    return _rejected(problems, _count_hint(body))
+    # An invalid event: the whole batch is looked at again, one event at a time.
+    events = invalid.count(body)
+    if events > settings.max_batch_events:
+        return _too_many(events, settings.max_batch_events)
+    found = invalid.problems(body, MAX_DETAILS, settings.max_data_keys)
+    return _rejected(found.shown, events, found.total)
 
 
 _SURROGATE = re.compile("[\ud800-\udfff]")
@@ -344,6 +352,8 @@ def _not_unicode(body: bytes) -> BatchRejected | None:
     surrogates (surrogateescape) it parses the body and keeps lone surrogates, so a
     walk over the strings finds every one of them.
     """
+    if len(body) > MAX_UNICODE_DIAGNOSIS_BYTES:
+        return None
     try:
         data = json.loads(body.decode("utf-8", "surrogateescape"))
     except (ValueError, RecursionError):  # nesting the strict parser refused is deeper still
@@ -371,19 +381,14 @@ def _not_unicode(body: bytes) -> BatchRejected | None:
     return _rejected(problems, len(data)) if problems else None
 
 
-def _count_hint(body: bytes) -> int:
-    try:
-        data = json.loads(body)
-    except (ValueError, RecursionError):
-        return 0
-    return len(data) if isinstance(data, list) else 0
-
-
-def _rejected(problems: list[dict[str, Any]], events: int) -> BatchRejected:
+def _rejected(
+    problems: list[dict[str, Any]], events: int, total: int | None = None
+) -> BatchRejected:
+    """``problems``: the first ones named; ``total``: how many there are in all."""
     shown = problems[:MAX_DETAILS]
     p = shown[0]
     where = f"event {p['index']}" + (f", field {p['field']}" if p["field"] else "")
-    n = len(problems) - 1
+    n = (len(problems) if total is None else total) - 1
     more = f" (and {n} more problem{'s' if n > 1 else ''})" if n else ""
     return BatchRejected(
         f"Nothing was stored: {where} {p['message']}{more}.",

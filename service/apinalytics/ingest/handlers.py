@@ -16,9 +16,10 @@ from aiohttp import web
 
 from .. import auth
 from ..apps import KeyKind
-from ..errors import CommitOutcomeUnknown, DatabaseUnavailable, UserError
-from ..keys import DECODER, INGEST, METRICS, SETTINGS
+from ..errors import BodyTimeout, CommitOutcomeUnknown, DatabaseUnavailable, UserError
+from ..keys import DECODER, INGEST, LIMITS, METRICS, SETTINGS
 from ..metrics import Metrics
+from ..settings import Settings
 from . import decode
 
 MAX_IDEMPOTENCY_KEY = 255
@@ -71,13 +72,26 @@ async def off_loop_if_big(
     return await loop.run_in_executor(request.app[DECODER], lambda: fn(*args, **kwargs))
 
 
+async def read_body(
+    request: web.Request, settings: Settings, content_types: tuple[str, ...] = ("application/json",)
+) -> bytes:
+    """``decode.read_body`` within ``body_timeout_s``: a body that never comes holds a
+    connection and its buffers, not forever."""
+    try:
+        async with asyncio.timeout(settings.body_timeout_s):
+            return await decode.read_body(request, settings, content_types)
+    except TimeoutError:
+        raise BodyTimeout(settings.body_timeout_s) from None
+
+
 async def _post_events(request: web.Request) -> web.Response:
     creds = await auth.require(request, KeyKind.WRITE)
+    request.app[LIMITS].ingest(creds.app_id)
     settings = request.app[SETTINGS]
     metrics = request.app[METRICS]
     idem = idempotency_key(request)
     try:
-        body = await decode.read_body(request, settings)
+        body = await read_body(request, settings)
         rows = await off_loop_if_big(
             request, len(body), decode.parse, body, creds.app, time.time(), settings
         )

@@ -38,10 +38,10 @@ from opentelemetry.proto.collector.trace.v1.trace_service_pb2 import (
 from .. import auth
 from ..apps import KeyKind
 from ..errors import ApiError, UserError
-from ..keys import INGEST, METRICS, SETTINGS
+from ..keys import INGEST, LIMITS, METRICS, SETTINGS
 from ..settings import Settings
 from . import decode
-from .handlers import idempotency_key, off_loop_if_big, outcome_counted
+from .handlers import idempotency_key, off_loop_if_big, outcome_counted, read_body
 from .otlp_spans import Converted, convert
 
 log = logging.getLogger(__name__)
@@ -84,10 +84,11 @@ async def post_traces(request: web.Request) -> web.StreamResponse:
 
 async def _post_traces(request: web.Request) -> web.Response:
     creds = await auth.require(request, KeyKind.WRITE)
+    request.app[LIMITS].ingest(creds.app_id)
     settings = request.app[SETTINGS]
     metrics = request.app[METRICS]
     idem = idempotency_key(request)
-    body = await decode.read_body(request, settings, CONTENT_TYPES)
+    body = await read_body(request, settings, CONTENT_TYPES)
     encoding = Encoding(request.content_type)
     try:
         batch = await off_loop_if_big(

@@ -47,9 +47,17 @@ class Answer:
     rows: list[asyncpg.Record]
 
 
-async def run(db: Database, query: Query, creds: Credentials, *, force_raw: bool) -> Answer:
+async def run(
+    db: Database,
+    query: Query,
+    creds: Credentials,
+    *,
+    force_raw: bool,
+    max_groups: int | None = None,
+) -> Answer:
     """Plan against the current retention horizons and the app's pending stretches,
-    and run the one statement.
+    and run the one statement; with ``max_groups``, at most one group more than that
+    comes back (limits.py).
 
     A pending stretch read here is materialized in the rollups, if at all, by a
     transaction that also deletes its row (``rollups.materializer``): a stretch whose
@@ -58,6 +66,11 @@ async def run(db: Database, query: Query, creds: Credentials, *, force_raw: bool
         horizons, stretches = await horizons_and_pending(conn, creds.app, query.start, query.end)
         chosen = planner.plan(query, time.time(), horizons, force_raw=force_raw, pending=stretches)
         text, args = sql.statement(query, chosen, creds.app, creds.app_id)
+        if max_groups is not None:
+            # One more than the limit: enough to know it is passed, never a whole
+            # answer of 100,000 groups in memory.
+            args = [*args, max_groups + 1]
+            text = f"{text}\nLIMIT ${len(args)}"
         rows = await fetch(conn, text, args, parallel=not chosen.reads_rollups)
     return Answer(chosen, rows)
 

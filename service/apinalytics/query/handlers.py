@@ -8,10 +8,10 @@ import asyncpg
 import orjson
 from aiohttp import web
 
-from .. import auth
+from .. import auth, limits
 from ..apps import KeyKind
 from ..errors import InvalidQuery
-from ..keys import DB, METRICS, SETTINGS
+from ..keys import DB, LIMITS, METRICS, SETTINGS
 from . import execute, params
 from .model import Query
 
@@ -22,13 +22,26 @@ SOURCES_HEADER = "X-Apinalytics-Sources"
 
 async def timeseries(request: web.Request) -> web.Response:
     creds = await auth.require(request, KeyKind.READ)
+    settings = request.app[SETTINGS]
+    limits.check_includes(request.query.getall("include", []), settings.max_include_values)
     query = params.parse_query(
         request.match_info["start"],
         request.match_info["end"],
         {name: request.query.getall(name) for name in request.query},
-        max_buckets=request.app[SETTINGS].max_buckets,
+        max_buckets=settings.max_buckets,
     )
-    answer = await execute.run(request.app[DB], query, creds, force_raw=_force_raw(request))
+    force_raw = _force_raw(request)
+    shares, db = request.app[LIMITS], request.app[DB]
+    n = limits.groups_allowed(query, settings.max_groups, settings.max_points)
+    async with shares.query(creds.app_id), limits.bounded(settings.statement_timeout_s):
+        if force_raw or query.aggregation.needs_raw:
+            # Raw reads take their turn before their connection (limits.py).
+            async with shares.raw_read():
+                answer = await execute.run(db, query, creds, force_raw=force_raw, max_groups=n)
+        else:
+            answer = await execute.run(db, query, creds, force_raw=force_raw, max_groups=n)
+    if len(answer.rows) > n:
+        raise limits.too_many_groups(n, settings.max_groups, settings.max_points)
     for source in answer.plan.sources:
         request.app[METRICS].query_source.labels(source=source).inc()
     return web.Response(
