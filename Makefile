@@ -26,7 +26,7 @@ $(STAMP): pyproject.toml clients/python/pyproject.toml
 	$(BIN)/pip install -q -e 'clients/python[aiohttp,flask,django]'
 	@touch $@
 
-# The dashboard's JavaScript dependencies (Chart.js), exactly as locked.
+# The dashboard's JavaScript dependency (uPlot), exactly as locked.
 $(DASHBOARD): dashboard/package.json dashboard/package-lock.json
 	cd dashboard && npm ci --no-audit --no-fund --loglevel=error
 	@touch $@

@@ -15,6 +15,13 @@ interleaved so both see the same load, after two warm-up requests each; every pa
 stops early at ``--panel-seconds``. The planned and raw answers are compared: they
 must be equal (means within 1e-9 relative).
 
+The percentile panels (``HISTOGRAM_PANELS``: p50/p95/p99 per function hourly over 7
+days, p95 daily over 30 days, Apdex and error rate per function over 7 days) run
+three ways in the same run, interleaved: ``precision=approximate`` (the histogram
+rollups), exact as planned, and exact forced to raw events; the approximate answers
+are compared with the exact ones and the largest relative error reported (for
+Apdex, the largest absolute difference of the score).
+
 Also measured: the size of ``events`` and of every rollup (total relation size with
 indexes, rows, bytes per raw event).
 
@@ -40,9 +47,9 @@ from aiohttp import web
 
 import generate
 from apinalytics import localdb
-from apinalytics.__main__ import new_event_loop
 from apinalytics.app import create_app, event_loop_name
 from apinalytics.rollups import RAW, ROLLUPS
+from apinalytics.serve_cli import new_event_loop
 from apinalytics.settings import Settings
 from common import (
     DATA,
@@ -96,6 +103,38 @@ PANELS = (
 )
 
 
+# Percentile panels: the same query approximate, exact and exact forced to raw events.
+HISTOGRAM_PANELS = (
+    *(
+        Panel(
+            f"hourly p{p} by function, 7 days",
+            7 * DAY,
+            {"granularity": "hour", "aggregation": f"percentile_{p}", "group": "function"},
+            "histogram",
+        )
+        for p in (50, 95, 99)
+    ),
+    Panel(
+        "daily p95, 30 days",
+        30 * DAY,
+        {"granularity": "day", "aggregation": "percentile_95"},
+        "histogram",
+    ),
+    Panel(
+        "Apdex 300 ms by function, 7 days",
+        7 * DAY,
+        {"aggregation": "apdex_300", "group": "function"},
+        "histogram",
+    ),
+    Panel(
+        "error rate by function, 7 days",
+        7 * DAY,
+        {"aggregation": "error_rate", "group": "function"},
+        "histogram",
+    ),
+)
+
+
 async def main() -> None:
     # Slow statements are what raw reads on 10M events are made of: not worth a warning.
     logging.getLogger("apinalytics.db").setLevel(logging.ERROR)
@@ -141,9 +180,13 @@ async def bench_mode(mode: str, data: dict[str, Any], args: argparse.Namespace) 
             headers = {"X-Auth-User": app["app_id"], "X-Auth-Key": app["read_key"]}
             for panel in PANELS:
                 results.append(await _panel(session, base, headers, data["end"], panel, args))
+            histograms = [
+                await _histogram_panel(session, base, headers, data["end"], panel, args)
+                for panel in HISTOGRAM_PANELS
+            ]
     finally:
         await runner.cleanup()
-    _report(mode, m, data, app, sizes, results, args)
+    _report(mode, m, data, app, sizes, results, args, histograms)
 
 
 async def _get(
@@ -200,6 +243,71 @@ async def _panel(
     return out
 
 
+async def _histogram_panel(
+    session: aiohttp.ClientSession,
+    base: str,
+    headers: dict[str, str],
+    end: int,
+    panel: Panel,
+    args: argparse.Namespace,
+) -> dict[str, Any]:
+    """Approximate, exact (planned) and exact forced to raw events, interleaved, and
+    the largest error of the approximate answer against the exact one."""
+    query = "&".join(f"{k}={v}" for k, v in panel.params.items())
+    url = f"{base}/{end - panel.range_s}/{end}/?{query}"
+    ways = {
+        "approximate": (f"{url}&precision=approximate", headers),
+        "exact": (url, headers),
+        "raw": (url, {**headers, "X-Apinalytics-Planner": "raw"}),
+    }
+    answers = {}
+    sources = {}
+    for way, (u, h) in ways.items():
+        _, answers[way], sources[way] = await _get(session, u, h)
+    times: dict[str, list[float]] = {way: [] for way in ways}
+    deadline = time.monotonic() + args.panel_seconds
+    for i in range(args.requests):
+        if time.monotonic() > deadline:
+            break
+        times["approximate"].append((await _get(session, *ways["approximate"]))[0])
+        if i < args.raw_requests:
+            times["exact"].append((await _get(session, *ways["exact"]))[0])
+            times["raw"].append((await _get(session, *ways["raw"]))[0])
+    error = _largest_error(answers["approximate"], answers["exact"], relative="apdex" not in query)
+    out = {
+        "panel": panel.name,
+        "url": url.removeprefix(base),
+        "sources": sources,
+        "precision": answers["approximate"].get("precision"),
+        "largest_error": error,
+        "times": times,
+        "points": sum(len(s) for s in answers["exact"]["groups"].values()),
+    }
+    print(
+        f"  {panel.name:<36} approximate p50 {median(times['approximate']) * 1000:8.1f} ms "
+        f"({sources['approximate']}), exact {median(times['exact']) * 1000:8.1f} ms, "
+        f"raw {median(times['raw']) * 1000:8.1f} ms, largest error {error:.5f}",
+        flush=True,
+    )
+    return out
+
+
+def _largest_error(approx: dict[str, Any], exact: dict[str, Any], *, relative: bool) -> float:
+    """The largest difference between matching points (relative to the exact value,
+    or absolute); the two answers must have the same groups and buckets."""
+    if approx["groups"].keys() != exact["groups"].keys():
+        raise RuntimeError("the approximate answer's groups differ from the exact one's")
+    worst = 0.0
+    for g, series in exact["groups"].items():
+        other = approx["groups"][g]
+        if [t for t, _ in series] != [t for t, _ in other]:
+            raise RuntimeError(f"the approximate answer's buckets differ in group {g!r}")
+        for (_, e), (_, a) in zip(series, other, strict=True):
+            diff = abs(a - e)
+            worst = max(worst, diff / abs(e) if relative and e else diff)
+    return worst
+
+
 def _same(a: dict[str, Any], b: dict[str, Any]) -> bool:
     if a.keys() != b.keys() or a["groups"].keys() != b["groups"].keys():
         return False
@@ -241,6 +349,7 @@ def _report(
     sizes: list[dict[str, Any]],
     results: list[dict[str, Any]],
     args: argparse.Namespace,
+    histograms: list[dict[str, Any]],
 ) -> None:
     lines = [
         f"### {mode} mode — {data['stored']:,} events over {data['days']} days, "
@@ -258,6 +367,20 @@ def _report(
             f"| {r['panel']} | {r['sources']} | {p50:.1f} / {p95:.1f} ms | "
             f"{r50:.1f} / {r95:.1f} ms | {r50 / p50:.1f}x | {'yes' if r['equal'] else 'NO'} | "
             f"{len(r['planned'])}/{len(r['raw'])} |"
+        )
+    lines += [
+        "",
+        "| percentile panel | approximate p50 / p95 (sources) | exact p50 | exact forced raw p50 | raw ÷ approximate | largest error | n |",
+        "|---|---:|---:|---:|---:|---:|---|",
+    ]
+    for r in histograms:
+        t = r["times"]
+        a50, a95 = percentile(t["approximate"], 50) * 1000, percentile(t["approximate"], 95) * 1000
+        e50, r50 = percentile(t["exact"], 50) * 1000, percentile(t["raw"], 50) * 1000
+        lines.append(
+            f"| {r['panel']} | {a50:.1f} / {a95:.1f} ms ({r['sources']['approximate']}) | "
+            f"{e50:.1f} ms ({r['sources']['exact']}) | {r50:.1f} ms | {r50 / a50:.1f}x | "
+            f"{r['largest_error']:.5f} | {len(t['approximate'])}/{len(t['exact'])}/{len(t['raw'])} |"
         )
     lines += [
         "",
@@ -283,7 +406,9 @@ def _report(
     print("\n" + text + "\n", flush=True)
     out: Path = DATA / f"query-results-{mode}"
     out.with_suffix(".json").write_text(
-        json.dumps({"machine": m, "sizes": sizes, "panels": results}, indent=1)
+        json.dumps(
+            {"machine": m, "sizes": sizes, "panels": results, "histograms": histograms}, indent=1
+        )
     )
     out.with_suffix(".md").write_text(text + "\n")
 

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import math
 import sys
 import time
 from fractions import Fraction
@@ -177,6 +178,14 @@ def exact_us(timestamp: float) -> int:
     value rounded to the nearest microsecond, ties to even (computed with fractions,
     independently of how ingest does it)."""
     return round(Fraction(timestamp) * 1_000_000)
+
+
+def histogram_bin(response_us: int) -> int:
+    """The latency histogram's bin of a value, computed apart from the service's SQL:
+    0 for 0, else i with 1.02**(i-1) <= value < 1.02**i (migration 0009)."""
+    if response_us <= 0:
+        return 0
+    return math.floor(math.log(response_us) / math.log(1.02)) + 1
 
 
 async def catch_up(conn: asyncpg.Connection) -> int:

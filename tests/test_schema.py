@@ -66,7 +66,20 @@ def test_every_aggregation_is_declared_and_reads_declared_measures() -> None:
         if aggregate.needs_raw:
             assert aggregate.raw is not None, kind
         else:
-            assert aggregate.needs and set(aggregate.needs) <= set(measures.COLUMNS), kind
+            assert aggregate.needs and set(aggregate.needs) <= set(measures.BY_COLUMN), kind
+        # A derived measure names a dimension the rollups may hold.
+        assert aggregate.fields <= set(schema.DIMENSIONS), kind
+
+
+def test_a_derived_measure_is_counted_from_its_dimension_on_every_path() -> None:
+    rate = measures.AGGREGATIONS[measures.Kind.ERROR_RATE]
+    assert rate.fields == {"status_code"}
+    where = "status_code >= 500"
+    assert rate.from_raw("response_us") == f"count(*) FILTER (WHERE {where})::float8 / count(*)"
+    assert rate.from_rollup == (
+        f"coalesce(sum(calls) FILTER (WHERE {where}), 0)::float8 / sum(calls)"
+    )
+    assert rate.from_parts == "sum(server_errors)::float8 / sum(calls)"
 
 
 def test_the_mean_is_the_same_quotient_on_every_path() -> None:

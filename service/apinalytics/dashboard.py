@@ -1,8 +1,9 @@
 """Serves the static dashboard (``dashboard/`` of the checkout) under ``/dashboard/``.
 
 The dashboard is plain HTML and JavaScript over the public query API; its one
-dependency, Chart.js, comes from npm into ``dashboard/node_modules`` (``make`` runs
-``npm ci``). The same files work opened from disk with an app ID and read key.
+dependency, uPlot, comes from npm into ``dashboard/node_modules`` (``make`` runs
+``npm ci``). The same files work opened from disk with an app ID and read key
+(docs/dashboard.md).
 """
 
 from __future__ import annotations

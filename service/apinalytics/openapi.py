@@ -38,7 +38,7 @@ from .errors import ErrorBody
 from .ingest.model import REQUIRED, EventIn
 from .keys import SETTINGS
 from .measures import Kind
-from .query.model import DATA_PREFIX, FIELDS, NAMED_GRANULARITIES
+from .query.model import DATA_PREFIX, FIELDS, GROUP_FIELDS, NAMED_GRANULARITIES
 from .settings import Settings
 
 JSON = "application/json"
@@ -106,7 +106,8 @@ class Status(TypedDict):
 # -- Query parameters, from query/model.py's declarations. --
 
 _ANY_FIELD = "|".join(FIELDS) + "|" + DATA_PREFIX.replace(".", r"\.") + ".+"
-_AGGREGATIONS = "|".join(k.value for k in Kind if k is not Kind.PERCENTILE)
+_AGGREGATIONS = "|".join(k.value for k in Kind if k not in (Kind.PERCENTILE, Kind.APDEX))
+_ANY_GROUP = "|".join(GROUP_FIELDS) + "|" + DATA_PREFIX.replace(".", r"\.") + ".+"
 
 
 def _include() -> Any:
@@ -133,13 +134,28 @@ class TimeseriesParams(BaseModel):
     )
     aggregation: str = Field(
         "",
-        description="count (the default), mean, min, max, sum, or percentile_X (X: 1 to 99).",
-        pattern=rf"^(|{_AGGREGATIONS}|percentile_[1-9][0-9]?)$",
+        description=(
+            "count (the default), mean, min, max, sum, error_rate (the share of calls "
+            "with status 500-599), percentile_X (X above 0 and below 100, at most one "
+            "decimal: percentile_99.9), or apdex_T (T in milliseconds, 1 to 86400000)."
+        ),
+        pattern=(
+            rf"^(|{_AGGREGATIONS}|percentile_(0|[1-9][0-9]?)(\.[0-9])?"
+            r"|apdex_[1-9][0-9]{0,7})$"
+        ),
     )
     group: str = Field(
         "",
-        description=f"Group by a field: {', '.join(FIELDS)}, or data.<key>.",
-        pattern=rf"^(|{_ANY_FIELD})$",
+        description=f"Group by a field: {', '.join(GROUP_FIELDS)}, or data.<key>.",
+        pattern=rf"^(|{_ANY_GROUP})$",
+    )
+    precision: Literal["", "exact", "approximate"] = Field(
+        "",
+        description=(
+            "exact (the default), or approximate: percentiles and Apdex read from the "
+            "rollups' latency histograms, within the relative error the answer's "
+            "precision.relative_error states."
+        ),
     )
     include: list[str] = _include()
     value: Literal["", "response_us"] = Field("", description="The measure: response_us.")

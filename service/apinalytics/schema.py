@@ -34,10 +34,26 @@ def _upper(value: str) -> str:
     return value.upper()
 
 
+# A status class in a filter: ``5xx`` stands for 500 to 599 (``status_codes``).
+STATUS_CLASSES = ("1xx", "2xx", "3xx", "4xx", "5xx")
+
+
 def _status_code(value: str) -> str:
+    if value.lower() in STATUS_CLASSES:
+        return value.lower()
     if not (value.isascii() and value.isdigit() and len(value) <= 12 and 100 <= int(value) <= 599):
-        raise ValueError(f"status_code must be an integer from 100 to 599, not {value!r}")
+        raise ValueError(
+            f"status_code must be an integer from 100 to 599 or a class 1xx to 5xx, not {value!r}"
+        )
     return str(int(value))
+
+
+def status_codes(value: str) -> list[int]:
+    """The codes a normalised status_code filter value stands for."""
+    if value in STATUS_CLASSES:
+        first = int(value[0]) * 100
+        return list(range(first, first + 100))
+    return [int(value)]
 
 
 @dataclass(frozen=True)
@@ -103,3 +119,21 @@ DIMENSIONS = tuple(f.name for f in EVENT if f.dimension)
 DIMENSION_TYPES = {f.name: f.sql_type for f in EVENT if f.dimension}
 # Fields a query's ``value`` may name.
 VALUES = tuple(f.name for f in EVENT if f.value)
+
+
+@dataclass(frozen=True)
+class DerivedField:
+    """A field a query may group by, computed from a stored one: the rollups that
+    hold ``source`` answer it. ``sql``: its text (group keys are strings)."""
+
+    name: str
+    source: str
+    sql: str
+
+
+DERIVED_FIELDS = {
+    # 1xx to 5xx (ingest accepts 100 to 599).
+    "status_class": DerivedField(
+        "status_class", "status_code", "(status_code / 100)::text || 'xx'"
+    ),
+}

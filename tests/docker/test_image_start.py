@@ -14,7 +14,7 @@ instead of 0.0.0.0:8080. No session secret is in the environment.
 - started as ``docker run`` would (the image's ENV) or as compose.yaml does (with its
   environment, empty optional values included): /readyz answers 200, and the
   HEALTHCHECK's own command exits 0;
-- /dashboard/ answers 200, and so does the Chart.js file it loads (the npm stage's);
+- /dashboard/ answers 200, and so does the uPlot file it loads (the npm stage's);
 - the generated session secret is the one file written, in the state directory;
 - SIGTERM stops it with exit status 0;
 - the same start without a writable state directory fails (the test can fail).
@@ -244,7 +244,7 @@ async def test_the_image_start_command_serves_as_its_user(
                 assert resp.status == 200
                 page = await resp.text()
             chart = re.search(r'src="(node_modules/[^"]+)"', page)
-            assert chart, "the dashboard loads Chart.js from node_modules"
+            assert chart, "the dashboard loads uPlot from node_modules"
             async with http.get(f"{base}/dashboard/{chart[1]}") as resp:
                 assert resp.status == 200
                 assert len(await resp.read()) > 10_000

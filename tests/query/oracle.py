@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import math
 from collections import defaultdict
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
@@ -61,6 +62,8 @@ class Ev:
         }
 
     def field(self, name: str) -> str:
+        if name == "status_class":
+            return f"{self.status_code // 100}xx"
         if name.startswith("data."):
             return (self.data or {}).get(name[5:], "")
         if name == "method":
@@ -76,10 +79,14 @@ class Q:
     aggregation: str
     group: str
     includes: tuple[tuple[str, str], ...]
+    # "" (exact, the default, not sent), "exact" or "approximate".
+    precision: str = ""
 
     def params(self) -> list[tuple[str, str]]:
         out = [("granularity", self.granularity), ("aggregation", self.aggregation)]
         out.append(("group", self.group))
+        if self.precision:
+            out.append(("precision", self.precision))
         out.extend(("include", f"{f}:{v}") for f, v in self.includes)
         return out
 
@@ -125,7 +132,9 @@ _COVERED = st.one_of(
     st.tuples(st.just("consumer_id"), st.sampled_from(CONSUMERS)),
     st.tuples(st.just("method"), st.sampled_from(("get", "POST", "PUT"))),
     st.tuples(st.just("function"), st.sampled_from(FUNCTIONS)),
-    st.tuples(st.just("status_code"), st.sampled_from(("200", "404", "503", "302"))),
+    st.tuples(
+        st.just("status_code"), st.sampled_from(("200", "404", "503", "302", "5xx", "2XX", "3xx"))
+    ),
 )
 _INCLUDES = _COVERED | st.one_of(
     st.tuples(st.just("url"), st.sampled_from(URLS)),
@@ -133,7 +142,15 @@ _INCLUDES = _COVERED | st.one_of(
 )
 ROLLUP_GRANULARITIES = ["", "", "minute", "hour", "day", "week", "120", "1800", "7200"]
 RAW_ONLY = ["second", "90", "7000"]
-ROLLUP_FIELDS = ["", "", "consumer_id", "method", "function", "status_code"]
+ROLLUP_FIELDS = ["", "", "consumer_id", "method", "function", "status_code", "status_class"]
+# Apdex thresholds (ms): the events' response_us lie mostly below 5 ms.
+APDEX_MS = (1, 2, 5, 300)
+
+
+def percentile_name(tenths: int) -> str:
+    """``percentile_X`` for X = tenths / 10, with a decimal only when it has one."""
+    whole, decimal = divmod(tenths, 10)
+    return f"percentile_{whole}" + (f".{decimal}" if decimal else "")
 
 
 @st.composite
@@ -159,11 +176,17 @@ def queries(draw: st.DrawFn, near: list[int]) -> Q:
     # the rest may ask anything (percentiles, url, data, sub-minute buckets).
     covered = draw(st.integers(0, 3)) > 0
     granularity = draw(st.sampled_from(ROLLUP_GRANULARITIES + ([] if covered else RAW_ONLY)))
-    aggregation = draw(st.sampled_from(["count", "sum", "min", "max", "mean", "percentile"]))
-    if covered and aggregation == "percentile":
+    aggregation = draw(
+        st.sampled_from(["count", "sum", "min", "max", "mean", "error_rate", "percentile", "apdex"])
+    )
+    if covered and aggregation in ("percentile", "apdex"):
         aggregation = "mean"
     if aggregation == "percentile":
-        aggregation = f"percentile_{draw(st.integers(1, 99))}"
+        aggregation = percentile_name(
+            draw(st.one_of(st.integers(1, 99).map(lambda p: p * 10), st.integers(1, 999)))
+        )
+    if aggregation == "apdex":
+        aggregation = f"apdex_{draw(st.sampled_from(APDEX_MS))}"
     group = draw(st.sampled_from(ROLLUP_FIELDS + ([] if covered else ["url", "data.plan"])))
     includes = tuple(draw(st.lists(_COVERED if covered else _INCLUDES, max_size=2)))
     return Q(start, end, granularity, aggregation, group, includes)
@@ -198,7 +221,19 @@ def percentile_cont(values: list[int], fraction: float) -> float:
     return ordered[lo] + (ordered[hi] - ordered[lo]) * (pos - lo)
 
 
-def aggregate(name: str, values: list[int]) -> float | int:
+def apdex(values: list[int], threshold_us: float) -> float:
+    """(satisfied + tolerating / 2) / calls: satisfied <= T, tolerating <= 4T."""
+    satisfied = sum(1 for v in values if v <= threshold_us)
+    tolerating = sum(1 for v in values if threshold_us < v <= 4 * threshold_us)
+    return (satisfied + tolerating / 2) / len(values)
+
+
+def aggregate(name: str, evs: list[Ev]) -> float | int:
+    values = [e.response_us for e in evs]
+    if name == "error_rate":
+        return sum(1 for e in evs if 500 <= e.status_code <= 599) / len(evs)
+    if name.startswith("apdex_"):
+        return apdex(values, int(name.removeprefix("apdex_")) * 1000)
     if name == "count":
         return len(values)
     if name == "sum":
@@ -209,26 +244,41 @@ def aggregate(name: str, values: list[int]) -> float | int:
         return max(values)
     if name == "mean":
         return sum(values) / len(values)
-    return percentile_cont(values, int(name.removeprefix("percentile_")) / 100)
+    # X with at most one decimal, as tenths over 1000 (the service's fraction).
+    tenths = round(float(name.removeprefix("percentile_")) * 10)
+    return percentile_cont(values, tenths / 1000)
 
 
-def answer(evs: list[Ev], q: Q, app_id: str) -> dict[str, list[list[Any]]]:
-    """The ``groups`` of the response, computed by brute force."""
+def matches(e: Ev, name: str, wanted: set[str]) -> bool:
+    """Whether the event passes one field's filter (values OR-ed; 5xx a class)."""
+    if name == "status_code":
+        return str(e.status_code) in wanted or e.field("status_class") in wanted
+    return e.field(name) in wanted
+
+
+def answer(
+    evs: list[Ev], q: Q, app_id: str, of: Callable[[list[Ev]], Any] | None = None
+) -> dict[str, list[list[Any]]]:
+    """The ``groups`` of the response, computed by brute force (each point's value
+    ``of`` its events if given, else the query's aggregation)."""
     width, origin = width_origin(q.granularity, q.start, q.end)
     wanted: dict[str, set[str]] = defaultdict(set)
     for f, v in q.includes:
-        wanted[f].add(v.upper() if f == "method" else v)
-    cells: dict[str, dict[int, list[int]]] = defaultdict(lambda: defaultdict(list))
+        wanted[f].add(v.upper() if f == "method" else v.lower() if f == "status_code" else v)
+    cells: dict[str, dict[int, list[Ev]]] = defaultdict(lambda: defaultdict(list))
     for e in evs:
         if not q.start * 1_000_000 <= e.us < q.end * 1_000_000:
             continue
-        if any(e.field(f) not in vs for f, vs in wanted.items()):
+        if not all(matches(e, f, vs) for f, vs in wanted.items()):
             continue
         bucket = (e.us - origin * 1_000_000) // (width * 1_000_000) * width + origin
         key = e.field(q.group) if q.group else app_id
-        cells[key][bucket].append(e.response_us)
+        cells[key][bucket].append(e)
     out = {
-        key: [[b, aggregate(q.aggregation, vs)] for b, vs in sorted(buckets.items())]
+        key: [
+            [b, of(vs) if of is not None else aggregate(q.aggregation, vs)]
+            for b, vs in sorted(buckets.items())
+        ]
         for key, buckets in cells.items()
     }
     if not q.group:

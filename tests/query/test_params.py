@@ -130,8 +130,8 @@ def test_parse_granularity_max() -> None:
     [
         pytest.param("", Aggregation(Kind.COUNT), id="empty_is_count"),
         pytest.param("mean", Aggregation(Kind.MEAN), id="mean"),
-        pytest.param("percentile_1", Aggregation(Kind.PERCENTILE, 1), id="percentile_lowest"),
-        pytest.param("percentile_99", Aggregation(Kind.PERCENTILE, 99), id="percentile_highest"),
+        pytest.param("percentile_1", Aggregation(Kind.PERCENTILE, 10), id="percentile_lowest"),
+        pytest.param("percentile_99", Aggregation(Kind.PERCENTILE, 990), id="percentile_highest"),
     ],
 )
 def test_parse_aggregation(raw: str, expected: Aggregation) -> None:

@@ -32,7 +32,7 @@ from apinalytics.rollups import DIMENSIONS, RAW, ROLLUPS, Rollup
 T = WEEK_ORIGIN + 2800 * WEEK  # 2023-09-04, a Monday
 NOW = float(T + 30 * DAY)
 COUNT = Aggregation(Kind.COUNT)
-P95 = Aggregation(Kind.PERCENTILE, 95)
+P95 = Aggregation(Kind.PERCENTILE, 950)
 H, M, R = "events_1h", "events_1m", RAW
 APP, FN, CONSUMER = "events_1h_app", "events_1h_function", "events_1h_consumer"
 M_APP = "events_1m_app"

@@ -211,6 +211,8 @@ async def test_unsafe_set_refused_and_nothing_changed(
         "events_1h_function": None,
         "events_1h_consumer": None,
         "events_1m_app": None,
+        "events_1h_function_hist": None,
+        "events_1h_app_hist": None,
     }
     assert await db.fetchval(policies) == 0
 
@@ -232,11 +234,13 @@ async def test_community_refusals_name_the_windows(
         "events_1m": 20 * DAY,
         "events_1m_app": 20 * DAY,
     }
-    # --hour sets events_1h and the narrow hour rollups alike.
+    # --hour sets events_1h, the narrow hour rollups and the histograms alike.
     assert await cli(settings, "set", "--hour", "30d", "--yes") == 0
     jobs = await retention.retention_jobs(db)
     assert {rel: j.drop_after_s for rel, j in jobs.items() if rel.startswith("events_1h")} == (
-        dict.fromkeys(("events_1h", *NARROW), 30 * DAY)
+        dict.fromkeys(
+            ("events_1h", *NARROW, "events_1h_function_hist", "events_1h_app_hist"), 30 * DAY
+        )
     )
     # Forever removes the policy.
     assert await cli(settings, "set", "--minute", "forever", "--hour", "forever") == 0

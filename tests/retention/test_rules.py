@@ -87,7 +87,9 @@ COMMUNITY = Rules(Edition.COMMUNITY, WINDOWS)
 
 
 def keep(raw: int | None, minute: int | None, hour: int | None) -> dict[str, int | None]:
-    return {"events": raw, "events_1m": minute, "events_1h": hour}
+    """Every relation's retention, as ``retention set`` gives it: one per option."""
+    per_flag = {"--raw": raw, "--minute": minute, "--hour": hour}
+    return {relation: per_flag[flag] for relation, flag in FLAGS.items()}
 
 
 @pytest.mark.parametrize(
@@ -149,12 +151,13 @@ def test_refusals(rules: Rules, kept: dict[str, int | None], mentions: list[str]
 
 
 NARROW = ("events_1h_app", "events_1h_function", "events_1h_consumer")
+HISTOGRAMS = ("events_1h_function_hist", "events_1h_app_hist")
 NARROW_WINDOWS = Rules(Edition.COMMUNITY, {**WINDOWS, **dict.fromkeys(NARROW, 7 * DAY)})
 
 
 def test_hour_option_covers_the_narrow_hour_rollups() -> None:
     assert {rel: flag for rel, flag in FLAGS.items() if flag == "--hour"} == dict.fromkeys(
-        ("events_1h", *NARROW), "--hour"
+        ("events_1h", *NARROW, *HISTOGRAMS), "--hour"
     )
 
 

@@ -44,7 +44,14 @@ from apinalytics.rollups import ROLLUPS, Rollup, community, materializer, pendin
 
 from ..conftest import ALL_MODES
 from ..dbs import Servers, run
-from ..helpers import catch_up, event, exact_us, post_accepted, write_headers
+from ..helpers import (
+    catch_up,
+    event,
+    exact_us,
+    histogram_bin,
+    post_accepted,
+    write_headers,
+)
 
 EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
 DIMENSION_SHAPE = {
@@ -56,6 +63,14 @@ DIMENSION_SHAPE = {
 
 
 def shape(rollup: Rollup) -> list[tuple[str, str]]:
+    if rollup.histogram:
+        return [
+            ("bucket", "timestamp with time zone"),
+            ("app_id", "integer"),
+            *((d, DIMENSION_SHAPE[d]) for d in rollup.dimensions),
+            ("bin", "smallint"),
+            ("calls", "bigint"),
+        ]
     return [
         ("bucket", "timestamp with time zone"),
         ("app_id", "integer"),
@@ -69,7 +84,8 @@ def shape(rollup: Rollup) -> list[tuple[str, str]]:
 
 NARROW = ("events_1h_app", "events_1h_function", "events_1h_consumer", "events_1m_app")
 Key = tuple[Any, ...]
-Totals = dict[Key, tuple[int, int, int, int]]
+# calls, sum_us, min_us, max_us; a histogram rollup's: calls alone, keyed by bin too.
+Totals = dict[Key, tuple[int, ...]]
 
 all_modes = pytest.mark.parametrize("mode", ALL_MODES, indirect=True)
 
@@ -86,7 +102,11 @@ def oracle(events: Iterable[dict[str, Any]], app: int, rollup: Rollup) -> Totals
         bucket = EPOCH + timedelta(microseconds=us - us % (rollup.width_s * 1_000_000))
         values = {**e, "method": e["method"].upper()}
         key = (app, bucket, *(values[d] for d in rollup.dimensions))
+        if rollup.histogram:
+            key = (*key, histogram_bin(e["response_us"]))
         groups.setdefault(key, []).append(e["response_us"])
+    if rollup.histogram:
+        return {k: (len(v),) for k, v in groups.items()}
     return {k: (len(v), sum(v), min(v), max(v)) for k, v in groups.items()}
 
 
@@ -95,19 +115,21 @@ def by_relation(relation: str) -> Rollup:
 
 
 async def held(db: asyncpg.Connection, relation: str, app: int | None = None) -> Totals:
-    dims = "".join(f", {d}" for d in by_relation(relation).dimensions)
+    rollup = by_relation(relation)
+    dims = "".join(f", {d}" for d in rollup.groups)
+    measures = [m.column for m in rollup.measures]
     rows = await db.fetch(
         f"""
-        SELECT app_id, bucket{dims}, calls, sum_us, min_us, max_us
+        SELECT app_id, bucket{dims}, {", ".join(measures)}
         FROM {relation} WHERE $1::integer IS NULL OR app_id = $1
         """,
         app,
     )
     out: Totals = {}
     for r in rows:
-        key = tuple(r)[:-4]
+        key = tuple(r)[: -len(measures)]
         assert key not in out, f"{relation} holds {key} twice"
-        out[key] = (r["calls"], r["sum_us"], r["min_us"], r["max_us"])
+        out[key] = tuple(r[m] for m in measures)
     return out
 
 

@@ -12,6 +12,7 @@ from .. import auth, limits
 from ..apps import KeyKind
 from ..errors import InvalidQuery
 from ..keys import DB, LIMITS, METRICS, SETTINGS
+from ..measures import HISTOGRAM
 from . import execute, params
 from .model import Query
 
@@ -45,14 +46,19 @@ async def timeseries(request: web.Request) -> web.Response:
     for source in answer.plan.sources:
         request.app[METRICS].query_source.labels(source=source).inc()
     return web.Response(
-        body=orjson.dumps(render(query, answer.rows, creds.app_id)),
+        body=orjson.dumps(
+            render(query, answer.rows, creds.app_id, approximate=answer.plan.histogram)
+        ),
         content_type="application/json",
         headers={SOURCES_HEADER: ",".join(answer.plan.sources)},
     )
 
 
-def render(query: Query, rows: list[asyncpg.Record], app_id: str) -> dict[str, Any]:
-    """The SPEC's answer: groups in code point order, each one's points in time order.
+def render(
+    query: Query, rows: list[asyncpg.Record], app_id: str, *, approximate: bool = False
+) -> dict[str, Any]:
+    """The SPEC's answer: groups in code point order, each one's points in time order;
+    an answer read from the histograms says so (``precision``), an exact one does not.
 
     The statement returns one row per group with its points unordered (sorting them in
     PostgreSQL by a text key costs more than here). Points are tuples: thousands of
@@ -66,12 +72,15 @@ def render(query: Query, rows: list[asyncpg.Record], app_id: str) -> dict[str, A
         found.setdefault(app_id, [])
     groups = {g: found[g] for g in sorted(found)}
     width = query.granularity.width_s if query.granularity else query.end - query.start
-    return {
+    out: dict[str, Any] = {
         "groups": groups,
         "start": query.start,
         "end": query.end,
         "granularity": width * 1000,
     }
+    if approximate:
+        out["precision"] = {"relative_error": HISTOGRAM.relative_error}
+    return out
 
 
 def _force_raw(request: web.Request) -> bool:

@@ -6,11 +6,13 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field
 
 from ..measures import AGGREGATIONS, VALUE, Kind
-from ..schema import QUERY_FIELDS
+from ..schema import DERIVED_FIELDS, QUERY_FIELDS
 
 # Fields a query may group or filter by (schema.EVENT). ``data.<key>`` (a custom
 # dimension) is accepted too; see ``params.field_name``.
 FIELDS = QUERY_FIELDS
+# Fields a query may also group by, computed from a stored one (``status_class``).
+GROUP_FIELDS = (*QUERY_FIELDS, *DERIVED_FIELDS)
 DATA_PREFIX = "data."
 
 MINUTE = 60
@@ -32,13 +34,34 @@ NAMED_GRANULARITIES = {
 @dataclass(frozen=True)
 class Aggregation:
     kind: Kind
-    # 1..99 for percentiles, None otherwise.
+    # Percentiles: tenths of a percent, 1..999 (percentile_99.9 is 999); Apdex: the
+    # threshold T in milliseconds; None otherwise.
     percentile: int | None = None
+    apdex_ms: int | None = None
 
     @property
     def needs_raw(self) -> bool:
-        """Whether only raw events answer it (percentiles: measures.AGGREGATIONS)."""
+        """Whether only raw events answer it exactly (percentiles, Apdex:
+        measures.AGGREGATIONS)."""
         return AGGREGATIONS[self.kind].needs_raw
+
+    @property
+    def approximable(self) -> bool:
+        """Whether the histograms answer it approximately."""
+        return AGGREGATIONS[self.kind].hist is not None
+
+    @property
+    def fields(self) -> frozenset[str]:
+        """Dimensions a rollup must hold to answer it (``error_rate``: status_code)."""
+        return AGGREGATIONS[self.kind].fields
+
+    @property
+    def fraction(self) -> float | None:
+        return None if self.percentile is None else self.percentile / 1000
+
+    @property
+    def threshold_us(self) -> int | None:
+        return None if self.apdex_ms is None else self.apdex_ms * 1000
 
 
 @dataclass(frozen=True)
@@ -74,10 +97,15 @@ class Query:
     includes: Mapping[str, tuple[str, ...]] = field(default_factory=dict)
     # The event field aggregated (schema.VALUES).
     value: str = VALUE
+    # precision=approximate: percentiles and Apdex from the histogram rollups.
+    approximate: bool = False
 
     def fields(self) -> set[str]:
-        """Every field the query groups or filters by."""
+        """Every stored field the query groups or filters by (``status_class`` is
+        ``status_code``'s)."""
         used = set(self.includes)
         if self.group is not None:
-            used.add(self.group)
+            used.add(
+                DERIVED_FIELDS[self.group].source if self.group in DERIVED_FIELDS else self.group
+            )
         return used

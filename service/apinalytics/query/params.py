@@ -19,6 +19,7 @@ from ..measures import VALUE, Kind
 from .model import (
     DATA_PREFIX,
     FIELDS,
+    GROUP_FIELDS,
     NAMED_GRANULARITIES,
     Aggregation,
     Granularity,
@@ -30,11 +31,16 @@ from .model import (
 MAX_TIME = 253_402_300_799
 _TIME = re.compile(r"^[0-9]{1,12}\Z")
 _POSITIVE_INT = re.compile(r"^[0-9]{1,12}\Z")
-_PERCENTILE = re.compile(r"^percentile_([1-9][0-9]?)\Z")
+# X in (0, 100) with at most one decimal: percentile_99.9, percentile_0.5, percentile_50.
+_PERCENTILE = re.compile(r"^percentile_(0|[1-9][0-9]?)(?:\.([0-9]))?\Z")
+_APDEX = re.compile(r"^apdex_([1-9][0-9]{0,7})\Z")
+# Apdex's T: at most a day (response_us is at most a day).
+MAX_APDEX_MS = 86_400_000
+PRECISIONS = ("exact", "approximate")
 # Custom dimension keys are stored strings of at most this many characters.
 MAX_DATA_KEY = 256
 VALUES = schema.VALUES
-SINGLE = ("value", "granularity", "aggregation", "group")
+SINGLE = ("value", "granularity", "aggregation", "group", "precision")
 
 
 def parse_time(param: str, raw: str) -> int:
@@ -55,9 +61,9 @@ def parse_range(start: str, end: str) -> tuple[int, int]:
     return s, e
 
 
-def field_name(param: str, raw: str) -> str:
-    """A field a query may group or filter by: one of ``FIELDS`` or ``data.<key>``."""
-    if raw in FIELDS:
+def field_name(param: str, raw: str, fields: Sequence[str] = FIELDS) -> str:
+    """A field a query may group or filter by: one of ``fields`` or ``data.<key>``."""
+    if raw in fields:
         return raw
     if raw.startswith(DATA_PREFIX):
         key = raw[len(DATA_PREFIX) :]
@@ -69,7 +75,7 @@ def field_name(param: str, raw: str) -> str:
             param, f"data.<key> needs a key of 1 to {MAX_DATA_KEY} characters, not {len(key)}"
         )
     raise InvalidQuery(
-        param, f"unknown field {raw!r}; use one of {', '.join(FIELDS)}, or data.<key>"
+        param, f"unknown field {raw!r}; use one of {', '.join(fields)}, or data.<key>"
     )
 
 
@@ -123,14 +129,30 @@ def parse_aggregation(raw: str) -> Aggregation:
         return Aggregation(Kind.COUNT)
     m = _PERCENTILE.match(raw)
     if m:
-        return Aggregation(Kind.PERCENTILE, int(m[1]))
-    kinds = {k.value: k for k in Kind if k is not Kind.PERCENTILE}
+        tenths = int(m[1]) * 10 + int(m[2] or 0)
+        if tenths > 0:
+            return Aggregation(Kind.PERCENTILE, percentile=tenths)
+    m = _APDEX.match(raw)
+    if m and int(m[1]) <= MAX_APDEX_MS:
+        return Aggregation(Kind.APDEX, apdex_ms=int(m[1]))
+    kinds = {k.value: k for k in Kind if k not in (Kind.PERCENTILE, Kind.APDEX)}
     if raw in kinds:
         return Aggregation(kinds[raw])
     raise InvalidQuery(
         "aggregation",
-        f"must be one of {', '.join(kinds)}, or percentile_X with X from 1 to 99, not {raw!r}",
+        f"must be one of {', '.join(kinds)}, percentile_X with X above 0 and below 100 "
+        f"(at most one decimal, e.g. percentile_99.9), or apdex_T with T from 1 to "
+        f"{MAX_APDEX_MS} milliseconds, not {raw!r}",
     )
+
+
+def parse_precision(raw: str) -> bool:
+    """Whether ``precision=approximate`` was asked for (the default is exact)."""
+    if raw in ("", "exact"):
+        return False
+    if raw == "approximate":
+        return True
+    raise InvalidQuery("precision", f"must be {' or '.join(PRECISIONS)}, not {raw!r}")
 
 
 def parse_query(
@@ -156,7 +178,7 @@ def parse_query(
                 f"the range would make {n} buckets; the limit is {max_buckets}: "
                 "ask for a coarser granularity or a shorter range",
             )
-    group = field_name("group", single["group"]) if single["group"] else None
+    group = field_name("group", single["group"], GROUP_FIELDS) if single["group"] else None
     # include[]: how jQuery's $.param (the 2014 dashboard's) writes an array of values.
     includes = parse_includes([*params.get("include", ()), *params.get("include[]", ())])
     return Query(
@@ -167,4 +189,5 @@ def parse_query(
         group=group,
         includes={k: tuple(v) for k, v in includes.items()},
         value=value,
+        approximate=parse_precision(single["precision"]),
     )

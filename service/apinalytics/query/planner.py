@@ -9,7 +9,7 @@ stretches (``rollups.pending``) are passed in too, read in one round trip by
 from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 
 from ..errors import Gone
 from ..measures import VALUE
@@ -45,6 +45,9 @@ class Plan:
     # Whether a bucket of the answer spans two parts, so the parts yield what
     # re-aggregates exactly and their union is merged once more (derived: not compared).
     merge: bool = field(default=False, compare=False)
+    # An approximate answer from the histogram rollups (and raw events binned alike
+    # for what they do not cover): every part yields histograms, merged per bucket.
+    histogram: bool = False
 
     @property
     def reads_rollups(self) -> bool:
@@ -65,15 +68,18 @@ def plan(
     Decision order:
 
     1. ``force_raw`` (the ``X-Apinalytics-Planner: raw`` header): raw events only.
-    2. A percentile needs every value, and the rollups hold measures of one value
-       (``measures.VALUE``): raw events only.
+    2. An exact percentile or Apdex needs every value, and the rollups hold measures
+       of one value (``measures.VALUE``): raw events only. Approximate ones
+       (``precision=approximate``) are read from the histogram rollups, and only
+       from them; nothing else reads a histogram rollup. If no histogram rollup
+       answers any part, the answer is exact, from raw events.
     3. The app's pending stretches (``pending``: ``[start, end)`` in UNIX seconds,
        whole hours, where the materializer has not caught up with the raw events yet)
        are read from raw events, from the raw horizon on: the rollups may not hold
        their events yet. Only the rest of the range goes on to the rollups.
     4. Candidate rollups are those whose dimensions cover every field the query groups
-       or filters by (url and ``data.*`` are in none, so those go to raw events), and
-       whose bucket width divides the query's buckets (width and origin are multiples
+       or filters by (url and ``data.*`` are in none, so those go to raw events; an
+       ``error_rate`` needs ``status_code``), and whose bucket width divides the query's buckets (width and origin are multiples
        of the rollup's width; the whole range as one bucket is divided by any width).
        No candidate: raw events only.
     5. Candidates are tried coarsest first, the narrowest (fewest dimensions) first
@@ -91,25 +97,36 @@ def plan(
     Adjacent raw parts are joined into one. Finally each part says whether its rows already are the answer's points and
     whether they need re-bucketing, and the plan whether its parts are merged.
     """
-    if force_raw or query.aggregation.needs_raw or query.value != VALUE:
+    histogram = query.approximate and query.aggregation.approximable
+    if force_raw or (query.aggregation.needs_raw and not histogram) or query.value != VALUE:
         parts = _raw(query.start, query.end, _Context(query, now, horizons, rollups))
         return _decided(query, parts, (RAW,))
-    used = query.fields()
-    g = query.granularity
-    candidates = sorted(
-        (
-            r
-            for r in rollups
-            if used <= set(r.dimensions)
-            and (g is None or (g.width_s % r.width_s == 0 and g.origin_s % r.width_s == 0))
-        ),
-        key=lambda r: (-r.width_s, len(r.dimensions)),
-    )
+    candidates = _candidates(query, rollups, histogram=histogram)
     ctx = _Context(query, now, horizons, rollups)
     parts = _joined(_around_pending(query.start, query.end, pending, candidates, ctx))
     used_sources = {p.source for p in parts}
     order = [r.relation for r in candidates] + [RAW]
-    return _decided(query, parts, tuple(s for s in order if s in used_sources))
+    chosen = _decided(query, parts, tuple(s for s in order if s in used_sources))
+    if histogram:
+        return replace(chosen, histogram=chosen.reads_rollups)
+    return chosen
+
+
+def _candidates(query: Query, rollups: Sequence[Rollup], *, histogram: bool) -> list[Rollup]:
+    """Rollups of the kind asked for (histograms or not) that hold every field used and
+    whose width divides the query's buckets, coarsest (then narrowest) first."""
+    used = query.fields() | query.aggregation.fields
+    g = query.granularity
+    return sorted(
+        (
+            r
+            for r in rollups
+            if r.histogram == histogram
+            and used <= set(r.dimensions)
+            and (g is None or (g.width_s % r.width_s == 0 and g.origin_s % r.width_s == 0))
+        ),
+        key=lambda r: (-r.width_s, len(r.dimensions)),
+    )
 
 
 def _decided(query: Query, parts: tuple[Part, ...], sources: tuple[str, ...]) -> Plan:
@@ -130,8 +147,12 @@ def _rollup_part(rollup: Rollup, start: int, end: int, query: Query) -> Part:
     same = g is not None and rollup.width_s == g.width_s and g.origin_s % rollup.width_s == 0
     # Its rows are the answer's points when it has no dimension but the grouped field
     # (filters on that field keep it so; the planner never sends other filters here).
-    points = same and (
-        rollup.dimensions == (query.group,) if query.group else not rollup.dimensions
+    # Not for measures derived from other dimensions (a histogram rollup's rows are
+    # then its points' bins, one row per bin).
+    points = (
+        same
+        and not query.aggregation.fields
+        and (rollup.dimensions == (query.group,) if query.group else not rollup.dimensions)
     )
     return Part(rollup.relation, start, end, points=points, rebucket=not same)
 
@@ -217,8 +238,11 @@ def _ceil(t: float, width: int) -> int:
 def _gone_message(ctx: _Context, start: int, horizon: float) -> str:
     covered = {d for r in ctx.rollups for d in r.dimensions}
     uncovered = ctx.query.fields() - covered
-    if ctx.query.aggregation.needs_raw:
-        why = "percentiles need the raw events"
+    if ctx.query.aggregation.needs_raw and not ctx.query.approximate:
+        why = (
+            "exact percentiles and Apdex need the raw events "
+            "(precision=approximate answers them from the rollups' histograms)"
+        )
     elif uncovered:
         why = f"{', '.join(sorted(uncovered))} can only be answered from the raw events"
     else:

@@ -22,9 +22,9 @@ from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
-from ..measures import AGGREGATIONS, BY_COLUMN, Aggregate
+from ..measures import AGGREGATIONS, BY_COLUMN, HISTOGRAM, Aggregate
 from ..rollups.declared import RAW
-from ..schema import BY_NAME
+from ..schema import BY_NAME, DERIVED_FIELDS, status_codes
 from .model import DATA_PREFIX, Query
 from .planner import Part, Plan
 
@@ -55,6 +55,8 @@ def field_expr(name: str, args: Params) -> str:
     if name.startswith(DATA_PREFIX):
         # A missing key groups (and matches) as the empty string.
         return f"coalesce(data ->> {args.add(name[len(DATA_PREFIX) :], '::text')}, '')"
+    if name in DERIVED_FIELDS:
+        return DERIVED_FIELDS[name].sql
     column = BY_NAME[name]
     return column.name if column.sql_type == "text" else f"{column.name}::text"
 
@@ -64,7 +66,12 @@ def filters(includes: Mapping[str, Sequence[str]], args: Params) -> list[str]:
     out = []
     for name, values in includes.items():
         column = BY_NAME.get(name)
-        if column is not None and column.sql_type in _INTEGER_TYPES:
+        if column is not None and column.name == "status_code":
+            # A class (5xx) is its hundred codes: the same filter the rollups answer.
+            codes = sorted({c for v in values for c in status_codes(v)})
+            typed = args.add(codes, f"::{column.sql_type}[]")
+            out.append(f"{column.name} = ANY({typed})")
+        elif column is not None and column.sql_type in _INTEGER_TYPES:
             typed = args.add([int(v) for v in values], f"::{column.sql_type}[]")
             out.append(f"{column.name} = ANY({typed})")
         else:
@@ -83,9 +90,9 @@ class _Statement:
     where: list[str]
     bucket: Callable[[str], str]
 
-    def select(self, part: Part, values: list[str]) -> str:
-        """The part's rows: bucket start, group, ``values``; grouped unless its rows
-        already are the answer's points."""
+    def select(self, part: Part, values: list[str], keys: Sequence[str] = ()) -> str:
+        """The part's rows: bucket start, group, ``keys`` (grouped by too),
+        ``values``; grouped unless its rows already are the answer's points."""
         column = "time" if part.source == RAW else "bucket"
         bucket = self.bucket(column) if part.rebucket else column
         conditions = [
@@ -94,10 +101,11 @@ class _Statement:
             f"{column} < {self.args.add(timestamp(part.end))}",
             *self.where,
         ]
+        grouped = ", ".join(str(i) for i in range(1, 3 + len(keys)))
         return (
-            f"SELECT {bucket} AS bt, {self.group} AS g, {', '.join(values)} "
-            f"FROM {part.source} WHERE {' AND '.join(conditions)}"
-            + ("" if part.points else " GROUP BY 1, 2")
+            f"SELECT {bucket} AS bt, {self.group} AS g, {''.join(f'{k}, ' for k in keys)}"
+            f"{', '.join(values)} FROM {part.source} WHERE {' AND '.join(conditions)}"
+            + ("" if part.points else f" GROUP BY {grouped}")
         )
 
 
@@ -113,23 +121,37 @@ def statement(query: Query, plan: Plan, app: int, group_key: str) -> tuple[str, 
     group = field_expr(query.group, args) if query.group else args.add(group_key, "::text")
     st = _Statement(query, args, app_param, group, filters(query.includes, args), bucket)
     aggregate = AGGREGATIONS[query.aggregation.kind]
-    points = _merged(st, plan, aggregate) if plan.merge else _each_part(st, plan, aggregate)
+    if plan.histogram:
+        points = _histogram(st, plan, aggregate)
+    elif plan.merge:
+        points = _merged(st, plan, aggregate)
+    else:
+        points = _each_part(st, plan, aggregate)
     return _per_group(points), args.values
+
+
+def _parameter(st: _Statement) -> str | None:
+    """The percentile's fraction or Apdex's threshold (µs) as a parameter, if any."""
+    agg = st.query.aggregation
+    if agg.fraction is not None:
+        return st.args.add(agg.fraction, "::float8")
+    if agg.threshold_us is not None:
+        return st.args.add(agg.threshold_us, "::bigint")
+    return None
 
 
 def _each_part(st: _Statement, plan: Plan, aggregate: Aggregate) -> str:
     """Every bucket of the answer lies in one part: each part answers its own."""
-    fraction: list[str] = []
+    parameter: list[str | None] = []
 
     def value(part: Part) -> str:
         if part.points:
             return aggregate.from_row
         if part.source != RAW:
-            return aggregate.from_parts
-        percentile = st.query.aggregation.percentile
-        if percentile is not None and not fraction:
-            fraction.append(st.args.add(percentile / 100, "::float8"))
-        return aggregate.from_raw(st.query.value, fraction[0] if fraction else None)
+            return aggregate.from_rollup
+        if not parameter:
+            parameter.append(_parameter(st))
+        return aggregate.from_raw(st.query.value, parameter[0])
 
     union = "\n UNION ALL ".join(st.select(p, [f"{value(p)} AS v"]) for p in plan.parts)
     return f"SELECT {_SECONDS} AS b, g, v FROM (\n {union}\n) parts"
@@ -149,10 +171,52 @@ def _merged(st: _Statement, plan: Plan, aggregate: Aggregate) -> str:
             raw = [f"{BY_COLUMN[n].raw(st.query.value)} AS {n}" for n in needs]
             parts.append(st.select(p, raw))
         else:
-            parts.append(st.select(p, [f"{BY_COLUMN[n].merged()} AS {n}" for n in needs]))
+            parts.append(st.select(p, [f"{BY_COLUMN[n].rollup()} AS {n}" for n in needs]))
     union = "\n UNION ALL ".join(parts)
     final = aggregate.from_parts
     return f"SELECT {_SECONDS} AS b, g, {final} AS v FROM (\n {union}\n) parts GROUP BY bt, g"
+
+
+def _histogram(st: _Statement, plan: Plan, aggregate: Aggregate) -> str:
+    """Approximate answers: every part yields, per bucket, group and bin, its count
+    (histogram rollups their ``calls``, raw events binned alike); the union is merged
+    per bucket, group and bin (when a bucket spans parts), ranked, and
+    ``aggregate.hist`` reads each bucket's histogram (measures.HISTOGRAM)."""
+    assert aggregate.hist is not None
+    parts = []
+    for p in plan.parts:
+        if p.source == RAW:
+            parts.append(st.select(p, ["count(*) AS n"], [f"{HISTOGRAM.bin_of(st.query.value)}"]))
+        else:
+            # Rows already one per bucket, group and bin are read as they are.
+            parts.append(st.select(p, ["calls AS n" if p.points else "sum(calls) AS n"], ["bin"]))
+    union = "\n UNION ALL ".join(parts)
+    # Each bucket in one part: its bins are already unique.
+    merged = (
+        f"SELECT bt, g, bin, sum(n) AS n FROM (\n {union}\n) parts (bt, g, bin, n) "
+        "GROUP BY bt, g, bin"
+        if plan.merge
+        else f"SELECT * FROM (\n {union}\n) parts (bt, g, bin, n)"
+    )
+    parameter = _parameter(st)
+    assert parameter is not None
+    rank = ""
+    if st.query.aggregation.fraction is not None:
+        # percentile_cont's fractional rank, and the rank below it.
+        h = f"{parameter} * (total - 1)"
+        rank = f", {h} AS h, floor({h}) AS k"
+    return f"""SELECT {_SECONDS} AS b, g, {aggregate.hist.format(fraction=parameter, t=parameter)} AS v
+FROM (
+  SELECT bt, g, n, upto, {HISTOGRAM.representative("bin")} AS rep{rank}
+  FROM (
+    SELECT bt, g, bin, n,
+      sum(n) OVER (PARTITION BY bt, g COLLATE "C" ORDER BY bin) AS upto,
+      (sum(n) OVER (PARTITION BY bt, g COLLATE "C"))::float8 AS total
+    FROM (
+      {merged}
+    ) merged
+  ) ranked
+) binned GROUP BY bt, g"""
 
 
 def _bucketing(query: Query, args: Params) -> Callable[[str], str]:

@@ -21,6 +21,7 @@ See docs/rollups.md.
 from __future__ import annotations
 
 import math
+import time
 from collections.abc import Sequence
 
 import asyncpg
@@ -59,10 +60,14 @@ async def refresh_stretches(conn: asyncpg.Connection, stretches: Sequence[tuple[
         if threshold is None:
             continue
         width = rollup.width_s * _US
-        # Buckets whose start lies below the threshold, whole.
+        # Buckets whose start lies below the threshold, whole, and never the current
+        # bucket: an hour aggregate on raw events (the histograms) would move the raw
+        # threshold it shares with events_1m past the clock; the current bucket lies
+        # above every aggregate's watermark, read in real time.
         below = -(-threshold // width) * width
+        current = int(time.time() * _US) // width * width
         for start_s, end_s in stretches:
-            start, end = start_s * _US, min(end_s * _US, below)
+            start, end = start_s * _US, min(end_s * _US, below, current)
             if start >= end:
                 continue
             if horizons is None:

@@ -19,6 +19,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 from .. import schema
+from ..measures import BY_COLUMN, HISTOGRAM, MEASURES, VALUE, Measure
 
 RAW = "events"
 
@@ -38,11 +39,31 @@ class Rollup:
     dimensions: tuple[str, ...]
     # What it is aggregated from: raw events, or a finer rollup (Community: hierarchical).
     built_from: str
+    # A histogram rollup (measures.HISTOGRAM): besides its dimensions it is keyed by
+    # ``bin`` and holds one measure, ``calls``; it answers only approximate
+    # percentiles and Apdex, and nothing else reads it.
+    histogram: bool = False
 
     @property
     def key_columns(self) -> tuple[str, ...]:
         """Grouping columns in primary-key order, which is also the upsert lock order."""
-        return ("app_id", "bucket", *self.dimensions)
+        return ("app_id", "bucket", *self.groups)
+
+    @property
+    def groups(self) -> tuple[str, ...]:
+        """Its grouping columns after app and bucket: dimensions (and the bin)."""
+        return (*self.dimensions, "bin") if self.histogram else self.dimensions
+
+    def group_exprs(self) -> tuple[str, ...]:
+        """``groups`` as expressions over the rows of ``built_from``."""
+        if self.histogram and self.built_from == RAW:
+            return (*self.dimensions, HISTOGRAM.bin_of(VALUE))
+        return self.groups
+
+    @property
+    def measures(self) -> tuple[Measure, ...]:
+        """Its measure columns, in column order."""
+        return (BY_COLUMN["calls"],) if self.histogram else MEASURES
 
     @property
     def width_name(self) -> str:
@@ -62,11 +83,18 @@ class Rollup:
 # 0.81 rows per raw event there: an hour of the busiest app is about 5,000 of its rows
 # and 60 of events_1m_app's). It comes last: every batch of an app upserts the same
 # current row of it, a lock best taken by the transaction's last upsert.
+#
+# The histogram rollups (migration 0009) hold hours per app and function, and per app
+# (from the former); see docs/retention.md for their size per event and
+# docs/rollups.md for why no minute histogram. They come before events_1m_app, whose
+# lock stays the transaction's last.
 ROLLUPS: tuple[Rollup, ...] = (
     Rollup("events_1m", 60, DIMENSIONS, RAW),
     Rollup("events_1h", 3600, DIMENSIONS, "events_1m"),
     Rollup("events_1h_app", 3600, (), "events_1h"),
     Rollup("events_1h_function", 3600, ("function",), "events_1h"),
     Rollup("events_1h_consumer", 3600, ("consumer_id",), "events_1h"),
+    Rollup("events_1h_function_hist", 3600, ("function",), RAW, histogram=True),
+    Rollup("events_1h_app_hist", 3600, (), "events_1h_function_hist", histogram=True),
     Rollup("events_1m_app", 60, (), "events_1m"),
 )

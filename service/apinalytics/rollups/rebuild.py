@@ -20,7 +20,6 @@ import asyncpg
 from .. import db, retention
 from ..db import Database, timed
 from ..edition import Edition
-from ..measures import MEASURES
 from . import community
 from .declared import RAW, ROLLUPS, Rollup
 
@@ -145,23 +144,24 @@ def rebuild_sql(rollup: Rollup, *, per_app: bool = False) -> str:
     """The INSERT of ``rollup``'s rows for ``[$1, $2)`` (UNIX seconds) aggregated from
     its source; with ``per_app``, of app ``$3`` only (the materializer's)."""
     # A rollup per app alone has no dimension columns.
-    dims = "".join(f"{d}, " for d in rollup.dimensions)
+    dims = "".join(f"{d}, " for d in rollup.groups)
+    exprs = rollup.group_exprs()
     if rollup.built_from == RAW:
         source_time = "time"
-        measures = ", ".join(m.raw_stored() for m in MEASURES)
+        measures = ", ".join(m.raw_stored() for m in rollup.measures)
     else:
         source_time = "bucket"
-        measures = ", ".join(m.merged_stored() for m in MEASURES)
-    columns = ", ".join(m.column for m in MEASURES)
+        measures = ", ".join(m.merged_stored() for m in rollup.measures)
+    columns = ", ".join(m.column for m in rollup.measures)
     bucket = f"time_bucket(make_interval(secs => {rollup.width_s}), {source_time})"
     return f"""
         INSERT INTO {rollup.relation}
             (bucket, app_id, {dims}{columns})
-        SELECT {bucket}, app_id, {dims}{measures}
+        SELECT {bucket}, app_id, {"".join(f"{e}, " for e in exprs)}{measures}
         FROM {rollup.built_from}
         WHERE {source_time} >= to_timestamp($1::bigint) AND {source_time} < to_timestamp($2::bigint)
             {"AND app_id = $3::integer" if per_app else ""}
-        GROUP BY {bucket}, app_id{"".join(f", {d}" for d in rollup.dimensions)}
+        GROUP BY {bucket}, app_id{"".join(f", {e}" for e in exprs)}
     """
 
 
