@@ -167,7 +167,7 @@ def copy_row(e: Ev, app: int) -> tuple[Any, ...]:
 async def test_an_upgrade_with_data_keeps_every_answer(
     mode: str, servers: Servers, make_client: Any, tmp_path: Path
 ) -> None:
-    """A database at the schema before ``0008_rollup_pending``, holding events and
+    """A database with every migration but ``0008_rollup_pending``, holding events and
     their rollups, migrated: every answer equals the oracle (nothing is pending, so
     the rollups answer), and a batch stored after the upgrade is answered too."""
     server = servers.servers[mode]
@@ -181,7 +181,8 @@ async def test_an_upgrade_with_data_keeps_every_answer(
     older = tmp_path / "migrations"
     older.mkdir()
     for path in migrate.migrations_dir().glob("*.sql"):
-        if int(path.name[:4]) < 8:
+        # Every migration but this one (later ones, like 0009, came first on main).
+        if int(path.name[:4]) != 8:
             shutil.copy(path, older / path.name)
     dsn = server.dsn(name)
     try:
