@@ -26,6 +26,14 @@ from round to round). The report adds their HTTP rows and the median of each rou
 events/s ÷ the default service's in that round: a comparison that the machine's
 noise, which moves whole rounds, does not decide.
 
+Rollup upkeep happens in the service's background materializer, never in the
+request: while each HTTP run goes on, the oldest pending stretch's age is sampled
+every 0.2 s (its maximum is reported), and after it the time until nothing is
+pending. After the rounds, ``--scattered`` batches of 1,000 events spread over the
+last 30 days and as many live ones are posted one at a time, on top of what the last
+run stored (``--background`` more events of another app, spread over the same 30
+days, are loaded first): their request latencies side by side.
+
 ``--profile`` also runs the service once under pyinstrument (batches of 1,000, with
 decoding kept on the event loop thread so the sampler sees it) and writes the report
 to ``bench/data/ingest-profile-<mode>.txt``.
@@ -35,6 +43,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import contextlib
 import json
 import logging
 import os
@@ -50,7 +59,7 @@ from apinalytics import apps, localdb, migrate
 from apinalytics.db import Database, unix_us_timestamps
 from apinalytics.edition import Edition
 from apinalytics.ingest import decode, write
-from apinalytics.rollups import ROLLUPS
+from apinalytics.rollups import ROLLUPS, rebuild
 from apinalytics.settings import Settings
 from common import (
     DATA,
@@ -81,6 +90,10 @@ async def main() -> None:
     p.add_argument("--rounds", type=int, default=3)
     p.add_argument("--concurrency", type=int, default=16)
     p.add_argument("--profile", action="store_true")
+    p.add_argument("--scattered", type=int, default=10, help="scattered and live batches timed")
+    p.add_argument(
+        "--background", type=int, default=200_000, help="another app's events over 30 days"
+    )
     p.add_argument(
         "--server-env",
         action="append",
@@ -137,6 +150,9 @@ async def bench_mode(mode: str, args: argparse.Namespace) -> None:
 
         runs: dict[str, list[float]] = {}
         latencies: dict[str, list[float]] = {}
+        # Per HTTP run: the oldest pending stretch's greatest age during it, and the
+        # seconds until nothing was pending after it.
+        upkeep: dict[str, list[tuple[float, float]]] = {}
 
         cpu: dict[str, list[tuple[float, float, float]]] = {}
 
@@ -147,8 +163,16 @@ async def bench_mode(mode: str, args: argparse.Namespace) -> None:
         ) -> None:
             await _reset(c.dsn)
             before = _cpu_now(server, c.datadir)
+            worst = [0.0]
+            sampler = asyncio.create_task(_pending_age(c.dsn, worst)) if server else None
             out = await asyncio.wait_for(fn(), RUN_TIMEOUT_S)
             after = _cpu_now(server, c.datadir)
+            if sampler is not None:
+                sampler.cancel()
+                with contextlib.suppress(asyncio.CancelledError):
+                    await sampler
+                drained = await _drain(c.dsn)
+                upkeep.setdefault(name, []).append((worst[0], drained))
             elapsed, lat = out if isinstance(out, tuple) else (out, [])
             got = await _count(c.dsn)
             if got != n:
@@ -195,6 +219,7 @@ async def bench_mode(mode: str, args: argparse.Namespace) -> None:
                             ),
                             server,
                         )
+            scattered = await _scattered(c.dsn, services[0][2], headers, args, app_internal)
         finally:
             for _, server, _ in services:
                 await stop_service(server)
@@ -204,7 +229,7 @@ async def bench_mode(mode: str, args: argparse.Namespace) -> None:
             profile = await _profile(
                 c.dsn, mode, url_headers=headers, bodies=bodies[1000], args=args
             )
-        _report(mode, m, args, runs, latencies, cpu, decode_us, profile)
+        _report(mode, m, args, runs, latencies, cpu, decode_us, profile, upkeep, scattered)
     finally:
         await asyncio.to_thread(c.stop)
 
@@ -258,7 +283,7 @@ def _decode_cost(body: bytes, app: int, settings: Settings) -> float:
 async def _reset(dsn: str) -> None:
     conn = await asyncpg.connect(dsn)
     try:
-        tables = ["events", "idempotency_keys"]
+        tables = ["events", "idempotency_keys", "rollup_pending"]
         for r in ROLLUPS:
             kind = await conn.fetchval(
                 "SELECT relkind FROM pg_class WHERE oid = to_regclass($1)", r.relation
@@ -270,6 +295,95 @@ async def _reset(dsn: str) -> None:
         await conn.execute("CHECKPOINT")
     finally:
         await conn.close()
+
+
+async def _oldest_pending(conn: asyncpg.Connection) -> float:
+    age = await conn.fetchval(
+        "SELECT extract(epoch FROM now() - min(created_at))::float8 FROM rollup_pending"
+    )
+    return float(age or 0.0)
+
+
+async def _pending_age(dsn: str, worst: list[float]) -> None:
+    """Until cancelled, every 0.2 s: ``worst[0]`` = the greatest age of the oldest
+    pending stretch seen so far."""
+    conn = await asyncpg.connect(dsn)
+    try:
+        while True:
+            worst[0] = max(worst[0], await _oldest_pending(conn))
+            await asyncio.sleep(0.2)
+    finally:
+        await conn.close()
+
+
+async def _drain(dsn: str) -> float:
+    """Seconds until the service's materializer has left nothing pending."""
+    conn = await asyncpg.connect(dsn)
+    try:
+        t = time.perf_counter()
+        while await conn.fetchval("SELECT count(*) FROM rollup_pending"):
+            if time.perf_counter() - t > RUN_TIMEOUT_S:
+                raise RuntimeError("the materializer did not catch up")
+            await asyncio.sleep(0.05)
+        return time.perf_counter() - t
+    finally:
+        await conn.close()
+
+
+async def _scattered(
+    dsn: str, url: str, headers: dict[str, str], args: argparse.Namespace, app: int
+) -> dict[str, list[float]]:
+    """Request latencies of batches of 1,000 events spread over the last 30 days and
+    of live ones, posted one at a time in turn, after another app's ``--background``
+    events over the same days were loaded (COPY, then rebuilt into the rollups)."""
+    if not args.scattered:
+        return {}
+    conn = await asyncpg.connect(dsn)
+    try:
+        other = await apps.create(conn, "background")
+        other_id = await conn.fetchval("SELECT id FROM apps WHERE public_id=$1", other.app_id)
+        now = time.time()
+        span = 30 * 86400
+        back = EventMaker(seed=11).events(
+            [now - span + i * (span - 60) / args.background for i in range(args.background)]
+        )
+        settings = Settings(max_event_age_s=366 * 86400)
+        body = json.dumps([as_json(e) for e in back], separators=(",", ":")).encode()
+        rows = decode.parse(
+            body, other_id, now, settings.model_copy(update={"max_batch_events": args.background})
+        )
+        await unix_us_timestamps(conn)
+        await conn.copy_records_to_table("events", records=rows, columns=decode.COLUMNS)
+        await conn.reset_type_codec("timestamptz", schema="pg_catalog")
+        mode = await migrate.rollup_mode(conn)
+        assert mode is not None
+        await conn.execute("SET statement_timeout = 0")
+        await rebuild.rebuild(conn, mode, now - span - 3600, now)
+    finally:
+        await conn.close()
+    out: dict[str, list[float]] = {"scattered": [], "live": []}
+    maker = EventMaker(seed=13)
+    async with aiohttp.ClientSession(timeout=aiohttp.ClientTimeout(total=300)) as session:
+        for i in range(args.scattered):
+            t0 = time.time()
+            spread = [t0 - 60 - ((j * 7919 + i * 104729) % (span - 120)) for j in range(1000)]
+            live = [t0 - 1 + j / 1000 for j in range(1000)]
+            for name, ts in (("scattered", spread), ("live", live)):
+                batch = json.dumps([as_json(e) for e in maker.events(ts)]).encode()
+                t = time.perf_counter()
+                async with session.post(url, data=batch, headers=headers) as resp:
+                    answer = await resp.read()
+                    if resp.status != 200:
+                        raise RuntimeError(f"HTTP {resp.status}: {answer[:300]!r}")
+                out[name].append(time.perf_counter() - t)
+        drained = await _drain(dsn)
+    print(
+        f"  scattered p50 {pct(out['scattered'], 50) * 1000:.0f} ms, live p50 "
+        f"{pct(out['live'], 50) * 1000:.0f} ms, caught up {drained:.1f} s after",
+        flush=True,
+    )
+    out["drained"] = [drained]
+    return out
 
 
 async def _count(dsn: str) -> int:
@@ -295,7 +409,7 @@ async def _copy_all(dsn: str, rows: Sequence[decode.Row]) -> float:
 
 async def _store(dsn: str, batches: Sequence[Sequence[decode.Row]], mode: str, conc: int) -> float:
     """The service's write path without HTTP: ``write.store`` per batch (one transaction
-    each: COPY plus, in the Apache mode, the rollup upkeep), on ``conc`` connections."""
+    each: COPY plus its pending stretches), on ``conc`` connections."""
     pool = await asyncpg.create_pool(dsn, min_size=conc, max_size=conc, init=unix_us_timestamps)
     db = Database(pool, 60, 60)
     it = iter(batches)
@@ -369,7 +483,7 @@ async def _profile(
 
 LABELS = {
     "copy_all": "COPY ceiling: one `copy_records_to_table` of all rows, 1 connection",
-    "store_1000_seq": "`write.store` per 1,000 rows (txn, COPY, rollup upkeep), 1 connection",
+    "store_1000_seq": "`write.store` per 1,000 rows (txn, COPY, pending stretches), 1 connection",
     "store_1000_c16": "`write.store` per 1,000 rows, 16 connections",
     "http_1000_c16": "HTTP `POST /1/events/`, batches of 1,000, 16 concurrent",
     "http_100_c16": "HTTP `POST /1/events/`, batches of 100, 16 concurrent",
@@ -397,6 +511,8 @@ def _report(
     cpu: dict[str, list[tuple[float, float, float]]],
     decode_us: float,
     profile: Path | None,
+    upkeep: dict[str, list[tuple[float, float]]],
+    scattered: dict[str, list[float]],
 ) -> None:
     ceiling = median(runs["copy_all"])
     lines = [
@@ -437,6 +553,28 @@ def _report(
                 + ", ".join(f"{x:.2f}" for x in ratios)
                 + f" (median {median(ratios):.2f})"
             )
+    if upkeep:
+        lines += [
+            "",
+            "Rollup upkeep in the background, per HTTP run: the oldest pending stretch's "
+            "greatest age during the run / seconds until nothing was pending after it:",
+            "",
+        ]
+        for name, values in upkeep.items():
+            lines.append(
+                f"- {_label(name)}: " + ", ".join(f"{a:.1f} s / {d:.1f} s" for a, d in values)
+            )
+    if scattered:
+        s, live = scattered["scattered"], scattered["live"]
+        lines += [
+            "",
+            f"Batches of 1,000 posted one at a time after another app's {args.background:,} "
+            f"events over 30 days were loaded ({len(s)} each): spread over 30 days, "
+            f"p50 {pct(s, 50) * 1000:.0f} ms / max {max(s) * 1000:.0f} ms; live, "
+            f"p50 {pct(live, 50) * 1000:.0f} ms / max {max(live) * 1000:.0f} ms "
+            f"(ratio of p50s {pct(s, 50) / pct(live, 50):.2f}); nothing pending "
+            f"{scattered['drained'][0]:.1f} s after the last.",
+        ]
     lines += ["", f"Validation (`decode.parse`, 1,000-event body): {decode_us:.1f} µs per event."]
     if profile:
         lines.append(f"Profile: {profile.relative_to(ROOT)}")
@@ -447,7 +585,17 @@ def _report(
     tag = "".join(f"-{kv.split('=', 1)[0].removeprefix('APINALYTICS_')}" for kv in settings)
     out = DATA / f"ingest-results-{mode}{tag.lower()}"
     out.with_suffix(".json").write_text(
-        json.dumps({"machine": m, "runs": runs, "cpu": cpu, "decode_us": decode_us}, indent=1)
+        json.dumps(
+            {
+                "machine": m,
+                "runs": runs,
+                "cpu": cpu,
+                "decode_us": decode_us,
+                "upkeep": upkeep,
+                "scattered": scattered,
+            },
+            indent=1,
+        )
     )
     out.with_suffix(".md").write_text(text + "\n")
 

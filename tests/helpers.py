@@ -16,7 +16,9 @@ import asyncpg
 from aiohttp import ClientResponse
 from aiohttp.test_utils import TestClient
 
+from apinalytics import migrate
 from apinalytics.apps import NewApp
+from apinalytics.rollups import materializer
 
 
 def write_headers(app: NewApp) -> dict[str, str]:
@@ -184,3 +186,13 @@ def histogram_bin(response_us: int) -> int:
     if response_us <= 0:
         return 0
     return math.floor(math.log(response_us) / math.log(1.02)) + 1
+
+
+async def catch_up(conn: asyncpg.Connection) -> int:
+    """``apinalytics rollups catch-up`` on ``conn`` (a plain connection outside any
+    transaction): the rollups hold every stored event once it returns (the service's
+    own materializer may be running: this waits its turn). Returns the pending rows it
+    materialized."""
+    mode = await migrate.rollup_mode(conn)
+    assert mode is not None
+    return await materializer.catch_up(conn, mode, pause_s=0.05)

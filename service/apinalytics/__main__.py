@@ -18,7 +18,7 @@ from typing import Any
 
 import asyncpg
 
-from . import __version__, apps_cli, localdb, logs, migrate, retention_cli
+from . import __version__, apps_cli, localdb, logs, migrate, retention_cli, rollups_cli
 from .edition import Edition
 from .rollups import rebuild
 from .serve_cli import serve
@@ -107,6 +107,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("start", type=_instant, help="UNIX seconds or an ISO 8601 time (UTC if bare)")
     p.add_argument("end", type=_instant, help="UNIX seconds or an ISO 8601 time (UTC if bare)")
     p.set_defaults(func=cmd_rollups_rebuild)
+    rollups_cli.register(rollups_sub, common)
     retention_cli.register(sub)
     return parser
 

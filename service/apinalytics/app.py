@@ -29,11 +29,22 @@ from .ingest import handlers as ingest
 from .ingest import otlp
 from .ingest.group import GroupWriter
 from .ingest.write import purge_idempotency_keys
-from .keys import DB, DECODER, EDITION, INGEST, INGEST_DB, LIMITS, METRICS, SETTINGS
+from .keys import (
+    DB,
+    DECODER,
+    EDITION,
+    INGEST,
+    INGEST_DB,
+    LIMITS,
+    MATERIALIZER,
+    METRICS,
+    SETTINGS,
+)
 from .limits import Limits
 from .metrics import Metrics
 from .ops import healthz, metrics_view, readyz
 from .query import handlers as query
+from .rollups.background import Materializer
 from .settings import Settings
 
 log = logging.getLogger(__name__)
@@ -96,6 +107,7 @@ def create_app(settings: Settings, *, run_migrations: bool = True) -> web.Applic
     app[LIMITS] = Limits(settings)
     app.on_startup.append(_log_event_loop)
     app.cleanup_ctx.append(_database(run_migrations))
+    app.cleanup_ctx.append(_materializer)
     app.cleanup_ctx.append(_ingest_writer)
     app.cleanup_ctx.append(_decoder)
     app.cleanup_ctx.append(_idempotency_purge)
@@ -164,9 +176,9 @@ def _database(run_migrations: bool) -> Callable[[web.Application], AsyncIterator
         app[DB] = db
         # The ingest path's own connections, with integer timestamps (db.unix_us_timestamps),
         # so queries and ingest never wait for each other's connections. One per group
-        # transaction, one per group finishing its after-commit work, two for
-        # batches written alone (an empty batch's key claim), and two for checking write
-        # keys: ingest never waits for a connection a query holds.
+        # transaction, as many spare, two for batches written alone (an empty batch's
+        # key claim), and two for checking write keys: ingest never waits for a
+        # connection a query holds.
         ingest_pool = await create_pool(
             dsn,
             max_size=2 * settings.ingest_writers + 4,
@@ -201,10 +213,34 @@ async def _ingest_writer(app: web.Application) -> AsyncIterator[None]:
         max_events=settings.ingest_group_max_events,
         writers=settings.ingest_writers,
         group_batches=app[METRICS].ingest_group_batches,
+        on_commit=app[MATERIALIZER].wake,
     )
     app[INGEST] = writer
     yield
     await writer.close()
+
+
+async def _materializer(app: web.Application) -> AsyncIterator[None]:
+    """The rollups' materializer (``rollups/materializer.py``): one loop per process,
+    runs take turns across processes and instances under an advisory lock. Stopped
+    after the ingest writer (its batches' stretches stay pending for the next run)."""
+    settings = app[SETTINGS]
+    m = Materializer(
+        app[DSN],
+        app[EDITION],
+        app[METRICS].materializer_runs,
+        interval_s=settings.materializer_interval_s,
+        connect_timeout_s=settings.db_connect_timeout_s,
+    )
+    app[MATERIALIZER] = m
+    if not settings.materializer_interval_s:
+        yield
+        return
+    task = asyncio.create_task(m.run_forever())
+    yield
+    task.cancel()
+    with contextlib.suppress(asyncio.CancelledError):
+        await task
 
 
 async def _decoder(app: web.Application) -> AsyncIterator[None]:

@@ -224,7 +224,6 @@ async def _release(conn: asyncpg.Connection) -> None:
     changed with SET LOCAL (or once, by the pool's ``init``, when it connects), cursors
     live in transactions, nothing listens or takes session advisory locks on a pooled
     connection, and ``rollups.rebuild`` resets the one session setting it changes.
-    Temporary tables (the rollup upkeep's staging tables) are meant to stay.
     """
 
 

@@ -1,11 +1,12 @@
 """The TimescaleDB edition the rollups are built for, chosen once.
 
 ``Edition.APACHE``: the Apache-2 build has no continuous aggregates and no policies;
-the rollups are tables the ingest transaction keeps up to date
-(``rollups/apache.py``) and ``apinalytics retention apply`` drops expired chunks.
+the rollups are tables the materializer re-aggregates from raw events where batches
+left stretches pending (``rollups/materializer.py``) and ``apinalytics retention
+apply`` drops expired chunks.
 
 ``Edition.COMMUNITY``: the Community (TSL) build; the rollups are continuous
-aggregates, back-dated events are refreshed into them after COMMIT
+aggregates, the materializer refreshes them over the pending stretches
 (``rollups/community.py``) and retention policies drop expired chunks.
 
 The edition is chosen from ``SHOW timescaledb.license`` on the first migration and
@@ -35,16 +36,6 @@ class Edition(StrEnum):
         """Whether a server of this license can serve a database of this edition
         (continuous aggregates need the Community build)."""
         return self is Edition.APACHE or license == COMMUNITY_LICENSE
-
-    @property
-    def upkeep_in_transaction(self) -> bool:
-        """The ingest transaction upserts its batch into the rollup tables."""
-        return self is Edition.APACHE
-
-    @property
-    def refresh_after_commit(self) -> bool:
-        """Back-dated events are refreshed into the continuous aggregates after COMMIT."""
-        return self is Edition.COMMUNITY
 
     @property
     def continuous_aggregates(self) -> bool:

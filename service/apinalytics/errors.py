@@ -162,22 +162,6 @@ class CommitOutcomeUnknown(DatabaseUnavailable):
         )
 
 
-class RefreshPending(SystemFault):
-    """The batch is committed, but refreshing the rollups for its back-dated events
-    failed: queries of that period miss it until the retry in the background succeeds."""
-
-    status = 503
-    code = "refresh_pending"
-
-    def __init__(self) -> None:
-        super().__init__(
-            "The events were stored, but the rollups could not yet be brought up to date for "
-            "the back-dated ones; that is retried in the background, and until then queries "
-            "of their period may miss them. Do not send them again, except with the same "
-            "Idempotency-Key."
-        )
-
-
 class NotReady(SystemFault):
     """The database answers but the schema is behind: ``apinalytics migrate`` fixes it."""
 

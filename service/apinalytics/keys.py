@@ -16,6 +16,7 @@ from .settings import Settings
 if TYPE_CHECKING:
     # For its type only: importing it would load the ingest stack wherever a key is read.
     from .ingest.group import GroupWriter
+    from .rollups.background import Materializer
 
 SETTINGS = web.AppKey("settings", Settings)
 DB = web.AppKey("db", Database)
@@ -24,10 +25,12 @@ INGEST_DB = web.AppKey("ingest_db", Database)
 METRICS = web.AppKey("metrics", Metrics)
 # Fair shares among applications: queries, raw reads, ingest rate (limits.py).
 LIMITS = web.AppKey("limits", Limits)
-# The database's edition, read once at start: what the rollup upkeep does.
+# The database's edition, read once at start: how the materializer keeps the rollups.
 EDITION = web.AppKey("edition", Edition)
 # Where ingest requests hand their validated batches (group commit).
 INGEST: web.AppKey[GroupWriter] = web.AppKey("ingest")
+# The rollups' background materializer (woken after each commit).
+MATERIALIZER: web.AppKey[Materializer] = web.AppKey("materializer")
 # The one thread that validates big ingest bodies off the event loop.
 DECODER = web.AppKey("decoder", ThreadPoolExecutor)
 

@@ -3,8 +3,8 @@
 A **measure** is a column every rollup row holds for its bucket, app and
 dimensions, computed from the raw events' ``VALUE`` and merged exactly across
 rollup rows: ``calls`` (count), ``sum_us``, ``min_us``, ``max_us``. From
-``MEASURES`` derive the Apache upkeep's upsert and the rebuild's INSERT
-(``rollups/apache.py``, ``rollups/rebuild.py``) and the partial aggregates of a
+``MEASURES`` derive the rebuild's and the Apache materializer's INSERT
+(``rollups/rebuild.py``, ``rollups/materializer.py``) and the partial aggregates of a
 query that merges parts (``query/sql.py``).
 
 An **aggregation** is what a query may ask for (``aggregation=``): a SQL template
@@ -47,8 +47,8 @@ from functools import cached_property
 # may name; a value the rollups do not hold is answered from raw events).
 VALUE = "response_us"
 
-# SQL that combines a stored row ``r`` with the incoming ``EXCLUDED`` one (the Apache
-# upkeep's ON CONFLICT), per merge function.
+# SQL that combines a stored row ``r`` with an incoming ``EXCLUDED`` one (an upsert's
+# ON CONFLICT, bench/upsert_target.py), per merge function.
 _COMBINE = {
     "sum": "r.{c} + EXCLUDED.{c}",
     "min": "least(r.{c}, EXCLUDED.{c})",

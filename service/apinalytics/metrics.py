@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import os
 
-from prometheus_client import CollectorRegistry, Counter, Histogram, generate_latest
+from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, generate_latest
 from prometheus_client.multiprocess import MultiProcessCollector
 
 
@@ -72,6 +72,33 @@ class Metrics:
             "Sources (raw events or a rollup) read to answer time-series queries.",
             ["source"],
             registry=self.registry,
+        )
+        self._rollup_upkeep()
+
+    def _rollup_upkeep(self) -> None:
+        """The materializer's runs, and what is pending (rollups/materializer.py)."""
+        self.materializer_runs = Counter(
+            "apinalytics_materializer_runs",
+            "Runs of the rollup materializer, by outcome: materialized (it caught up on "
+            "pending stretches), idle (nothing pending), busy (another process's "
+            "materializer held the lock), failed.",
+            ["outcome"],
+            registry=self.registry,
+        )
+        # Read from the database at each scrape: under several workers, the value of
+        # whichever worker answered last.
+        self.pending_ranges = Gauge(
+            "apinalytics_rollup_pending_ranges",
+            "Pending stretches (app and hours) the rollups have not caught up on yet; "
+            "queries read them from raw events.",
+            registry=self.registry,
+            multiprocess_mode="mostrecent",
+        )
+        self.pending_oldest_seconds = Gauge(
+            "apinalytics_rollup_pending_oldest_seconds",
+            "Age of the oldest pending stretch (0 when none is pending).",
+            registry=self.registry,
+            multiprocess_mode="mostrecent",
         )
 
     def render(self) -> bytes:

@@ -61,6 +61,11 @@ class Settings(BaseSettings):
     otlp_consumer_attribute: str = "enduser.id"
     otlp_data_attributes: list[str] = Field(default_factory=list)
 
+    # The rollups' background materializer: seconds between runs when nothing wakes it
+    # (a commit does); 0 runs none in this process (`apinalytics rollups catch-up`
+    # from cron, or another process, must then keep the rollups; queries stay exact).
+    materializer_interval_s: float = Field(default=1.0, ge=0)
+
     # Query limits.
     max_buckets: int = Field(default=10_000, gt=0)
 

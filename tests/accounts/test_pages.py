@@ -21,7 +21,7 @@ from aiohttp.test_utils import TestClient
 
 from apinalytics.apps import NewApp
 
-from ..helpers import assert_error, event
+from ..helpers import assert_error, catch_up, event
 from .fake_github import FakeGitHub
 from .flow import add_app, csrf_token, log_in
 
@@ -216,6 +216,7 @@ async def test_delete_after_confirmation_removes_events_and_rollups(
     for keys in (doomed, {"app-id": app_keys.app_id, "write-key": str(app_keys.write_key)}):
         resp = await client.post("/1/events/", json=batch, headers=write(keys))
         assert resp.status == 200, await resp.text()
+    await catch_up(db)
     ids = {r["public_id"]: r["id"] for r in await db.fetch("SELECT id, public_id FROM apps")}
     before = await count_rows(db, ids[doomed["app-id"]])
     assert all(n > 0 for n in before.values()), before

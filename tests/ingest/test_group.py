@@ -44,7 +44,7 @@ from apinalytics.rollups import ROLLUPS, rebuild
 from apinalytics.settings import Settings
 
 from ..conftest import ALL_MODES
-from ..helpers import assert_error, event, post, wait_for_lock_waiter
+from ..helpers import assert_error, catch_up, event, post, wait_for_lock_waiter
 from ..test_outage import cluster  # noqa: F401 (a fixture: a cluster of the test's own)
 
 all_modes = pytest.mark.parametrize("mode", ALL_MODES, indirect=True)
@@ -301,6 +301,7 @@ async def test_apache_rollups_after_concurrent_groups_equal_a_rebuild(
     assert groups < len(posts), "no group transaction held more than one batch"
     assert "group transaction failed" not in caplog.text
 
+    await catch_up(db)
     kept = await rollup_tables(db)
     assert all(kept.values())
     await rebuild.rebuild(db, Edition.APACHE, now - 3 * DAY, now + 60)

@@ -18,7 +18,7 @@ from apinalytics import apps
 from apinalytics.settings import Settings
 
 from ..dbs import MODES, Servers
-from ..helpers import read_headers, write_headers
+from ..helpers import catch_up, read_headers, write_headers
 from . import oracle
 
 
@@ -95,6 +95,8 @@ async def test_modes_answer_identically(
             if batch:
                 resp = await side.client.post("/1/events/", json=batch, headers=write_headers(app))
                 assert resp.status == 200, await resp.text()
+        # The sources compared too: nothing left pending on either side.
+        await catch_up(side.conn)
     for q in case.queries:
         apache, community = [await answer(sides[m], keys[m], q) for m in MODES]
         assert apache == community, q

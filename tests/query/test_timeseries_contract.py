@@ -33,7 +33,7 @@ from apinalytics.query.model import DAY, HOUR, WEEK, WEEK_ORIGIN
 from apinalytics.settings import Settings
 
 from ..conftest import MakeSettings
-from ..helpers import assert_error, event, post_accepted, read_headers, write_headers
+from ..helpers import assert_error, catch_up, event, post_accepted, read_headers, write_headers
 
 T = WEEK_ORIGIN + 2900 * WEEK  # 2025-08-04, a Monday 00:00 UTC
 
@@ -285,9 +285,16 @@ SOURCES = [
 
 @pytest.mark.parametrize(("path", "params", "sources"), SOURCES)
 async def test_sources_header_and_metric(
-    client: TestClient, app_keys: NewApp, path: str, params: dict[str, str], sources: str
+    client: TestClient,
+    app_keys: NewApp,
+    db: asyncpg.Connection,
+    path: str,
+    params: dict[str, str],
+    sources: str,
 ) -> None:
     await post_accepted(client, app_keys, [event(timestamp=T + 30 + 61 * i) for i in range(100)])
+    # Nothing pending: the rollups answer what they cover.
+    await catch_up(db)
     resp = await client.get(f"/1/timeseries/{path}", params=params, headers=read_headers(app_keys))
     assert resp.status == 200, await resp.text()
     assert resp.headers["X-Apinalytics-Sources"] == sources
@@ -296,10 +303,13 @@ async def test_sources_header_and_metric(
         assert f'apinalytics_query_source_total{{source="{source}"}} 1.0' in metrics
 
 
-async def test_force_raw_gives_the_same_answer(client: TestClient, app_keys: NewApp) -> None:
+async def test_force_raw_gives_the_same_answer(
+    client: TestClient, app_keys: NewApp, db: asyncpg.Connection
+) -> None:
     await post_accepted(
         client, app_keys, [event(timestamp=T + 7 * i, response_us=i) for i in range(2000)]
     )
+    await catch_up(db)
     path = f"/1/timeseries/{T + 30}/{T + 3 * HOUR + 30}"
     params = {"granularity": "hour", "aggregation": "mean", "group": "function"}
     planned = await client.get(path, params=params, headers=read_headers(app_keys))
@@ -440,6 +450,7 @@ async def test_past_raw_retention_answered_from_rollups(
     await post_accepted(
         client, app_keys, [event(timestamp=T + 5 + 60 * i, response_us=i) for i in range(90)]
     )
+    await catch_up(db)
     await db.execute("UPDATE retention SET keep_s = $1 WHERE relation = 'events'", WEEK)
     path = f"/1/timeseries/{T}/{T + 2 * HOUR}"
     resp = await client.get(

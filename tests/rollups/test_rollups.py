@@ -24,7 +24,7 @@ import shutil
 import subprocess
 import sys
 import time
-from collections.abc import Callable, Iterable
+from collections.abc import Iterable
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
@@ -40,13 +40,12 @@ from apinalytics.apps import NewApp
 from apinalytics.db import unix_us_timestamps
 from apinalytics.edition import Edition
 from apinalytics.ingest.decode import COLUMNS
-from apinalytics.rollups import ROLLUPS, Rollup, apache, community, rebuild
-from apinalytics.settings import Settings
+from apinalytics.rollups import ROLLUPS, Rollup, community, materializer, pending, rebuild
 
-from ..conftest import ALL_MODES, MakeSettings
+from ..conftest import ALL_MODES
 from ..dbs import Servers, run
 from ..helpers import (
-    assert_error,
+    catch_up,
     event,
     exact_us,
     histogram_bin,
@@ -137,8 +136,10 @@ async def held(db: asyncpg.Connection, relation: str, app: int | None = None) ->
 async def assert_rollups_match(
     db: asyncpg.Connection, sent: dict[int, list[dict[str, Any]]]
 ) -> None:
-    """Every rollup equals the oracle, app by app, and holds no other app's rows."""
+    """Every rollup equals the oracle, app by app, and holds no other app's rows, once
+    the materializer has caught up."""
     assert {r.relation for r in ROLLUPS} >= {"events_1m", "events_1h", *NARROW}
+    await catch_up(db)
     for rollup in ROLLUPS:
         want: Totals = {}
         for app, events in sent.items():
@@ -218,6 +219,7 @@ async def test_boundaries_land_in_their_buckets(
         for i, p in enumerate(BOUNDARIES)
     ]
     await post_accepted(client, app_keys, events)
+    await catch_up(db)
     for p in BOUNDARIES:
         _, minute, hour = p.values
         for relation, expected in (("events_1m", minute), ("events_1h", hour)):
@@ -281,63 +283,6 @@ async def test_back_dated_events_are_reflected_at_once(
     live = mixed_events(rng, 20, now - 30, 25)
     await post_accepted(client, app_keys, half_hour_ago + live)
     await assert_rollups_match(db, {app: recent + two_days_ago + half_hour_ago + live})
-
-
-@pytest.mark.parametrize("mode", ["community"], indirect=True)
-async def test_a_refresh_that_fails_after_commit_is_retried(
-    mode: str,
-    make_client: Callable[[Settings], Any],
-    make_settings: MakeSettings,
-    database_url: str,
-    app_keys: NewApp,
-    db: asyncpg.Connection,
-) -> None:
-    """The batch is stored: the answer says so (503 refresh_pending, not "nothing was
-    stored"), a retry with its Idempotency-Key stores nothing twice, and the rollups
-    catch up by themselves once the refresh can run."""
-    client: TestClient = await make_client(make_settings(statement_timeout_s=1.0))
-    rng = random.Random(11)
-    now = time.time()
-    app = await internal_id(db, app_keys)
-    await run_policies(db, mode)
-    recent = mixed_events(rng, 20, now - 3 * 3600, 3 * 3600 - 5)
-    await post_accepted(client, app_keys, recent)
-    await run_policies(db, mode)
-    back = mixed_events(rng, 10, now - 2 * 86400, 300)
-
-    # The minute rollup's materialization locked: its refresh waits, and times out.
-    materialized = await db.fetchval(
-        """
-        SELECT format('%I.%I', materialization_hypertable_schema, materialization_hypertable_name)
-        FROM timescaledb_information.continuous_aggregates WHERE view_name = 'events_1m'
-        """
-    )
-    locker = await asyncpg.connect(database_url)
-    try:
-        tx = locker.transaction()
-        await tx.start()
-        await locker.execute(f"LOCK TABLE {materialized} IN ACCESS EXCLUSIVE MODE")
-        headers = {**write_headers(app_keys), "Idempotency-Key": "back-1"}
-        resp = await client.post("/1/events/", json=back, headers=headers)
-        await assert_error(resp, 503, "refresh_pending", "were stored")
-        await tx.rollback()
-    finally:
-        await locker.close()
-    stored = await db.fetchval("SELECT count(*) FROM events WHERE app_id = $1", app)
-    assert stored == len(recent) + len(back)
-
-    again = await client.post("/1/events/", json=back, headers=headers)
-    assert again.status == 200 and await again.json() == {"accepted": len(back)}
-    assert await db.fetchval("SELECT count(*) FROM events WHERE app_id = $1", app) == stored
-
-    # The retry in the background (first after a second) materializes the events.
-    for _ in range(100):
-        try:
-            await assert_rollups_match(db, {app: recent + back})
-            break
-        except AssertionError:
-            await asyncio.sleep(0.2)
-    await assert_rollups_match(db, {app: recent + back})
 
 
 @all_modes
@@ -557,7 +502,7 @@ M = 60 * 1_000_000
     ],
 )
 def test_refresh_windows(buckets: list[int], limit: int, windows: list[tuple[int, int]]) -> None:
-    assert community._windows(buckets, M, limit) == windows
+    assert pending.coalesce(buckets, M, limit) == windows
 
 
 @pytest.mark.parametrize(
@@ -593,16 +538,23 @@ _events = st.lists(
 
 
 async def upkept(database_url: str, batches: list[list[tuple[Any, ...]]]) -> dict[str, Totals]:
-    """What the Apache-mode upkeep adds to the (empty) rollups for ``batches``, each
-    upkept in turn in one transaction, rolled back afterwards."""
+    """What the Apache-mode materializer makes of the (empty) rollups for ``batches``,
+    each stored with its pending stretches and materialized in turn, in one transaction
+    rolled back afterwards (the rows' app is the database's first: ``app_id`` 1)."""
     conn = await asyncpg.connect(database_url)
     try:
         await unix_us_timestamps(conn)
         tx = conn.transaction()
         await tx.start()
         try:
+            await conn.execute(
+                "INSERT INTO apps (id, public_id, name, write_key_digest, read_key_digest) "
+                "OVERRIDING SYSTEM VALUE VALUES (1, 'one', 'one', '', '')"
+            )
             for rows in batches:
-                await apache.upkeep(conn, rows)
+                await conn.copy_records_to_table("events", records=rows, columns=COLUMNS)
+                await pending.record(conn, {1: [r[0] for r in rows]})
+                assert (await materializer.catch_up_once(conn, Edition.APACHE)).ran
             # Read the buckets back as datetimes, as the oracle has them.
             await conn.reset_type_codec("timestamptz", schema="pg_catalog")
             return {r.relation: await held(conn, r.relation) for r in ROLLUPS}

@@ -1,1 +1,1 @@
-"""Event ingest: decoding and limits, validation, the atomic write, rollup upkeep."""
+"""Event ingest: decoding and limits, validation, the atomic write with its pending stretches."""

@@ -13,10 +13,9 @@ next writer to be free takes the queue (oldest first, at least one batch, up to
 3. claim each batch's Idempotency-Key, in (app, key) order; a batch whose key was
    claimed before, by a committed batch or by an earlier batch of this group (a retry
    of it), stores nothing and is answered with that batch's count;
-4. one COPY of the rows of every batch left, the Apache-mode rollup upkeep once for
-   all of them, COMMIT;
-5. Community edition: ``write.after_commit`` once for all of those rows, on the same
-   connection.
+4. one COPY of the rows of every batch left, their apps' pending stretches
+   (``rollups.pending``), COMMIT;
+5. ``on_commit`` (the materializer's wake-up), so the rollups catch up soon.
 
 Its connections come from the ingest pool, where rows carry their times as ints of
 UNIX microseconds (``db.unix_us_timestamps``).
@@ -25,8 +24,8 @@ Only then is every batch left answered. No timer collects batches: a group is wh
 queued while the writers were busy.
 
 Lock order. Every transaction that writes events takes its locks in phases: the apps'
-rows (shared, by id), then Idempotency-Keys (by app and key), then the rollups' rows
-(rollups in declaration order, keys sorted: ``rollups.apache.upkeep``).
+rows (shared, by id), then Idempotency-Keys (by app and key); no rollup row (the materializer keeps
+the rollups, ``rollups.materializer``).
 ``write.store`` is the one-batch case of the same order, so groups and lone batches,
 in one process or several, wait for each other but cannot deadlock.
 
@@ -37,12 +36,10 @@ rows cause in the database) is not every batch's fault: each batch not yet answe
 then written alone with ``write.store``, in order, and gets its own outcome. If the
 COMMIT itself fails, the batches are not written again (that could store them twice):
 they all get ``write.commit_failure``'s answer, as a lone batch would (a refused
-COMMIT's own error, or ``CommitOutcomeUnknown`` when the connection was lost). If the
-Community mode's refresh after COMMIT fails (the database went away, a statement timeout), the batches
-are stored but their back-dated events are not yet in the rollups: every batch stored
-gets ``RefreshPending`` (503, saying the events are stored; a retry with the same
-Idempotency-Key is answered with the stored count), and the refresh is retried in the
-background, with growing pauses, until it succeeds or the service stops.
+COMMIT's own error, or ``CommitOutcomeUnknown`` when the connection was lost). Nothing
+follows the COMMIT on the database: a batch answered 200 is stored and visible to
+every query (its pending stretches are read from raw events until the materializer
+has caught up).
 """
 
 from __future__ import annotations
@@ -50,24 +47,20 @@ from __future__ import annotations
 import asyncio
 import logging
 from collections import deque
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 
 import asyncpg
 from prometheus_client import Histogram
 
-from ..db import Database, mapped_errors
+from ..db import Database
 from ..edition import Edition
-from ..errors import DatabaseUnavailable, RefreshPending
+from ..errors import DatabaseUnavailable
 from . import write
 from .decode import Row
 from .write import Batch, CommitFailed, Stored, Written
 
 log = logging.getLogger(__name__)
-
-# Pauses between retries of a failed refresh after COMMIT: doubling, up to a minute.
-RETRY_FIRST_S = 1.0
-RETRY_MAX_S = 60.0
 
 
 @dataclass(eq=False)
@@ -98,6 +91,7 @@ class GroupWriter:
         max_events: int,
         writers: int,
         group_batches: Histogram,
+        on_commit: Callable[[], None] | None = None,
     ) -> None:
         self._db = db
         self._edition = edition
@@ -107,7 +101,7 @@ class GroupWriter:
         self._group_batches = group_batches
         self._queue: deque[_Batch] = deque()
         self._tasks: set[asyncio.Task[None]] = set()
-        self._retries: set[asyncio.Task[None]] = set()
+        self._on_commit = on_commit
 
     @property
     def queued(self) -> int:
@@ -125,14 +119,9 @@ class GroupWriter:
         return await future
 
     async def close(self) -> None:
-        """Wait until every batch submitted so far is written; stop retrying refreshes
-        (each logs the period it leaves unmaterialized: ``apinalytics rollups rebuild``
-        over it, or a later refresh covering it, materializes it)."""
+        """Wait until every batch submitted so far is written."""
         while self._tasks:
             await asyncio.gather(*self._tasks, return_exceptions=True)
-        for task in list(self._retries):
-            task.cancel()
-        await asyncio.gather(*self._retries, return_exceptions=True)
 
     def _start(self) -> None:
         while self._free and self._queue:
@@ -172,36 +161,30 @@ class GroupWriter:
 
         try:
             done: Written | None = None
-            after: Exception | None = None
             try:
                 async with self._db.connection() as conn:
                     done = await self._transaction(conn, group)
-                    # Committed: the next group may start while this one is answered.
-                    release()
-                    if done.rows:
-                        with mapped_errors(self._db.statement_timeout_s):
-                            await write.after_commit(conn, self._edition, done.rows)
+                # Committed: the next group may start while this one is answered.
+                release()
+                if done.rows and self._on_commit is not None:
+                    self._on_commit()
             except Exception as exc:
-                if done is not None:
-                    # After COMMIT: the rows are stored, the error is theirs.
-                    after = self._refresh_later(done.rows, exc) if done.rows else exc
-                elif isinstance(exc, (DatabaseUnavailable, CommitFailed)):
+                if isinstance(exc, (DatabaseUnavailable, CommitFailed)):
                     error = exc.answer if isinstance(exc, CommitFailed) else exc
                     for batch in group:
                         batch.answer(error)
                     return
-                else:
-                    log.warning(
-                        "group transaction failed; writing its batches alone",
-                        extra={"batches": len(group), "error": f"{type(exc).__name__}: {exc}"},
-                    )
-                    for batch in group:
-                        if not batch.future.done():
-                            batch.answer(await self._outcome(batch))
-                    return
+                log.warning(
+                    "group transaction failed; writing its batches alone",
+                    extra={"batches": len(group), "error": f"{type(exc).__name__}: {exc}"},
+                )
+                for batch in group:
+                    if not batch.future.done():
+                        batch.answer(await self._outcome(batch))
+                return
             assert done is not None
             for stored in done.stored:
-                _answer(stored, after or Stored(accepted=len(stored.rows), replay=False))
+                _answer(stored, Stored(accepted=len(stored.rows), replay=False))
             for replayed, original in done.replays:
                 _answer(replayed, Stored(accepted=original, replay=True))
         except BaseException as exc:
@@ -229,58 +212,17 @@ class GroupWriter:
             return exc
 
     async def _alone(self, app: int, rows: Sequence[Row], key: str | None) -> Stored:
-        try:
-            return await write.store(
-                self._db,
-                app,
-                rows,
-                edition=self._edition,
-                idempotency_key=key,
-                idempotency_ttl_s=self._ttl_s,
-            )
-        except write.AfterCommitFailed as exc:
-            raise self._refresh_later(exc.rows, exc.error) from exc
-
-    def _refresh_later(self, rows: Sequence[Row], error: Exception) -> RefreshPending:
-        """Retry the refresh after COMMIT of ``rows`` in the background; the answer for
-        the batches that hold them."""
-        log.error(
-            "refreshing the rollups after commit failed; retrying in the background",
-            extra={"events": len(rows), "error": f"{type(error).__name__}: {error}"},
+        stored = await write.store(
+            self._db,
+            app,
+            rows,
+            edition=self._edition,
+            idempotency_key=key,
+            idempotency_ttl_s=self._ttl_s,
         )
-        task = asyncio.create_task(self._retry_refresh(rows))
-        self._retries.add(task)
-        task.add_done_callback(self._retries.discard)
-        return RefreshPending()
-
-    async def _retry_refresh(self, rows: Sequence[Row]) -> None:
-        pause = RETRY_FIRST_S
-        while True:
-            try:
-                await asyncio.sleep(pause)
-            except asyncio.CancelledError:
-                times = [row[0] for row in rows]
-                log.error(
-                    "stopping with rollups not refreshed for back-dated events",
-                    extra={
-                        "events": len(rows),
-                        "from_us": min(times),
-                        "to_us": max(times),
-                    },
-                )
-                raise
-            try:
-                async with self._db.connection() as conn:
-                    await write.after_commit(conn, self._edition, rows)
-            except Exception as exc:
-                log.warning(
-                    "refreshing the rollups after commit failed again",
-                    extra={"events": len(rows), "error": f"{type(exc).__name__}: {exc}"},
-                )
-                pause = min(pause * 2, RETRY_MAX_S)
-            else:
-                log.info("rollups refreshed after an earlier failure", extra={"events": len(rows)})
-                return
+        if rows and not stored.replay and self._on_commit is not None:
+            self._on_commit()
+        return stored
 
 
 def _answer(batch: Batch, result: Stored | BaseException) -> None:

@@ -37,13 +37,12 @@ from opentelemetry.proto.collector.trace.v1.trace_service_pb2 import (
 
 from .. import auth
 from ..apps import KeyKind
-from ..errors import ApiError, RefreshPending, UserError
+from ..errors import ApiError, UserError
 from ..keys import INGEST, LIMITS, METRICS, SETTINGS
 from ..settings import Settings
 from . import decode
 from .handlers import idempotency_key, off_loop_if_big, outcome_counted, read_body
 from .otlp_spans import Converted, convert
-from .write import Stored
 
 log = logging.getLogger(__name__)
 
@@ -110,13 +109,6 @@ async def _post_traces(request: web.Request) -> web.Response:
             # reads inside its transaction (it stored nothing): rejected like any
             # other span that fails validation, and the others written again.
             batch.reject_past_horizon(exc)
-        except RefreshPending:
-            # Stored, with the rollups' refresh for back-dated events retried in the
-            # background. /1/events/ answers 503 refresh_pending; an OTLP exporter
-            # retries any 503, without an Idempotency-Key, and would store the spans
-            # twice: the answer is the 200 of stored spans.
-            result = Stored(accepted=len(batch.rows), replay=False)
-            break
     if batch.rejected:
         metrics.events_rejected.labels(reason="invalid_span").inc(len(batch.rejected))
     metrics.events_accepted.inc(result.stored)

@@ -1,5 +1,5 @@
-"""The write transaction: lock, claim keys, COPY, rollup upkeep, commit; then the
-work after commit. Written once (``transaction``, ``after_commit``) for every writer.
+"""The write transaction: lock, claim keys, COPY, record the pending stretches, commit.
+Written once (``transaction``) for every writer.
 
 The service's requests go through the group writer (``group.py``), which writes the
 batches that arrive together in one such transaction; ``store`` writes one batch
@@ -12,6 +12,12 @@ transaction, so a retry racing the first attempt waits for it and then sees it.
 Events older than the raw events' retention horizon are refused: they would be
 dropped at the next retention run, and on the Community edition they could never be
 refreshed into the rollups (a refresh over dropped raw data deletes rollup rows).
+
+Nothing about the rollups is done on the commit path in either edition: next to its
+COPY the transaction records which stretches of time of which apps it touched
+(``rollups.pending.record``), the materializer brings the rollups up to date there in
+the background (``rollups.materializer``), and until then queries read those
+stretches from raw events. Every answer stays exact once the batch is answered 200.
 """
 
 from __future__ import annotations
@@ -26,7 +32,7 @@ from .. import retention
 from ..db import Database, connection_lost, mapped_errors, timed
 from ..edition import Edition
 from ..errors import CommitOutcomeUnknown, Unauthorized, UserError
-from ..rollups import apache, community
+from ..rollups import pending
 from ..rollups.declared import RAW
 from .decode import COLUMNS, Row, earliest_us, horizon_us, past_horizon
 
@@ -74,16 +80,6 @@ CLAIMED_COUNT = "SELECT accepted FROM idempotency_keys WHERE app_id = $1 AND key
 
 # The answer for a batch whose app was deleted after its request authenticated.
 UNKNOWN_APP = "Unknown Application ID or wrong key."
-
-
-class AfterCommitFailed(Exception):
-    """The batch is committed; the rollup refresh that follows COMMIT failed with
-    ``error`` (the caller answers and retries it: ``GroupWriter``)."""
-
-    def __init__(self, rows: Sequence[Row], error: Exception) -> None:
-        super().__init__(str(error))
-        self.rows = rows
-        self.error = error
 
 
 def commit_failure(exc: Exception) -> Exception:
@@ -143,11 +139,11 @@ async def transaction(
 ) -> Written:
     """Write ``batches`` in one transaction: lock their apps (refusing the batches of
     a deleted app or past the raw horizon), claim their Idempotency-Keys, COPY the
-    rows of the batches left, keep the Apache edition's rollups, COMMIT.
+    rows of the batches left, record their apps' pending stretches, COMMIT.
 
     The lock order of every transaction that writes events: the apps' rows (shared, by
-    id), then Idempotency-Keys (by app and key), then the rollups' rows
-    (``rollups.apache.upkeep``). Raises ``CommitFailed`` if the COMMIT fails; any
+    id), then Idempotency-Keys (by app and key); no rollup row is locked (the
+    materializer writes those). Raises ``CommitFailed`` if the COMMIT fails; any
     other failure stored nothing. Driver errors come mapped (``db.mapped_errors``).
     ``on_refused`` hears of each refused batch at once (they are in ``refused`` too).
     """
@@ -164,8 +160,10 @@ async def transaction(
                         conn.copy_records_to_table, records=written.rows, columns=COLUMNS
                     )
                     await timed(copy, "events", (), "copy events")
-                    if edition.upkeep_in_transaction:
-                        await apache.upkeep(conn, written.rows)
+                    touched: dict[int, list[int]] = {}
+                    for b in written.stored:
+                        touched.setdefault(b.app, []).extend(row[0] for row in b.rows)
+                    await pending.record(conn, touched)
                 committing = True
     except Exception as exc:
         if committing:
@@ -228,13 +226,6 @@ def _key_order(batch: Batch) -> tuple[int, str]:
     return (batch.app, batch.key or "")
 
 
-async def after_commit(conn: asyncpg.Connection, edition: Edition, rows: Sequence[Row]) -> None:
-    """The work after COMMIT: the Community edition refreshes back-dated events into
-    the continuous aggregates, on the connection that committed them."""
-    if edition.refresh_after_commit and rows:
-        await community.after_commit(conn, rows)
-
-
 async def store(
     db: Database,
     app: int,
@@ -265,11 +256,6 @@ async def store(
             raise error
         for _, original in written.replays:
             return Stored(accepted=original, replay=True)
-        if rows:
-            try:
-                await after_commit(conn, edition, rows)
-            except Exception as exc:
-                raise AfterCommitFailed(rows, exc) from exc
     return Stored(accepted=len(rows), replay=False)
 
 

@@ -1,7 +1,9 @@
 """The rollup-aware planner: which relation answers which part of the range.
 
 A pure function over declared data (``rollups.ROLLUPS`` and ``rollups.RAW``): no I/O,
-no clock (``now`` is passed in).
+no clock (``now`` is passed in); the retention horizons and the app's pending
+stretches (``rollups.pending``) are passed in too, read in one round trip by
+``execute.py``.
 """
 
 from __future__ import annotations
@@ -12,6 +14,7 @@ from dataclasses import dataclass, field, replace
 from ..errors import Gone
 from ..measures import VALUE
 from ..rollups import RAW, ROLLUPS, Rollup
+from ..rollups.pending import join
 from .model import Query
 
 
@@ -58,6 +61,7 @@ def plan(
     *,
     rollups: Sequence[Rollup] = ROLLUPS,
     force_raw: bool = False,
+    pending: Sequence[tuple[float, float]] = (),
 ) -> Plan:
     """Pick, for each part of ``[query.start, query.end)``, the coarsest exact source.
 
@@ -69,24 +73,28 @@ def plan(
        (``precision=approximate``) are read from the histogram rollups, and only
        from them; nothing else reads a histogram rollup. If no histogram rollup
        answers any part, the answer is exact, from raw events.
-    3. Candidate rollups are those whose dimensions cover every field the query groups
+    3. The app's pending stretches (``pending``: ``[start, end)`` in UNIX seconds,
+       whole hours, where the materializer has not caught up with the raw events yet)
+       are read from raw events, from the raw horizon on: the rollups may not hold
+       their events yet. Only the rest of the range goes on to the rollups.
+    4. Candidate rollups are those whose dimensions cover every field the query groups
        or filters by (url and ``data.*`` are in none, so those go to raw events; an
        ``error_rate`` needs ``status_code``), and whose bucket width divides the query's buckets (width and origin are multiples
        of the rollup's width; the whole range as one bucket is divided by any width).
        No candidate: raw events only.
-    4. Candidates are tried coarsest first, the narrowest (fewest dimensions) first
+    5. Candidates are tried coarsest first, the narrowest (fewest dimensions) first
        among equally wide ones. The coarsest reads the largest stretch of its
        whole buckets inside the range, from its retention horizon on; what is left
        on either side (ragged edges, or data older than its horizon) goes to the next
        finer candidate, and what no rollup covers to raw events.
-    5. Raw events are never read before their horizon: a part that only raw events
+    6. Raw events are never read before their horizon: a part that only raw events
        could answer there (a ragged edge, a percentile, url or data, a granularity
        finer than the rollups) is ``Gone`` (410).
 
     ``horizons`` maps a relation to the UNIX time from which its data is complete;
     None or a missing relation means complete.
 
-    Finally each part says whether its rows already are the answer's points and
+    Adjacent raw parts are joined into one. Finally each part says whether its rows already are the answer's points and
     whether they need re-bucketing, and the plan whether its parts are merged.
     """
     histogram = query.approximate and query.aggregation.approximable
@@ -95,7 +103,7 @@ def plan(
         return _decided(query, parts, (RAW,))
     candidates = _candidates(query, rollups, histogram=histogram)
     ctx = _Context(query, now, horizons, rollups)
-    parts = tuple(_cover(query.start, query.end, candidates, ctx))
+    parts = _joined(_around_pending(query.start, query.end, pending, candidates, ctx))
     used_sources = {p.source for p in parts}
     order = [r.relation for r in candidates] + [RAW]
     chosen = _decided(query, parts, tuple(s for s in order if s in used_sources))
@@ -155,6 +163,43 @@ class _Context:
     now: float
     horizons: Mapping[str, float | None]
     rollups: Sequence[Rollup]
+
+
+def _around_pending(
+    start: int,
+    end: int,
+    pending: Sequence[tuple[float, float]],
+    candidates: Sequence[Rollup],
+    ctx: _Context,
+) -> list[Part]:
+    """Raw parts for the pending stretches inside ``[start, end)`` (from the raw
+    horizon on), the candidates' cover for the rest."""
+    horizon = ctx.horizons.get(RAW)
+    floor = start if horizon is None else max(start, _ceil(horizon, 1))
+    inside = join(
+        (max(int(s), floor), min(int(-(-e // 1)), end))
+        for s, e in pending
+        if max(int(s), floor) < min(int(-(-e // 1)), end)
+    )
+    parts: list[Part] = []
+    cursor = start
+    for s, e in inside:
+        parts.extend(_cover(cursor, s, candidates, ctx))
+        parts.extend(_raw(s, e, ctx))
+        cursor = e
+    parts.extend(_cover(cursor, end, candidates, ctx))
+    return parts
+
+
+def _joined(parts: Sequence[Part]) -> tuple[Part, ...]:
+    """Adjacent raw parts as one."""
+    out: list[Part] = []
+    for p in parts:
+        if out and p.source == RAW and out[-1].source == RAW and out[-1].end == p.start:
+            out[-1] = Part(RAW, out[-1].start, p.end)
+        else:
+            out.append(p)
+    return tuple(out)
 
 
 def _cover(start: int, end: int, candidates: Sequence[Rollup], ctx: _Context) -> list[Part]:

@@ -1,14 +1,19 @@
-"""Community edition: refreshing back-dated events into the continuous aggregates.
+"""Community edition: refreshing the pending stretches into the continuous aggregates.
 
 The rollups are continuous aggregates with real-time aggregation, so events above an
 aggregate's invalidation threshold are read from its source at query time. Events
-below it (back-dated, or late by more than the policy's end_offset) would stay
-invisible until a refresh covers them, so ``after_commit`` refreshes exactly their
-buckets, each rollup after the one it is built from (minute, hour, the narrow hour
-ones, the per-app minute one; refreshes do not cascade), before the request is
-answered, and never a bucket that reaches above its source's own threshold.
-Refresh windows never reach below the source's retention horizon: a refresh over a
-range whose source chunks were dropped deletes the rollup rows there.
+below it (back-dated, or late by more than the policy's end_offset) stay in
+TimescaleDB's invalidation log until a refresh covers them. The materializer
+(``materializer.py``) hands ``refresh_stretches`` the coalesced pending stretches of
+every app (a refresh re-materializes a window for all apps at once); it refreshes the
+buckets of them that lie below each aggregate's threshold, each rollup after the one
+it is built from (minute, hour, the narrow hour ones, the per-app minute one;
+refreshes do not cascade), and never a bucket that reaches above its source's own
+threshold. Refresh windows never reach below the source's retention horizon: a
+refresh over a range whose source chunks were dropped deletes the rollup rows there.
+
+``refresh_continuous_aggregate`` cannot run inside a transaction block: each call is
+its own statement on a connection outside any transaction.
 
 See docs/rollups.md.
 """
@@ -23,73 +28,55 @@ import asyncpg
 
 from .. import retention
 from ..db import timed
-from ..ingest.decode import Row, earliest_us
 from .declared import RAW, ROLLUPS, Rollup
 
 _US = 1_000_000
 
-# A batch whose back-dated events fall into many separate stretches is refreshed in at
-# most this many windows: the smallest gaps between stretches are closed first. Each
-# refresh costs a few milliseconds even when small, and the gaps are invalidated
-# anyway (TimescaleDB records one [earliest, latest] range per transaction).
+# The pending stretches of one run are refreshed in at most this many windows: the
+# smallest gaps between them are closed first. Each refresh costs a few milliseconds
+# even when small, and its cost grows with every app's data in the window, so a few
+# wide windows beat many narrow ones (TimescaleDB only re-materializes the ranges its
+# invalidation log names inside a window).
 MAX_REFRESH_WINDOWS = 8
 
 
-async def after_commit(conn: asyncpg.Connection, rows: Sequence[Row]) -> None:
-    """Refresh the buckets of events that real-time aggregation misses.
+async def refresh_stretches(conn: asyncpg.Connection, stretches: Sequence[tuple[int, int]]) -> int:
+    """Refresh, rollup by rollup (each after its source), the buckets of ``stretches``
+    (sorted, disjoint ``[start, end)`` in UNIX seconds, whole hours) that lie below the
+    rollup's invalidation threshold, clamped to its source's horizon. Returns the
+    number of refresh calls made.
 
-    ``conn`` is an ingest connection (``db.unix_us_timestamps``), the one that just
-    committed the rows: no second connection is taken for this.
-    """
-    if not rows:
-        return
-    await refresh_behind_threshold(conn, rows)
-
-
-async def refresh_behind_threshold(conn: asyncpg.Connection, rows: Sequence[Row]) -> None:
-    """Refresh, rollup by rollup (each after its source), the buckets of ``rows`` that
-    lie below the rollup's invalidation threshold, clamped to its source's horizon.
-
-    Events at or above the threshold need nothing: real-time aggregation reads them
+    Buckets at or above the threshold need nothing: real-time aggregation reads them
     now, and whichever refresh later moves the threshold past them materializes them.
-    The thresholds are read after the commit, and each again after its source rollup's
-    refresh, so a policy run that moves one concurrently cannot slip between. A batch
-    whose earliest event is at or above a threshold needs nothing from that rollup.
+    Each rollup's threshold is read after its source rollup's refresh, so a policy run
+    that moves one concurrently cannot slip between.
     """
-    # Live traffic lies above every threshold: the earliest event alone shows that, with
-    # one read of every threshold, so the per-event work (and reading the horizons) is
-    # only done for batches that reach below one.
-    earliest = earliest_us(rows)
-    first = await _thresholds_us(conn)
-    if all(_above(earliest, r, first.get(r.relation)) for r in ROLLUPS):
-        return
-    times: list[int] | None = None
+    if not stretches:
+        return 0
+    calls = 0
     horizons: dict[str, float | None] | None = None
     for rollup in ROLLUPS:
         threshold = (await _thresholds_us(conn, [rollup])).get(rollup.relation)
-        if threshold is None or _above(earliest, rollup, threshold):
+        if threshold is None:
             continue
         width = rollup.width_s * _US
-        if times is None:
-            times = sorted({row[0] for row in rows})
-        if horizons is None:
-            horizons = await retention.horizons(conn)
-        # Never the current bucket: an hour aggregate on raw events (the histograms)
-        # would move the raw threshold it shares with events_1m past the clock; the
-        # current bucket lies above every aggregate's watermark, read in real time.
+        # Buckets whose start lies below the threshold, whole, and never the current
+        # bucket: an hour aggregate on raw events (the histograms) would move the raw
+        # threshold it shares with events_1m past the clock; the current bucket lies
+        # above every aggregate's watermark, read in real time.
+        below = -(-threshold // width) * width
         current = int(time.time() * _US) // width * width
-        buckets = sorted({b for us in times if (b := us - us % width) < threshold and b < current})
-        for start, end in _windows(buckets, width, MAX_REFRESH_WINDOWS):
+        for start_s, end_s in stretches:
+            start, end = start_s * _US, min(end_s * _US, below, current)
+            if start >= end:
+                continue
+            if horizons is None:
+                horizons = await retention.horizons(conn)
             window = _clamp(start, end, width, horizons.get(rollup.built_from))
             if window:
                 await refresh(conn, rollup, window[0] // _US, window[1] // _US)
-
-
-def _above(earliest_us: int, rollup: Rollup, threshold: int | None) -> bool:
-    """Whether events from ``earliest_us`` on need no refresh of ``rollup``: its
-    bucket starts at or above the threshold, or nothing is materialized yet."""
-    width = rollup.width_s * _US
-    return threshold is None or earliest_us - earliest_us % width >= threshold
+                calls += 1
+    return calls
 
 
 # Per continuous aggregate, in UNIX microseconds: its invalidation threshold, and for
@@ -151,30 +138,6 @@ async def _thresholds_us(
                 us = min(us, int(source) - int(source) % width)
         out[r["relation"]] = us
     return out
-
-
-def _windows(buckets: Sequence[int], width: int, limit: int) -> list[tuple[int, int]]:
-    """Sorted bucket starts as at most ``limit`` [start, end) windows, joining
-    adjacent buckets and then closing the smallest gaps."""
-    if not buckets:
-        return []
-    runs: list[list[int]] = []
-    for b in buckets:
-        if runs and runs[-1][1] == b:
-            runs[-1][1] = b + width
-        else:
-            runs.append([b, b + width])
-    if len(runs) > limit:
-        gaps = sorted(range(len(runs) - 1), key=lambda i: runs[i + 1][0] - runs[i][1])
-        close = set(gaps[: len(runs) - limit])
-        merged: list[list[int]] = [runs[0]]
-        for i in range(1, len(runs)):
-            if i - 1 in close:
-                merged[-1][1] = runs[i][1]
-            else:
-                merged.append(runs[i])
-        runs = merged
-    return [(s, e) for s, e in runs]
 
 
 def _clamp(start: int, end: int, width: int, horizon: float | None) -> tuple[int, int] | None:

@@ -52,7 +52,7 @@ async def rebuild(
     (start == end: nothing).
 
     Apache: per day, in one transaction that first locks every rollup table against
-    the ingest path's upserts (batches wait, then add to the rebuilt rows), delete the
+    the materializer (the two take turns; neither writes events), delete the
     slice and insert it aggregated from each rollup's source, in declaration order
     (minute from ``events``, hour from ``events_1m``, the narrow hour ones from
     ``events_1h``, the per-app minute one from ``events_1m``). Community: per day,
@@ -140,7 +140,9 @@ def _parts(
     return out
 
 
-def _rebuild_sql(rollup: Rollup) -> str:
+def rebuild_sql(rollup: Rollup, *, per_app: bool = False) -> str:
+    """The INSERT of ``rollup``'s rows for ``[$1, $2)`` (UNIX seconds) aggregated from
+    its source; with ``per_app``, of app ``$3`` only (the materializer's)."""
     # A rollup per app alone has no dimension columns.
     dims = "".join(f"{d}, " for d in rollup.groups)
     exprs = rollup.group_exprs()
@@ -158,11 +160,21 @@ def _rebuild_sql(rollup: Rollup) -> str:
         SELECT {bucket}, app_id, {"".join(f"{e}, " for e in exprs)}{measures}
         FROM {rollup.built_from}
         WHERE {source_time} >= to_timestamp($1::bigint) AND {source_time} < to_timestamp($2::bigint)
+            {"AND app_id = $3::integer" if per_app else ""}
         GROUP BY {bucket}, app_id{"".join(f", {e}" for e in exprs)}
     """
 
 
-_REBUILD = {r.relation: _rebuild_sql(r) for r in ROLLUPS}
+def delete_sql(rollup: Rollup, *, per_app: bool = False) -> str:
+    """The DELETE of ``rollup``'s rows for ``[$1, $2)``; with ``per_app``, of app ``$3``."""
+    return (
+        f"DELETE FROM {rollup.relation} "
+        "WHERE bucket >= to_timestamp($1::bigint) AND bucket < to_timestamp($2::bigint)"
+        + (" AND app_id = $3::integer" if per_app else "")
+    )
+
+
+_REBUILD = {r.relation: rebuild_sql(r) for r in ROLLUPS}
 
 
 async def _rebuild_tables(
@@ -171,10 +183,9 @@ async def _rebuild_tables(
     relations = ", ".join(r.relation for r in ROLLUPS)
     async with conn.transaction():
         await db.execute(conn, "no statement timeout", "SET LOCAL statement_timeout = 0")
-        # SHARE ROW EXCLUSIVE conflicts with the upserts' ROW EXCLUSIVE: batches that
-        # already upserted have committed once we hold it, so the aggregate below sees
-        # their events; batches after it wait and add to the rebuilt rows. Ingest
-        # locks events before the rollups and this never writes events: no deadlock.
+        # SHARE ROW EXCLUSIVE conflicts with the materializer's ROW EXCLUSIVE: the two
+        # take turns. Batches committed meanwhile keep their pending stretches, which
+        # the materializer re-aggregates after this (from the same raw events).
         await db.execute(
             conn, "lock rollups", f"LOCK TABLE {relations} IN SHARE ROW EXCLUSIVE MODE"
         )
@@ -183,8 +194,7 @@ async def _rebuild_tables(
             bounds = (a, b)
             await timed(
                 conn.execute,
-                f"DELETE FROM {rollup.relation} "
-                "WHERE bucket >= to_timestamp($1::bigint) AND bucket < to_timestamp($2::bigint)",
+                delete_sql(rollup),
                 bounds,
                 f"rebuild delete {rollup.relation}",
             )
