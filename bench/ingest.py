@@ -57,7 +57,6 @@ import asyncpg
 
 from apinalytics import apps, localdb, migrate
 from apinalytics.db import Database, unix_us_timestamps
-from apinalytics.edition import Edition
 from apinalytics.ingest import decode, write
 from apinalytics.rollups import ROLLUPS, rebuild
 from apinalytics.settings import Settings
@@ -204,10 +203,8 @@ async def bench_mode(mode: str, args: argparse.Namespace) -> None:
             for r in range(args.rounds):
                 print(f"[{mode}] round {r + 1}/{args.rounds}", flush=True)
                 await record("copy_all", lambda: _copy_all(c.dsn, rows))
-                await record("store_1000_seq", lambda: _store(c.dsn, batches, mode, 1))
-                await record(
-                    "store_1000_c16", lambda: _store(c.dsn, batches, mode, args.concurrency)
-                )
+                await record("store_1000_seq", lambda: _store(c.dsn, batches, 1))
+                await record("store_1000_c16", lambda: _store(c.dsn, batches, args.concurrency))
                 # Every other round the other way round: no configuration always goes first.
                 in_turn = services if r % 2 == 0 else services[::-1]
                 for spec, server, url in in_turn:
@@ -407,7 +404,7 @@ async def _copy_all(dsn: str, rows: Sequence[decode.Row]) -> float:
         await conn.close()
 
 
-async def _store(dsn: str, batches: Sequence[Sequence[decode.Row]], mode: str, conc: int) -> float:
+async def _store(dsn: str, batches: Sequence[Sequence[decode.Row]], conc: int) -> float:
     """The service's write path without HTTP: ``write.store`` per batch (one transaction
     each: COPY plus its pending stretches), on ``conc`` connections."""
     pool = await asyncpg.create_pool(dsn, min_size=conc, max_size=conc, init=unix_us_timestamps)
@@ -417,9 +414,7 @@ async def _store(dsn: str, batches: Sequence[Sequence[decode.Row]], mode: str, c
     async def worker() -> None:
         for b in it:
             # The rows carry their app's internal id; store share-locks that app's row.
-            await write.store(
-                db, b[0][1], b, edition=Edition(mode), idempotency_key=None, idempotency_ttl_s=60
-            )
+            await write.store(db, b[0][1], b, idempotency_key=None, idempotency_ttl_s=60)
 
     try:
         t = time.perf_counter()

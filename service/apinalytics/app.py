@@ -208,7 +208,6 @@ async def _ingest_writer(app: web.Application) -> AsyncIterator[None]:
     settings = app[SETTINGS]
     writer = GroupWriter(
         app[INGEST_DB],
-        edition=app[EDITION],
         idempotency_ttl_s=settings.idempotency_ttl_s,
         max_events=settings.ingest_group_max_events,
         writers=settings.ingest_writers,

@@ -54,7 +54,6 @@ import asyncpg
 from prometheus_client import Histogram
 
 from ..db import Database
-from ..edition import Edition
 from ..errors import DatabaseUnavailable
 from . import write
 from .decode import Row
@@ -86,7 +85,6 @@ class GroupWriter:
         self,
         db: Database,
         *,
-        edition: Edition,
         idempotency_ttl_s: int,
         max_events: int,
         writers: int,
@@ -94,7 +92,6 @@ class GroupWriter:
         on_commit: Callable[[], None] | None = None,
     ) -> None:
         self._db = db
-        self._edition = edition
         self._ttl_s = idempotency_ttl_s
         self._max_events = max_events
         self._free = writers
@@ -197,7 +194,6 @@ class GroupWriter:
     async def _transaction(self, conn: asyncpg.Connection, group: list[_Batch]) -> Written:
         return await write.transaction(
             conn,
-            self._edition,
             group,
             idempotency_ttl_s=self._ttl_s,
             timeout_s=self._db.statement_timeout_s,
@@ -216,7 +212,6 @@ class GroupWriter:
             self._db,
             app,
             rows,
-            edition=self._edition,
             idempotency_key=key,
             idempotency_ttl_s=self._ttl_s,
         )

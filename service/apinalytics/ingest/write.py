@@ -30,7 +30,6 @@ import asyncpg
 
 from .. import retention
 from ..db import Database, connection_lost, mapped_errors, timed
-from ..edition import Edition
 from ..errors import CommitOutcomeUnknown, Unauthorized, UserError
 from ..rollups import pending
 from ..rollups.declared import RAW
@@ -130,7 +129,6 @@ class Written:
 
 async def transaction(
     conn: asyncpg.Connection,
-    edition: Edition,
     batches: Sequence[Batch],
     *,
     idempotency_ttl_s: int,
@@ -231,7 +229,6 @@ async def store(
     app: int,
     rows: Sequence[Row],
     *,
-    edition: Edition,
     idempotency_key: str | None,
     idempotency_ttl_s: int,
 ) -> Stored:
@@ -245,7 +242,6 @@ async def store(
         try:
             written = await transaction(
                 conn,
-                edition,
                 [batch],
                 idempotency_ttl_s=idempotency_ttl_s,
                 timeout_s=db.statement_timeout_s,
