@@ -23,7 +23,7 @@ import os
 import shutil
 import subprocess
 import tempfile
-from collections.abc import Iterator
+from collections.abc import AsyncIterator, Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from urllib.parse import urlsplit, urlunsplit
@@ -128,6 +128,29 @@ class Server:
 
     def dsn(self, database: str) -> str:
         return with_database(self.admin_dsn, database)
+
+    @contextlib.asynccontextmanager
+    async def older_schema(
+        self, name: str, directory: Path, keep: Callable[[int], bool]
+    ) -> AsyncIterator[str]:
+        """A new database ``name`` migrated with only the migrations whose number
+        ``keep`` accepts (copied into ``directory``): the schema an upgrade starts
+        from. Yields its DSN; dropped at the end."""
+        admin = await asyncpg.connect(self.admin_dsn)
+        try:
+            await _drop(admin, name)
+            await admin.execute(f"CREATE DATABASE {name}")
+        finally:
+            await admin.close()
+        directory.mkdir()
+        for path in migrate.migrations_dir().glob("*.sql"):
+            if keep(int(path.name[:4])):
+                shutil.copy(path, directory / path.name)
+        try:
+            await migrate.migrate(self.dsn(name), directory)
+            yield self.dsn(name)
+        finally:
+            await self._drop(name)
 
 
 async def _kick(conn: asyncpg.Connection, database: str) -> None:

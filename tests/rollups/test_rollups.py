@@ -20,7 +20,6 @@ from __future__ import annotations
 import asyncio
 import os
 import random
-import shutil
 import subprocess
 import sys
 import time
@@ -662,22 +661,10 @@ async def test_migration_brings_narrow_rollups_to_an_existing_database(
     """A database migrated up to an older migration, with data and a retention of the
     rollup the new ones are built from, gets the narrow rollups with that rollup's data
     (Apache: copied; Community: real-time from it until refreshed) and its retention."""
-    server = servers.servers[mode]
     name = f"upgrade_{os.getpid()}_{mode}"
-    admin = await asyncpg.connect(server.admin_dsn)
-    try:
-        await admin.execute(f"DROP DATABASE IF EXISTS {name}")
-        await admin.execute(f"CREATE DATABASE {name}")
-    finally:
-        await admin.close()
-    older = tmp_path / "migrations"
-    older.mkdir()
-    for path in migrate.migrations_dir().glob("*.sql"):
-        if int(path.name[:4]) <= before:
-            shutil.copy(path, older / path.name)
-    try:
-        await migrate.migrate(server.dsn(name), older)
-        conn = await asyncpg.connect(server.dsn(name))
+    older = servers.servers[mode].older_schema(name, tmp_path / "migrations", lambda n: n <= before)
+    async with older as dsn:
+        conn = await asyncpg.connect(dsn)
         try:
             app = await conn.fetchval(
                 "INSERT INTO apps (public_id, name, write_key_digest, read_key_digest) "
@@ -712,9 +699,9 @@ async def test_migration_brings_narrow_rollups_to_an_existing_database(
         finally:
             await conn.close()
 
-        result = await migrate.migrate(server.dsn(name))
+        result = await migrate.migrate(dsn)
         assert result.applied[0] == f"{migration}.{mode}.sql"
-        conn = await asyncpg.connect(server.dsn(name))
+        conn = await asyncpg.connect(dsn)
         try:
             for relation in added:
                 got = await held(conn, relation, app)
@@ -726,12 +713,6 @@ async def test_migration_brings_narrow_rollups_to_an_existing_database(
                 assert {r: jobs[r].drop_after_s for r in added} == dict.fromkeys(added, 30 * 86400)
         finally:
             await conn.close()
-    finally:
-        admin = await asyncpg.connect(server.admin_dsn)
-        try:
-            await admin.execute(f"DROP DATABASE IF EXISTS {name} WITH (FORCE)")
-        finally:
-            await admin.close()
 
 
 @all_modes

@@ -6,7 +6,6 @@ from __future__ import annotations
 import asyncio
 import os
 import random
-import shutil
 import sys
 import time
 from datetime import UTC, datetime, timedelta
@@ -170,23 +169,10 @@ async def test_an_upgrade_with_data_keeps_every_answer(
     """A database with every migration but ``0008_rollup_pending``, holding events and
     their rollups, migrated: every answer equals the oracle (nothing is pending, so
     the rollups answer), and a batch stored after the upgrade is answered too."""
-    server = servers.servers[mode]
     name = f"upkeep_upgrade_{os.getpid()}_{mode}"
-    admin = await asyncpg.connect(server.admin_dsn)
-    try:
-        await admin.execute(f"DROP DATABASE IF EXISTS {name}")
-        await admin.execute(f"CREATE DATABASE {name}")
-    finally:
-        await admin.close()
-    older = tmp_path / "migrations"
-    older.mkdir()
-    for path in migrate.migrations_dir().glob("*.sql"):
-        # Every migration but this one (later ones, like 0009, came first on main).
-        if int(path.name[:4]) != 8:
-            shutil.copy(path, older / path.name)
-    dsn = server.dsn(name)
-    try:
-        await migrate.migrate(dsn, older)
+    # Every migration but this one (later ones, like 0009, came first on main).
+    older = servers.servers[mode].older_schema(name, tmp_path / "migrations", lambda n: n != 8)
+    async with older as dsn:
         conn = await asyncpg.connect(dsn)
         try:
             keys = await apps.create(conn, "upgrade")
@@ -210,9 +196,3 @@ async def test_an_upgrade_with_data_keeps_every_answer(
         await post(client, keys, more)
         await check(client, keys, evs + more, month_panels(now))
         await client.close()
-    finally:
-        admin = await asyncpg.connect(server.admin_dsn)
-        try:
-            await admin.execute(f"DROP DATABASE IF EXISTS {name} WITH (FORCE)")
-        finally:
-            await admin.close()
