@@ -23,6 +23,7 @@ from . import (
     protocol,
     security,
 )
+from . import replica as read_replica
 from .db import Database, create_pool, serial_plans, unix_us_timestamps
 from .edition import Edition
 from .ingest import handlers as ingest
@@ -38,6 +39,7 @@ from .keys import (
     LIMITS,
     MATERIALIZER,
     METRICS,
+    READS,
     SETTINGS,
 )
 from .limits import Limits
@@ -107,6 +109,7 @@ def create_app(settings: Settings, *, run_migrations: bool = True) -> web.Applic
     app[LIMITS] = Limits(settings)
     app.on_startup.append(_log_event_loop)
     app.cleanup_ctx.append(_database(run_migrations))
+    app.cleanup_ctx.append(_reads)
     app.cleanup_ctx.append(_materializer)
     app.cleanup_ctx.append(_ingest_writer)
     app.cleanup_ctx.append(_decoder)
@@ -201,6 +204,46 @@ def _database(run_migrations: bool) -> Callable[[web.Application], AsyncIterator
         # The embedded cluster keeps running: the next `serve` reuses it.
 
     return ctx
+
+
+async def _reads(app: web.Application) -> AsyncIterator[None]:
+    """Where queries and exports read (``replica.py``): the read replica's pool and
+    the task measuring its lag, when one is configured; else the primary's pool."""
+    settings = app[SETTINGS]
+    url = settings.read_database_url
+    if not url:
+        app[READS] = read_replica.Reads(app[DB], app[METRICS])
+        yield
+        return
+    pool = await create_pool(
+        url,
+        max_size=settings.db_pool_max,
+        statement_timeout_s=settings.statement_timeout_s,
+        connect_timeout_s=settings.db_connect_timeout_s,
+        init=serial_plans,
+    )
+    monitor = read_replica.Monitor(
+        app[DSN],
+        url,
+        app[METRICS],
+        interval_s=settings.read_lag_interval_s,
+        connect_timeout_s=settings.db_connect_timeout_s,
+    )
+    app[READS] = read_replica.Reads(
+        app[DB],
+        app[METRICS],
+        replica=Database(
+            pool, settings.statement_timeout_s, settings.db_connect_timeout_s, settings.busy_wait_s
+        ),
+        monitor=monitor,
+        max_lag_s=settings.read_max_lag_s,
+    )
+    task = asyncio.create_task(monitor.run_forever())
+    yield
+    task.cancel()
+    with contextlib.suppress(asyncio.CancelledError):
+        await task
+    await pool.close()
 
 
 async def _ingest_writer(app: web.Application) -> AsyncIterator[None]:

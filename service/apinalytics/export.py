@@ -24,13 +24,14 @@ from typing import Any
 import asyncpg
 from aiohttp import web
 
-from . import auth, limits, retention
+from . import auth, limits, replica, retention
 from .apps import KeyKind
-from .db import timed
+from .db import Database, timed
 from .errors import ApiError, Gone, InvalidQuery
-from .keys import DB, LIMITS, SETTINGS
+from .keys import LIMITS, READS, SETTINGS
 from .query import params
 from .query.sql import Params, filters
+from .replica import Source
 from .rollups.declared import RAW
 from .schema import API_FIELDS, Encoding
 
@@ -185,16 +186,41 @@ async def _export(request: web.Request, app: int) -> web.StreamResponse:
         )
     )
     fmt = negotiate(request)
-    encode = ENCODERS[fmt]
     text, args = statement(app, start, end, includes)
+    reads = request.app[READS]
+    db, source = reads.choose(replica.consistency(request))
+    try:
+        return await _stream(request, db, source, start, (text, args), fmt)
+    except Exception as exc:
+        # Nothing has gone out yet (``_stream`` ends the response itself once it has):
+        # the primary can still answer the whole export.
+        if not reads.fall_back(source, exc):
+            raise
+    return await _stream(request, reads.primary, Source.PRIMARY, start, (text, args), fmt)
+
+
+async def _stream(
+    request: web.Request,
+    db: Database,
+    source: Source,
+    start: int,
+    select: tuple[str, list[object]],
+    fmt: str,
+) -> web.StreamResponse:
+    """The export read on ``db``: errors before the first byte propagate (a JSON
+    error, or the primary reads it instead); after it, the connection is closed."""
+    encode = ENCODERS[fmt]
+    text, args = select
+    end = request.match_info["end"]
     resp = web.StreamResponse(
         headers={
             "Content-Type": f"{FORMATS[fmt]}; charset=utf-8",
             "Content-Disposition": f'attachment; filename="events-{start}-{end}.{fmt}"',
+            replica.READ_FROM_HEADER: source.value,
         }
     )
     try:
-        async with request.app[DB].transaction() as conn:
+        async with db.transaction() as conn:
             _check_retention(start, (await retention.horizons(conn)).get(RAW))
             cursor = await timed(conn.cursor, text, args, "export")
             # The first batch is read before the headers go out, so the errors most
@@ -209,8 +235,10 @@ async def _export(request: web.Request, app: int) -> web.StreamResponse:
                 if len(rows) < BATCH_ROWS:
                     break
                 rows = await cursor.fetch(BATCH_ROWS)
-    except (ApiError, ConnectionError):
+    except Exception as exc:
         if not resp.prepared:
+            raise
+        if not isinstance(exc, ApiError | ConnectionError) and not replica.replica_failed(exc):
             raise
         # The status line has gone out: no error body can follow. Closing the
         # connection before the final chunk makes the client see an incomplete

@@ -11,6 +11,7 @@ from .db import Database
 from .edition import Edition
 from .limits import Limits
 from .metrics import Metrics
+from .replica import Reads
 from .settings import Settings
 
 if TYPE_CHECKING:
@@ -23,6 +24,8 @@ DB = web.AppKey("db", Database)
 # The ingest path's pool: timestamptz as ints of UNIX microseconds (db.unix_us_timestamps).
 INGEST_DB = web.AppKey("ingest_db", Database)
 METRICS = web.AppKey("metrics", Metrics)
+# Where queries and exports read: the read replica while it is fresh, else DB.
+READS = web.AppKey("reads", Reads)
 # Fair shares among applications: queries, raw reads, ingest rate (limits.py).
 LIMITS = web.AppKey("limits", Limits)
 # The database's edition, read once at start: how the materializer keeps the rollups.

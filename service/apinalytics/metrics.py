@@ -74,6 +74,7 @@ class Metrics:
             registry=self.registry,
         )
         self._rollup_upkeep()
+        self._replica()
 
     def _rollup_upkeep(self) -> None:
         """The materializer's runs, and what is pending (rollups/materializer.py)."""
@@ -97,6 +98,37 @@ class Metrics:
         self.pending_oldest_seconds = Gauge(
             "apinalytics_rollup_pending_oldest_seconds",
             "Age of the oldest pending stretch (0 when none is pending).",
+            registry=self.registry,
+            multiprocess_mode="mostrecent",
+        )
+
+    def _replica(self) -> None:
+        """Reads and the read replica (replica.py, docs/replicas.md)."""
+        self.reads = Counter(
+            "apinalytics_reads",
+            "Queries and exports by the server that read them (source: replica, primary) "
+            "and why: fresh (the replica, within read_max_lag_s), strong (asked for), "
+            "lagging, unavailable (the replica is down or no standby), replica_failed "
+            "(read again on the primary after the replica failed it), no_replica.",
+            ["source", "reason"],
+            registry=self.registry,
+        )
+        self.replica_up = Gauge(
+            "apinalytics_read_replica_up",
+            "1 when the last measure reached the read replica as a standby, else 0.",
+            registry=self.registry,
+            multiprocess_mode="mostrecent",
+        )
+        self.replica_lag_seconds = Gauge(
+            "apinalytics_read_replica_lag_seconds",
+            "At most this many seconds of the primary's commits were missing on the "
+            "replica at the last measure (within the measuring interval; 0 when idle).",
+            registry=self.registry,
+            multiprocess_mode="mostrecent",
+        )
+        self.replica_lag_bytes = Gauge(
+            "apinalytics_read_replica_lag_bytes",
+            "The primary's WAL the replica had not replayed at the last measure, in bytes.",
             registry=self.registry,
             multiprocess_mode="mostrecent",
         )

@@ -16,6 +16,13 @@ class Settings(BaseSettings):
 
     # Where to reach PostgreSQL/TimescaleDB. Empty: start the embedded local cluster.
     database_url: str | None = None
+    # A streaming (physical) replica of it, hot_standby on: queries and exports read
+    # there while it lags at most read_max_lag_s (docs/replicas.md). Empty: none.
+    read_database_url: str | None = None
+    # A read goes to the primary when the replica may lack commits older than this
+    # (read-your-writes after it), and the lag is measured every read_lag_interval_s.
+    read_max_lag_s: float = Field(default=3.0, gt=0)
+    read_lag_interval_s: float = Field(default=1.0, gt=0)
     host: str = "127.0.0.1"
     port: int = 8080
     # Project-local state: the embedded cluster's data, the development session secret.

@@ -2,16 +2,18 @@
 
 from __future__ import annotations
 
+from collections.abc import Awaitable
 from typing import Any
 
 import asyncpg
 import orjson
 from aiohttp import web
 
-from .. import auth, limits
+from .. import auth, limits, replica
 from ..apps import KeyKind
+from ..db import Database
 from ..errors import InvalidQuery
-from ..keys import DB, LIMITS, METRICS, SETTINGS
+from ..keys import LIMITS, METRICS, READS, SETTINGS
 from ..measures import HISTOGRAM
 from . import execute, params
 from .model import Query
@@ -32,15 +34,20 @@ async def timeseries(request: web.Request) -> web.Response:
         max_buckets=settings.max_buckets,
     )
     force_raw = _force_raw(request)
-    shares, db = request.app[LIMITS], request.app[DB]
+    consistency = replica.consistency(request)
+    shares, reads = request.app[LIMITS], request.app[READS]
     n = limits.groups_allowed(query, settings.max_groups, settings.max_points)
+
+    def run(db: Database) -> Awaitable[execute.Answer]:
+        return execute.run(db, query, creds, force_raw=force_raw, max_groups=n)
+
     async with shares.query(creds.app_id), limits.bounded(settings.statement_timeout_s):
         if force_raw or query.aggregation.needs_raw:
             # Raw reads take their turn before their connection (limits.py).
             async with shares.raw_read():
-                answer = await execute.run(db, query, creds, force_raw=force_raw, max_groups=n)
+                answer, read_from = await reads.run(consistency, run)
         else:
-            answer = await execute.run(db, query, creds, force_raw=force_raw, max_groups=n)
+            answer, read_from = await reads.run(consistency, run)
     if len(answer.rows) > n:
         raise limits.too_many_groups(n, settings.max_groups, settings.max_points)
     for source in answer.plan.sources:
@@ -50,7 +57,10 @@ async def timeseries(request: web.Request) -> web.Response:
             render(query, answer.rows, creds.app_id, approximate=answer.plan.histogram)
         ),
         content_type="application/json",
-        headers={SOURCES_HEADER: ",".join(answer.plan.sources)},
+        headers={
+            SOURCES_HEADER: ",".join(answer.plan.sources),
+            replica.READ_FROM_HEADER: read_from.value,
+        },
     )
 
 
