@@ -96,10 +96,8 @@ def build(tmp: Path, mode: str) -> Streaming:
             f"host=127.0.0.1 port={primary.port} user={localauth.SUPERUSER} password={password}"
         )
         # -R: standby.signal and primary_conninfo; -X stream: the WAL of the backup.
-        primary._run_pg(
-            ["pg_basebackup", "-D", str(target), "-R", "-X", "stream", "-c", "fast"]
-            + ["--no-sync", "-d", conninfo]
-        )
+        backup = ["pg_basebackup", "-D", str(target), "-R", "-X", "stream", "-c", "fast"]
+        primary._run_pg([*backup, "--no-sync", "-d", conninfo])
         replica = localdb.LocalCluster(
             target,
             bindir,
