@@ -29,14 +29,16 @@ REJECTIONS = frozenset(
 CLIENT_GONE = 499
 CORS_HEADERS = {
     "Access-Control-Allow-Origin": "*",
-    "Access-Control-Expose-Headers": "X-Apinalytics-Sources, Retry-After",
+    "Access-Control-Expose-Headers": (
+        "X-Apinalytics-Sources, X-Apinalytics-Read-From, Retry-After"
+    ),
 }
 PREFLIGHT_HEADERS = {
     **CORS_HEADERS,
     "Access-Control-Allow-Methods": "GET, POST, OPTIONS",
     "Access-Control-Allow-Headers": (
         "X-Auth-User, X-Auth-Key, Content-Type, Content-Encoding, Idempotency-Key, "
-        "X-Apinalytics-Planner"
+        "X-Apinalytics-Planner, X-Apinalytics-Consistency"
     ),
     "Access-Control-Max-Age": "86400",
 }

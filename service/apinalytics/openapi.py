@@ -120,6 +120,23 @@ def _include() -> Any:
     )
 
 
+def _caseless(*words: str) -> str:
+    """A pattern of ``words`` (or empty) in any case."""
+    return "^(|" + "|".join("".join(f"[{c.upper()}{c}]" for c in w) for w in words) + ")$"
+
+
+def _consistency() -> Any:
+    return Field(
+        "",
+        description=(
+            "strong: read from the primary, every acknowledged write seen. bounded (the "
+            "default): from the read replica while it lags at most read_max_lag_s "
+            "(docs/replicas.md). The X-Apinalytics-Consistency header does the same."
+        ),
+        pattern=_caseless("bounded", "strong"),
+    )
+
+
 class TimeseriesParams(BaseModel):
     """An empty value means the default; values are checked further by the service."""
 
@@ -159,6 +176,7 @@ class TimeseriesParams(BaseModel):
     )
     include: list[str] = _include()
     value: Literal["", "response_us"] = Field("", description="The measure: response_us.")
+    consistency: str = _consistency()
 
 
 class ExportParams(BaseModel):
@@ -167,8 +185,9 @@ class ExportParams(BaseModel):
         "",
         description="ndjson (the default) or csv; Accept: text/csv also asks for CSV.",
         # Case does not matter.
-        pattern="^(|[Nn][Dd][Jj][Ss][Oo][Nn]|[Cc][Ss][Vv])$",
+        pattern=_caseless("ndjson", "csv"),
     )
+    consistency: str = _consistency()
 
 
 # -- Operations. --
@@ -219,11 +238,27 @@ _CONTENT_ENCODING = {
         "pattern": r"^\s*([Gg][Zz][Ii][Pp]|[Ii][Dd][Ee][Nn][Tt][Ii][Tt][Yy])\s*$",
     },
 }
+_CONSISTENCY = {
+    "name": "X-Apinalytics-Consistency",
+    "in": "header",
+    "description": "strong or bounded, as the consistency parameter (either may ask).",
+    "schema": {
+        "type": "string",
+        "pattern": r"^\s*" + _caseless("bounded", "strong")[1:-1] + r"\s*$",
+    },
+}
+_READ_FROM = {
+    "X-Apinalytics-Read-From": {
+        "description": "The server that answered: replica or primary (docs/replicas.md).",
+        "schema": {"type": "string", "enum": ["replica", "primary"]},
+    }
+}
 _SOURCES = {
     "X-Apinalytics-Sources": {
         "description": "The relations the answer was read from (raw, 1m, 1h).",
         "schema": {"type": "string"},
-    }
+    },
+    **_READ_FROM,
 }
 
 OPERATIONS: tuple[Operation, ...] = (
@@ -295,6 +330,7 @@ OPERATIONS: tuple[Operation, ...] = (
         security="read",
         path_params=_RANGE,
         query=TimeseriesParams,
+        headers=(_CONSISTENCY,),
         responses={"200": _json(_ref("TimeseriesAnswer"), "The series", headers=_SOURCES)},
         errors=(400, 401, 403, 404, 410, 429, 503),
     ),
@@ -310,9 +346,11 @@ OPERATIONS: tuple[Operation, ...] = (
         security="read",
         path_params=_RANGE,
         query=ExportParams,
+        headers=(_CONSISTENCY,),
         responses={
             "200": {
                 "description": "The events",
+                "headers": _READ_FROM,
                 "content": {
                     NDJSON: {"schema": {"type": "string"}},
                     CSV: {"schema": {"type": "string"}},

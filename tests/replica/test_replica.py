@@ -202,6 +202,17 @@ async def test_the_consistency_asked_for_is_strong_or_bounded(
     await assert_error(resp, 400, "invalid_parameter", CONSISTENCY, "'latest'")
     resp = await client.get(f"/1/events/{RANGE}?consistency=1", headers=read_headers(app_keys))
     await assert_error(resp, 400, "invalid_parameter", "consistency")
+    # A page on another origin may ask for it and read where the answer came from.
+    resp = await client.options(
+        url,
+        headers={
+            "Origin": "https://example.com",
+            "Access-Control-Request-Method": "GET",
+            "Access-Control-Request-Headers": CONSISTENCY.lower(),
+        },
+    )
+    assert CONSISTENCY in resp.headers["Access-Control-Allow-Headers"]
+    assert READ_FROM in resp.headers["Access-Control-Expose-Headers"]
 
 
 async def test_without_a_replica_every_read_is_the_primarys(
