@@ -207,43 +207,10 @@ def _database(run_migrations: bool) -> Callable[[web.Application], AsyncIterator
 
 
 async def _reads(app: web.Application) -> AsyncIterator[None]:
-    """Where queries and exports read (``replica.py``): the read replica's pool and
-    the task measuring its lag, when one is configured; else the primary's pool."""
-    settings = app[SETTINGS]
-    url = settings.read_database_url
-    if not url:
-        app[READS] = read_replica.Reads(app[DB], app[METRICS])
+    """Where queries and exports read (``replica.py``): the primary, or a replica."""
+    async with read_replica.reads(app[SETTINGS], app[DB], app[DSN], app[METRICS]) as reads:
+        app[READS] = reads
         yield
-        return
-    pool = await create_pool(
-        url,
-        max_size=settings.db_pool_max,
-        statement_timeout_s=settings.statement_timeout_s,
-        connect_timeout_s=settings.db_connect_timeout_s,
-        init=serial_plans,
-    )
-    monitor = read_replica.Monitor(
-        app[DSN],
-        url,
-        app[METRICS],
-        interval_s=settings.read_lag_interval_s,
-        connect_timeout_s=settings.db_connect_timeout_s,
-    )
-    app[READS] = read_replica.Reads(
-        app[DB],
-        app[METRICS],
-        replica=Database(
-            pool, settings.statement_timeout_s, settings.db_connect_timeout_s, settings.busy_wait_s
-        ),
-        monitor=monitor,
-        max_lag_s=settings.read_max_lag_s,
-    )
-    task = asyncio.create_task(monitor.run_forever())
-    yield
-    task.cancel()
-    with contextlib.suppress(asyncio.CancelledError):
-        await task
-    await pool.close()
 
 
 async def _ingest_writer(app: web.Application) -> AsyncIterator[None]:

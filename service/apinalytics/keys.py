@@ -11,12 +11,12 @@ from .db import Database
 from .edition import Edition
 from .limits import Limits
 from .metrics import Metrics
-from .replica import Reads
 from .settings import Settings
 
 if TYPE_CHECKING:
     # For its type only: importing it would load the ingest stack wherever a key is read.
     from .ingest.group import GroupWriter
+    from .replica import Reads
     from .rollups.background import Materializer
 
 SETTINGS = web.AppKey("settings", Settings)
@@ -25,7 +25,7 @@ DB = web.AppKey("db", Database)
 INGEST_DB = web.AppKey("ingest_db", Database)
 METRICS = web.AppKey("metrics", Metrics)
 # Where queries and exports read: the read replica while it is fresh, else DB.
-READS = web.AppKey("reads", Reads)
+READS: web.AppKey[Reads] = web.AppKey("reads")
 # Fair shares among applications: queries, raw reads, ingest rate (limits.py).
 LIMITS = web.AppKey("limits", Limits)
 # The database's edition, read once at start: how the materializer keeps the rollups.

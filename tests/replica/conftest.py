@@ -21,7 +21,7 @@ import asyncpg
 import pytest
 
 from apinalytics import localauth, localdb, migrate
-from apinalytics.replica import PRIMARY_POSITION, REPLICA_POSITION
+from apinalytics.replica_lag import PRIMARY_POSITION, REPLICA_POSITION
 
 from ..dbs import COMMUNITY_MISSING, run
 

@@ -244,7 +244,7 @@ async def test_a_stopped_replica_leaves_reads_on_the_primary(
 
     streaming.stop_replica()
     try:
-        with caplog.at_level(logging.INFO, logger="apinalytics.replica"):
+        with caplog.at_level(logging.INFO, logger="apinalytics.replica_lag"):
             # The replica fails the read: it is read again on the primary.
             assert await count(unaware, app_keys) == ("primary", 1)
             # Then it is left alone until a measure reaches it again.
@@ -262,7 +262,7 @@ async def test_a_stopped_replica_leaves_reads_on_the_primary(
         said = [
             r.getMessage()
             for r in caplog.records
-            if r.name == "apinalytics.replica" and r.levelno == logging.WARNING
+            if r.name == "apinalytics.replica_lag" and r.levelno == logging.WARNING
         ]
         # Once per service, naming the replica and what follows; no password.
         assert len(said) == 2, said
