@@ -183,6 +183,36 @@ async def test_a_lagging_replica_sends_reads_to_the_primary_and_strong_reads_alw
     assert await count(bounded, app_keys) == ("replica", 2)
 
 
+async def test_an_idle_primary_after_a_wal_switch_is_not_lagged_behind(
+    streaming: Streaming, client_for: ClientFor, app_keys: apps.NewApp
+) -> None:
+    """After a WAL segment switch the primary's insert position points past the new
+    segment's page header, where no replay position ever is: idle, the replica must
+    still count as fresh."""
+    # No materializer: nothing writes to the primary during the test.
+    client = await client_for(materializer_interval_s=0)
+    await fresh(client)
+    conn = await asyncpg.connect(streaming.primary_dsn)
+    try:
+        await conn.execute("SELECT pg_switch_wal()")
+        at = await conn.fetchval("SELECT (pg_current_wal_insert_lsn() - '0/0')::bigint")
+    finally:
+        await conn.close()
+    await streaming.caught_up()
+    await asyncio.sleep(1.5)  # past the bound: a replica seen behind would be left
+    await fresh(client)
+    assert (await count(client, app_keys))[0] == "replica"
+    # Nothing was written since: the position was still past the header.
+    conn = await asyncpg.connect(streaming.primary_dsn)
+    try:
+        now = await conn.fetchval("SELECT (pg_current_wal_insert_lsn() - '0/0')::bigint")
+        segment = await conn.fetchval("SELECT pg_size_bytes(current_setting('wal_segment_size'))")
+    finally:
+        await conn.close()
+    assert at % segment == 40
+    assert now == at, "something wrote to the primary meanwhile: the idle case was not met"
+
+
 def _metric(text: str, name: str) -> float:
     [line] = [line for line in text.splitlines() if line.startswith(name + " ")]
     return float(line.split()[1])
