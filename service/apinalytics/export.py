@@ -190,28 +190,28 @@ async def _export(request: web.Request, app: int) -> web.StreamResponse:
     reads = request.app[READS]
     db, source = reads.choose(replica.consistency(request))
     try:
-        return await _stream(request, db, source, start, (text, args), fmt)
+        return await _stream(request, db, source, (start, end), (text, args), fmt)
     except Exception as exc:
         # Nothing has gone out yet (``_stream`` ends the response itself once it has):
         # the primary can still answer the whole export.
         if not reads.fall_back(source, exc):
             raise
-    return await _stream(request, reads.primary, Source.PRIMARY, start, (text, args), fmt)
+    return await _stream(request, reads.primary, Source.PRIMARY, (start, end), (text, args), fmt)
 
 
 async def _stream(
     request: web.Request,
     db: Database,
     source: Source,
-    start: int,
+    span: tuple[int, int],
     select: tuple[str, list[object]],
     fmt: str,
 ) -> web.StreamResponse:
     """The export read on ``db``: errors before the first byte propagate (a JSON
     error, or the primary reads it instead); after it, the connection is closed."""
     encode = ENCODERS[fmt]
+    start, end = span
     text, args = select
-    end = request.match_info["end"]
     resp = web.StreamResponse(
         headers={
             "Content-Type": f"{FORMATS[fmt]}; charset=utf-8",
