@@ -34,8 +34,9 @@ import aiohttp
 import asyncpg
 
 from apinalytics import apps, migrate
-from apinalytics.ingest import rollups
+from apinalytics.edition import Edition
 from apinalytics.ingest.decode import COLUMNS
+from apinalytics.rollups import rebuild
 from common import (
     EventMaker,
     as_json,
@@ -82,7 +83,7 @@ async def load(dsn: str, mode: str, n: int) -> tuple[apps.NewApp, apps.NewApp, i
             for i in range(0, count, COPY_ROWS):
                 rows = [as_row(e, internal) for e in maker.events(stamps[i : i + COPY_ROWS])]
                 await conn.copy_records_to_table("events", records=rows, columns=COLUMNS)
-        await rollups.rebuild(conn, mode, start - 3600, end + 3600)
+        await rebuild.rebuild(conn, Edition(mode), start - 3600, end + 3600)
         await conn.execute("VACUUM ANALYZE")
         return noisy, quiet, start, end
     finally:
