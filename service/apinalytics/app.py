@@ -23,7 +23,7 @@ from . import (
     protocol,
     security,
 )
-from .db import Database, create_pool, serial_plans, unix_us_timestamps
+from .db import Database, background, create_pool, serial_plans, unix_us_timestamps
 from .edition import Edition
 from .ingest import handlers as ingest
 from .ingest import otlp
@@ -257,6 +257,10 @@ async def _idempotency_purge(app: web.Application) -> AsyncIterator[None]:
     settings = app[SETTINGS]
 
     async def loop() -> None:
+        with background("idempotency key purge"):
+            await purge_forever()
+
+    async def purge_forever() -> None:
         while True:
             await asyncio.sleep(3600)
             try:
