@@ -7,7 +7,9 @@ alone, and is what the group writer falls back on when a group fails.
 
 The caller answers 200 only after ``store`` returns, i.e. after COMMIT: a batch is
 stored whole or not at all. An Idempotency-Key is claimed inside the same
-transaction, so a retry racing the first attempt waits for it and then sees it.
+transaction, so a retry racing the first attempt waits for it and then sees it. The
+key is claimed with the SHA-256 of the request body (``IdempotencyKey``): a request
+reusing a key with another body is refused (422) and stores nothing.
 
 Events older than the raw events' retention horizon are refused: they would be
 dropped at the next retention run, and on the Community edition they could never be
@@ -22,6 +24,7 @@ stretches from raw events. Every answer stays exact once the batch is answered 2
 
 from __future__ import annotations
 
+import hashlib
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from functools import partial
@@ -30,7 +33,7 @@ import asyncpg
 
 from .. import retention
 from ..db import Database, connection_lost, mapped_errors, timed
-from ..errors import CommitOutcomeUnknown, Unauthorized, UserError
+from ..errors import CommitOutcomeUnknown, IdempotencyKeyReused, Unauthorized, UserError
 from ..rollups import pending
 from ..rollups.declared import RAW
 from .decode import COLUMNS, Row, earliest_us, horizon_us, past_horizon
@@ -65,17 +68,21 @@ LOCK_APPS = f"""
     FOR SHARE OF a
 """
 
-# Claims an Idempotency-Key for a batch; no row returned: the key was claimed before,
-# by a committed batch or an earlier one of the same transaction (a concurrent claim
-# waits for the other transaction to end).
+# Claims an Idempotency-Key for a batch, with its body's digest; no row returned: the
+# key was claimed before, by a committed batch or an earlier one of the same
+# transaction (a concurrent claim waits for the other transaction to end).
 CLAIM_KEY = """
-    INSERT INTO idempotency_keys AS k (app_id, key, accepted) VALUES ($1, $2, $3)
+    INSERT INTO idempotency_keys AS k (app_id, key, accepted, body_sha256)
+    VALUES ($1, $2, $3, $5)
     ON CONFLICT (app_id, key) DO UPDATE
-        SET accepted = EXCLUDED.accepted, created_at = now()
+        SET accepted = EXCLUDED.accepted, body_sha256 = EXCLUDED.body_sha256,
+            created_at = now()
         WHERE k.created_at < now() - make_interval(secs => $4)
     RETURNING true
 """
-CLAIMED_COUNT = "SELECT accepted FROM idempotency_keys WHERE app_id = $1 AND key = $2"
+# What the earlier claim answered, and the digest of its body (NULL for a key claimed
+# before migration 0010: any body is then taken for a retry, as it was).
+CLAIMED = "SELECT accepted, body_sha256 FROM idempotency_keys WHERE app_id = $1 AND key = $2"
 
 # The answer for a batch whose app was deleted after its request authenticated.
 UNKNOWN_APP = "Unknown Application ID or wrong key."
@@ -105,13 +112,31 @@ def refuse_past_horizon(rows: Sequence[Row], horizon: float | None) -> None:
         raise past_horizon(rows, horizon)
 
 
+@dataclass(frozen=True)
+class IdempotencyKey:
+    """A request's Idempotency-Key and the SHA-256 of its body as read (after gunzip).
+
+    The digest is of the bytes, not of the events they decode to: a retry sends the
+    same bytes, and the bytes are all a client can be sure it resent. A gzipped and a
+    plain body of the same bytes are one request; the same events written with other
+    spacing, field order or timestamp precision are another (422).
+    """
+
+    key: str
+    body_sha256: bytes
+
+    @classmethod
+    def of(cls, key: str | None, body: bytes) -> IdempotencyKey | None:
+        return None if key is None else cls(key, hashlib.sha256(body).digest())
+
+
 @dataclass(eq=False)
 class Batch:
     """One request's validated rows for one app, and its Idempotency-Key."""
 
     app: int
     rows: Sequence[Row]
-    key: str | None
+    key: IdempotencyKey | None
 
 
 @dataclass
@@ -121,7 +146,8 @@ class Written:
     stored: list[Batch] = field(default_factory=list)
     # Batches whose key was claimed before, with the count that claim answered.
     replays: list[tuple[Batch, int]] = field(default_factory=list)
-    # Batches refused before anything was written: app gone, events past the horizon.
+    # Batches refused before anything was written: app gone, events past the horizon,
+    # an Idempotency-Key claimed before with another body.
     refused: list[tuple[Batch, UserError]] = field(default_factory=list)
     # Every row stored, in batch order.
     rows: list[Row] = field(default_factory=list)
@@ -136,8 +162,8 @@ async def transaction(
     on_refused: Callable[[Batch, UserError], None] | None = None,
 ) -> Written:
     """Write ``batches`` in one transaction: lock their apps (refusing the batches of
-    a deleted app or past the raw horizon), claim their Idempotency-Keys, COPY the
-    rows of the batches left, record their apps' pending stretches, COMMIT.
+    a deleted app or past the raw horizon), claim their Idempotency-Keys (refusing a
+    batch whose key was claimed with another body), COPY the rows of the batches left, record their apps' pending stretches, COMMIT.
 
     The lock order of every transaction that writes events: the apps' rows (shared, by
     id), then Idempotency-Keys (by app and key); no rollup row is locked (the
@@ -151,7 +177,9 @@ async def transaction(
             async with conn.transaction():
                 written = Written()
                 kept = await _lock_apps(conn, batches, written, on_refused)
-                written.stored = await _claim_keys(conn, kept, idempotency_ttl_s, written)
+                written.stored = await _claim_keys(
+                    conn, kept, idempotency_ttl_s, written, on_refused
+                )
                 written.rows = [row for b in written.stored for row in b.rows]
                 if written.rows:
                     copy = partial(
@@ -199,29 +227,43 @@ async def _lock_apps(
 
 
 async def _claim_keys(
-    conn: asyncpg.Connection, kept: list[Batch], ttl_s: int, written: Written
+    conn: asyncpg.Connection,
+    kept: list[Batch],
+    ttl_s: int,
+    written: Written,
+    on_refused: Callable[[Batch, UserError], None] | None,
 ) -> list[Batch]:
     """Claim each batch's key in (app, key) order; the batches to store."""
     # Stable sort: of two batches with one key, the earlier claims it.
     keyed = sorted((b for b in kept if b.key is not None), key=_key_order)
+    done: set[Batch] = set()
     for batch in keyed:
+        assert batch.key is not None
         claimed = await timed(
             conn.fetchval,
             CLAIM_KEY,
-            (batch.app, batch.key, len(batch.rows), ttl_s),
+            (batch.app, batch.key.key, len(batch.rows), ttl_s, batch.key.body_sha256),
             "idempotency claim",
         )
-        if not claimed:
-            original: int = await timed(
-                conn.fetchval, CLAIMED_COUNT, (batch.app, batch.key), "idempotency count"
-            )
-            written.replays.append((batch, original))
-    replayed = {b for b, _ in written.replays}
-    return [b for b in kept if b not in replayed]
+        if claimed:
+            continue
+        done.add(batch)
+        original = await timed(
+            conn.fetchrow, CLAIMED, (batch.app, batch.key.key), "idempotency count"
+        )
+        digest = original["body_sha256"]
+        if digest is not None and digest != batch.key.body_sha256:
+            error = IdempotencyKeyReused(ttl_s)
+            written.refused.append((batch, error))
+            if on_refused is not None:
+                on_refused(batch, error)
+        else:
+            written.replays.append((batch, original["accepted"]))
+    return [b for b in kept if b not in done]
 
 
 def _key_order(batch: Batch) -> tuple[int, str]:
-    return (batch.app, batch.key or "")
+    return (batch.app, batch.key.key if batch.key else "")
 
 
 async def store(
@@ -229,7 +271,7 @@ async def store(
     app: int,
     rows: Sequence[Row],
     *,
-    idempotency_key: str | None,
+    idempotency_key: IdempotencyKey | None,
     idempotency_ttl_s: int,
 ) -> Stored:
     """Store a validated batch, or recognise a retry of one already stored.
