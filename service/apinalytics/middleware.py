@@ -29,7 +29,11 @@ REJECTIONS = frozenset(
 CLIENT_GONE = 499
 CORS_HEADERS = {
     "Access-Control-Allow-Origin": "*",
-    "Access-Control-Expose-Headers": "X-Apinalytics-Sources, Retry-After",
+    # What a script may read of an answer: every header the API sends beyond the
+    # CORS-safelisted ones (X-Apinalytics-Planner is a request header: allowed below).
+    "Access-Control-Expose-Headers": (
+        "X-Apinalytics-Sources, Retry-After, RateLimit-Limit, RateLimit-Remaining, RateLimit-Reset"
+    ),
 }
 PREFLIGHT_HEADERS = {
     **CORS_HEADERS,
