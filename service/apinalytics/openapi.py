@@ -56,6 +56,7 @@ NOT_API = (
     "/logout",
     "/apps",
     "/apps/{app_id}",
+    "/apps/{app_id}/keys",
     "/apps/{app_id}/keys/{kind}",
     "/apps/{app_id}/delete",
     "/static",

@@ -1,9 +1,16 @@
 """The account pages: landing, GitHub login, "Your applications", keys, deletion.
 
 Server-rendered and usable without JavaScript (a small script only adds copy
-buttons). Every state-changing request is a POST form carrying the CSRF token.
+buttons). Every state-changing request is a POST form carrying the CSRF token, and
+answers with a redirect (303) to a page, so that a reload never sends it again.
 Pages that show keys are sent with ``Cache-Control: no-store``: keys are shown
 once and must not stay in a cache.
+
+Showing new keys once. Creating an app or rotating a key puts the new keys in the
+session (the encrypted cookie, ``sessions.py``) and redirects to
+``/apps/<id>/keys``, which takes them out again as it shows them: a reload of that
+page, or any later visit, finds none and is sent to the app's page, which says that
+keys are shown once and how to get new ones (rotation).
 """
 
 from __future__ import annotations
@@ -11,7 +18,7 @@ from __future__ import annotations
 import hmac
 import logging
 from pathlib import Path
-from typing import Any
+from typing import Any, NoReturn
 
 import aiohttp_jinja2
 import aiohttp_session
@@ -31,6 +38,9 @@ ROUTE_PREFIX = "accounts."
 STATIC_DIR = Path(__file__).resolve().parent.parent / "static"
 _OAUTH_STATE = "oauth_state"
 _FLASH = "flash"
+# The keys just made (``NewApp`` fields, and whether the app was created), until the
+# keys page shows them.
+_NEW_KEYS = "new_keys"
 
 
 @web.middleware
@@ -65,6 +75,7 @@ def add_routes(app: web.Application) -> None:
     r.add_get("/apps/", apps_slash, name="accounts.apps_slash")
     r.add_post("/apps", add_app, name="accounts.create")
     r.add_get("/apps/{app_id}", show_app, name="accounts.app")
+    r.add_get("/apps/{app_id}/keys", new_keys, name="accounts.new_keys")
     r.add_post("/apps/{app_id}/keys/{kind}", rotate_key, name="accounts.rotate")
     r.add_get("/apps/{app_id}/delete", confirm_delete, name="accounts.confirm_delete")
     r.add_post("/apps/{app_id}/delete", delete_app, name="accounts.delete")
@@ -240,8 +251,39 @@ async def add_app(request: web.Request) -> web.Response:
     async with request.app[DB].connection() as conn:
         new = await apps.create(conn, name, owner_id=user.id)
     log.info("app created", extra={"user_id": user.id, "app_id": new.app_id})
+    await show_keys_once(request, new, created=True)
+
+
+async def show_keys_once(request: web.Request, new: NewApp, *, created: bool) -> NoReturn:
+    """Keep ``new``'s keys in the session for the keys page, and redirect there."""
+    session = await aiohttp_session.get_session(request)
+    session[_NEW_KEYS] = {
+        "app_id": new.app_id,
+        "name": new.name,
+        "write_key": new.write_key,
+        "read_key": new.read_key,
+        "created": created,
+    }
+    raise web.HTTPSeeOther(f"/apps/{new.app_id}/keys")
+
+
+async def new_keys(request: web.Request) -> web.Response:
+    """The keys just made, once; without them, the app's page says why."""
+    user = await require_user(request)
+    async with request.app[DB].connection() as conn:
+        app = await sessions.owned_app(conn, request.match_info["app_id"], user.id)
+    session = await aiohttp_session.get_session(request)
+    kept = session.pop(_NEW_KEYS, None)
+    if not (isinstance(kept, dict) and kept.get("app_id") == app.app_id):
+        session[_FLASH] = (
+            "The keys of this application were shown once, when they were made, and "
+            "are not kept: rotate a key to get a new one."
+        )
+        raise web.HTTPSeeOther(f"/apps/{app.app_id}")
+    new = NewApp(app.app_id, app.name, kept.get("write_key"), kept.get("read_key"))
+    created = bool(kept.get("created"))
     return await render(
-        request, "keys.html", user, new=new, created=True, examples=examples(request, new)
+        request, "keys.html", user, new=new, created=created, examples=examples(request, new)
     )
 
 
@@ -249,7 +291,9 @@ async def show_app(request: web.Request) -> web.Response:
     user = await require_user(request)
     async with request.app[DB].connection() as conn:
         app = await sessions.owned_app(conn, request.match_info["app_id"], user.id)
-    return await render(request, "app.html", user, app=app)
+    session = await aiohttp_session.get_session(request)
+    flash = session.pop(_FLASH, None)
+    return await render(request, "app.html", user, app=app, flash=flash)
 
 
 async def rotate_key(request: web.Request) -> web.Response:
@@ -265,9 +309,7 @@ async def rotate_key(request: web.Request) -> web.Response:
     if new is None:  # deleted between the two statements
         raise NotFound(f"You have no application {app.app_id!r}.")
     log.info("key rotated", extra={"user_id": user.id, "app_id": app.app_id, "kind": kind.value})
-    return await render(
-        request, "keys.html", user, new=new, created=False, examples=examples(request, new)
-    )
+    await show_keys_once(request, new, created=False)
 
 
 async def confirm_delete(request: web.Request) -> web.Response:
