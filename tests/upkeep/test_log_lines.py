@@ -70,7 +70,9 @@ async def test_a_catch_up_is_one_info_line_and_its_statements_are_no_warnings(
 
     await eventually(said, "a materializer INFO line")
     [line] = lines(caplog, BACKGROUND, logging.INFO)
-    assert re.fullmatch(r"rollups: materialized 2 hours for 1 app in \d+\.\d s; 0 pending", line)
+    assert re.fullmatch(
+        r"rollups: materialized 2 hours for 1 app in (\d+ ms|\d+\.\d s); 0 pending", line
+    )
     assert await db.fetchval("SELECT count(*) FROM rollup_pending") == 0
     background_warnings = [
         r.getMessage()

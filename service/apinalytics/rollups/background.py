@@ -114,12 +114,12 @@ class Materializer:
         if rows:
             took = time.perf_counter() - started
             log.info(
-                "rollups: materialized %d hour%s for %d app%s in %.1f s; %d pending",
+                "rollups: materialized %d hour%s for %d app%s in %s; %d pending",
                 hours,
                 "" if hours == 1 else "s",
                 len(apps),
                 "" if len(apps) == 1 else "s",
-                took,
+                f"{took * 1000:.0f} ms" if took < 1 else f"{took:.1f} s",
                 left,
                 extra={
                     "hours": hours,
