@@ -163,7 +163,8 @@ async def transaction(
 ) -> Written:
     """Write ``batches`` in one transaction: lock their apps (refusing the batches of
     a deleted app or past the raw horizon), claim their Idempotency-Keys (refusing a
-    batch whose key was claimed with another body), COPY the rows of the batches left, record their apps' pending stretches, COMMIT.
+    batch whose key was claimed with another body), COPY the rows of the batches
+    left, record their apps' pending stretches, COMMIT.
 
     The lock order of every transaction that writes events: the apps' rows (shared, by
     id), then Idempotency-Keys (by app and key); no rollup row is locked (the
