@@ -28,7 +28,7 @@ from .edition import Edition
 from .ingest import handlers as ingest
 from .ingest import otlp
 from .ingest.group import GroupWriter
-from .ingest.write import purge_idempotency_keys
+from .ingest.idempotency import purge_idempotency_keys
 from .keys import (
     DB,
     DECODER,

@@ -58,7 +58,8 @@ from ..db import Database
 from ..errors import DatabaseUnavailable
 from . import write
 from .decode import Row
-from .write import Batch, CommitFailed, IdempotencyKey, Stored, Written
+from .idempotency import IdempotencyKey
+from .write import Batch, CommitFailed, Stored, Written
 
 log = logging.getLogger(__name__)
 

@@ -21,7 +21,7 @@ from ..keys import DECODER, INGEST, LIMITS, METRICS, SETTINGS
 from ..metrics import Metrics
 from ..settings import Settings
 from . import decode
-from .write import IdempotencyKey
+from .idempotency import IdempotencyKey
 
 MAX_IDEMPOTENCY_KEY = 255
 

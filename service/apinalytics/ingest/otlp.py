@@ -42,8 +42,8 @@ from ..keys import INGEST, LIMITS, METRICS, SETTINGS
 from ..settings import Settings
 from . import decode
 from .handlers import idempotency_key, off_loop_if_big, outcome_counted, read_body
+from .idempotency import IdempotencyKey
 from .otlp_spans import Converted, convert
-from .write import IdempotencyKey
 
 log = logging.getLogger(__name__)
 

@@ -7,9 +7,9 @@ alone, and is what the group writer falls back on when a group fails.
 
 The caller answers 200 only after ``store`` returns, i.e. after COMMIT: a batch is
 stored whole or not at all. An Idempotency-Key is claimed inside the same
-transaction, so a retry racing the first attempt waits for it and then sees it. The
-key is claimed with the SHA-256 of the request body (``IdempotencyKey``): a request
-reusing a key with another body is refused (422) and stores nothing.
+transaction, so a retry racing the first attempt waits for it and then sees it
+(``idempotency.py``): a request reusing a key with another body is refused (422) and
+stores nothing.
 
 Events older than the raw events' retention horizon are refused: they would be
 dropped at the next retention run, and on the Community edition they could never be
@@ -24,7 +24,6 @@ stretches from raw events. Every answer stays exact once the batch is answered 2
 
 from __future__ import annotations
 
-import hashlib
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from functools import partial
@@ -36,7 +35,9 @@ from ..db import Database, connection_lost, mapped_errors, timed
 from ..errors import CommitOutcomeUnknown, IdempotencyKeyReused, Unauthorized, UserError
 from ..rollups import pending
 from ..rollups.declared import RAW
+from . import idempotency
 from .decode import COLUMNS, Row, earliest_us, horizon_us, past_horizon
+from .idempotency import IdempotencyKey
 
 
 @dataclass(frozen=True)
@@ -68,22 +69,6 @@ LOCK_APPS = f"""
     FOR SHARE OF a
 """
 
-# Claims an Idempotency-Key for a batch, with its body's digest; no row returned: the
-# key was claimed before, by a committed batch or an earlier one of the same
-# transaction (a concurrent claim waits for the other transaction to end).
-CLAIM_KEY = """
-    INSERT INTO idempotency_keys AS k (app_id, key, accepted, body_sha256)
-    VALUES ($1, $2, $3, $5)
-    ON CONFLICT (app_id, key) DO UPDATE
-        SET accepted = EXCLUDED.accepted, body_sha256 = EXCLUDED.body_sha256,
-            created_at = now()
-        WHERE k.created_at < now() - make_interval(secs => $4)
-    RETURNING true
-"""
-# What the earlier claim answered, and the digest of its body (NULL for a key claimed
-# before migration 0010: any body is then taken for a retry, as it was).
-CLAIMED = "SELECT accepted, body_sha256 FROM idempotency_keys WHERE app_id = $1 AND key = $2"
-
 # The answer for a batch whose app was deleted after its request authenticated.
 UNKNOWN_APP = "Unknown Application ID or wrong key."
 
@@ -110,24 +95,6 @@ def refuse_past_horizon(rows: Sequence[Row], horizon: float | None) -> None:
     """Raise the 400 naming the events older than the raw events' retention horizon."""
     if horizon is not None and earliest_us(rows) < horizon_us(horizon):
         raise past_horizon(rows, horizon)
-
-
-@dataclass(frozen=True)
-class IdempotencyKey:
-    """A request's Idempotency-Key and the SHA-256 of its body as read (after gunzip).
-
-    The digest is of the bytes, not of the events they decode to: a retry sends the
-    same bytes, and the bytes are all a client can be sure it resent. A gzipped and a
-    plain body of the same bytes are one request; the same events written with other
-    spacing, field order or timestamp precision are another (422).
-    """
-
-    key: str
-    body_sha256: bytes
-
-    @classmethod
-    def of(cls, key: str | None, body: bytes) -> IdempotencyKey | None:
-        return None if key is None else cls(key, hashlib.sha256(body).digest())
 
 
 @dataclass(eq=False)
@@ -240,26 +207,16 @@ async def _claim_keys(
     done: set[Batch] = set()
     for batch in keyed:
         assert batch.key is not None
-        claimed = await timed(
-            conn.fetchval,
-            CLAIM_KEY,
-            (batch.app, batch.key.key, len(batch.rows), ttl_s, batch.key.body_sha256),
-            "idempotency claim",
-        )
-        if claimed:
+        earlier = await idempotency.claim(conn, batch.app, batch.key, len(batch.rows), ttl_s)
+        if earlier is None:
             continue
         done.add(batch)
-        original = await timed(
-            conn.fetchrow, CLAIMED, (batch.app, batch.key.key), "idempotency count"
-        )
-        digest = original["body_sha256"]
-        if digest is not None and digest != batch.key.body_sha256:
-            error = IdempotencyKeyReused(ttl_s)
-            written.refused.append((batch, error))
+        if isinstance(earlier, IdempotencyKeyReused):
+            written.refused.append((batch, earlier))
             if on_refused is not None:
-                on_refused(batch, error)
+                on_refused(batch, earlier)
         else:
-            written.replays.append((batch, original["accepted"]))
+            written.replays.append((batch, earlier))
     return [b for b in kept if b not in done]
 
 
@@ -296,12 +253,3 @@ async def store(
         for _, original in written.replays:
             return Stored(accepted=original, replay=True)
     return Stored(accepted=len(rows), replay=False)
-
-
-async def purge_idempotency_keys(db: Database, ttl_s: int) -> int:
-    result = await db.execute(
-        "DELETE FROM idempotency_keys WHERE created_at < now() - make_interval(secs => $1)",
-        ttl_s,
-        label="purge idempotency keys",
-    )
-    return int(result.split()[-1])
