@@ -169,26 +169,21 @@ def _log_timing(label: str, elapsed: float) -> None:
     work = _BACKGROUND.get()
     limit = SLOW_STATEMENT_S if work is None else SLOW_BACKGROUND_STATEMENT_S
     extra = {"label": label, "ms": round(elapsed * 1000, 2)}
+    if work is not None:
+        extra["background"] = work
     if elapsed < limit:
         if log.isEnabledFor(logging.DEBUG):
-            log.debug("sql", extra=extra if work is None else {**extra, "background": work})
+            log.debug("sql", extra=extra)
     elif work is None:
         log.warning(
-            "slow SQL statement: %r took %.1f s (over %g s)",
-            label,
-            elapsed,
-            limit,
-            extra=extra,
+            "slow SQL statement: %r took %.1f s (over %g s)", label, elapsed, limit, extra=extra
         )
     else:
         log.warning(
             "slow SQL statement in background work (%s): %r took %.1f s (over %g s); it "
             "delays no request, but that work falls behind meanwhile",
-            work,
-            label,
-            elapsed,
-            limit,
-            extra={**extra, "background": work},
+            *(work, label, elapsed, limit),
+            extra=extra,
         )
 
 
