@@ -229,7 +229,15 @@ async def test_cors_headers_on_answers_and_errors(client: TestClient, app_keys: 
     assert denied.status == 401
     for resp in (ok, denied):
         assert resp.headers["Access-Control-Allow-Origin"] == "*"
-        assert "Retry-After" in resp.headers["Access-Control-Expose-Headers"]
+        exposed = {h.strip() for h in resp.headers["Access-Control-Expose-Headers"].split(",")}
+        # Every header the API answers with that a script needs (sources, 503s, 429s).
+        assert {
+            "X-Apinalytics-Sources",
+            "Retry-After",
+            "RateLimit-Limit",
+            "RateLimit-Remaining",
+            "RateLimit-Reset",
+        } <= exposed
 
 
 async def raw_post(client: TestClient, headers: bytes, body: bytes = b"[]") -> tuple[int, Any]:

@@ -6,7 +6,9 @@ The test runs its own PostgreSQL cluster so that it can stop and restart it on t
 same port while the service keeps running: once between requests, once in the middle
 of a batch's write. Neither time is anything half-written, and an Idempotency-Key of a
 failed attempt is not spent. The same holds when the server is up but refuses new
-connections (connection limit reached) and its old ones were terminated.
+connections (connection limit reached) and its old ones were terminated, while it
+shuts down (refusing new connections, its sessions ended under them) and while it
+starts up (in recovery, not yet taking connections): 503 with Retry-After, never 500.
 """
 
 from __future__ import annotations
@@ -152,3 +154,100 @@ async def test_too_many_connections_is_503_then_recovers(
         )
         await db.execute(f"DROP OWNED BY {role}")
         await db.execute(f"DROP ROLE {role}")
+
+
+async def test_a_database_shutting_down_is_503(
+    cluster: LocalCluster, tmp_path: Path, make_client: Callable[[Settings], Any]
+) -> None:
+    """While PostgreSQL shuts down it refuses new connections ("the database system is
+    shutting down", asyncpg's CannotConnectNowError) and ends the sessions it has
+    (AdminShutdownError): every request then is a 503 with Retry-After, never a 500."""
+    conn = await asyncpg.connect(cluster.dsn)
+    try:
+        app = await apps.create(conn, "shutdown")
+    finally:
+        await conn.close()
+    settings = Settings(database_url=cluster.dsn, home=tmp_path / "home", db_connect_timeout_s=2.0)
+    client: TestClient = await make_client(settings)
+    batch = [event()]
+    ok = await client.post("/1/events/", json=batch, headers=write_headers(app))
+    assert ok.status == 200, await ok.text()
+
+    # A smart shutdown waits for the sessions it has: this one keeps it shutting down.
+    holder = await asyncpg.connect(cluster.dsn)
+    try:
+        await asyncio.to_thread(
+            cluster._run_pg, ["pg_ctl", "-D", str(cluster.datadir), "-m", "smart", "-W", "stop"]
+        )
+        for _ in range(100):
+            try:
+                await (await asyncpg.connect(cluster.dsn)).close()
+            except asyncpg.CannotConnectNowError:
+                break
+            await asyncio.sleep(0.05)
+        else:
+            raise AssertionError("the cluster never began to shut down")
+        await holder.execute(
+            "SELECT pg_terminate_backend(pid) FROM pg_stat_activity WHERE pid <> pg_backend_pid()"
+            " AND application_name = 'apinalytics'"
+        )
+        answers = [
+            await client.post("/1/events/", json=batch, headers=write_headers(app)),
+            await client.post("/1/events/", json=batch, headers=write_headers(app)),
+            await client.get("/1/timeseries/0/60/", headers=read_headers(app)),
+            await client.get("/readyz"),
+        ]
+        for resp in answers:
+            await assert_error(resp, 503, "database_unavailable")
+            assert int(resp.headers["Retry-After"]) > 0
+    finally:
+        await holder.close()
+    await asyncio.to_thread(cluster.stop)
+    await asyncio.to_thread(cluster.ensure_running)
+    again = await client.post("/1/events/", json=batch, headers=write_headers(app))
+    assert again.status == 200, await again.text()
+
+
+async def test_a_database_starting_up_is_503(
+    cluster: LocalCluster, tmp_path: Path, make_client: Callable[[Settings], Any]
+) -> None:
+    """A server in recovery that does not take connections yet ("the database system is
+    starting up", "not yet accepting connections": CannotConnectNowError) is the
+    database being unavailable: 503 with Retry-After, and 200 once it takes them. Held
+    in that state for the test as a standby without hot standby, then promoted."""
+    conn = await asyncpg.connect(cluster.dsn)
+    try:
+        app = await apps.create(conn, "startup")
+        await conn.execute("ALTER SYSTEM SET hot_standby = off")
+    finally:
+        await conn.close()
+    settings = Settings(database_url=cluster.dsn, home=tmp_path / "home", db_connect_timeout_s=2.0)
+    client: TestClient = await make_client(settings)
+    batch = [event()]
+
+    await asyncio.to_thread(cluster.stop)
+    signal = cluster.datadir / "standby.signal"
+    signal.touch()
+    cluster._own(signal)
+    await asyncio.to_thread(cluster._start)
+    with pytest.raises(asyncpg.CannotConnectNowError):
+        await asyncpg.connect(cluster.dsn)
+    answers = [
+        await client.post("/1/events/", json=batch, headers=write_headers(app)),
+        await client.get("/1/timeseries/0/60/", headers=read_headers(app)),
+        await client.get("/readyz"),
+    ]
+    for resp in answers:
+        await assert_error(resp, 503, "database_unavailable")
+        assert int(resp.headers["Retry-After"]) > 0
+
+    await asyncio.to_thread(
+        cluster._run_pg, ["pg_ctl", "-D", str(cluster.datadir), "-w", "promote"]
+    )
+    conn = await asyncpg.connect(cluster.dsn)
+    try:
+        await conn.execute("ALTER SYSTEM RESET hot_standby")
+    finally:
+        await conn.close()
+    again = await client.post("/1/events/", json=batch, headers=write_headers(app))
+    assert again.status == 200, await again.text()

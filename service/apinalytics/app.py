@@ -24,12 +24,12 @@ from . import (
     security,
 )
 from . import replica as read_replica
-from .db import Database, create_pool, serial_plans, unix_us_timestamps
+from .db import Database, background, create_pool, serial_plans, unix_us_timestamps
 from .edition import Edition
 from .ingest import handlers as ingest
 from .ingest import otlp
 from .ingest.group import GroupWriter
-from .ingest.write import purge_idempotency_keys
+from .ingest.idempotency import purge_idempotency_keys
 from .keys import (
     DB,
     DECODER,
@@ -267,6 +267,10 @@ async def _idempotency_purge(app: web.Application) -> AsyncIterator[None]:
     settings = app[SETTINGS]
 
     async def loop() -> None:
+        with background("idempotency key purge"):
+            await purge_forever()
+
+    async def purge_forever() -> None:
         while True:
             await asyncio.sleep(3600)
             try:

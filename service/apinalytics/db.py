@@ -4,6 +4,10 @@ Every statement runs under the server-side ``statement_timeout`` set on each poo
 connection, is timed, and has its failures mapped to domain errors in one place:
 a lost or refused connection is ``DatabaseUnavailable`` (503 + Retry-After), a
 cancelled statement is ``QueryTimeout``.
+
+A slow statement is logged at WARNING: over ``SLOW_STATEMENT_S`` for a request's, over
+``SLOW_BACKGROUND_STATEMENT_S`` for background work (``background``), whose statements
+take seconds by design and delay no request. Any other timing is at DEBUG.
 """
 
 from __future__ import annotations
@@ -12,6 +16,7 @@ import logging
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable, Iterator, Sequence
 from contextlib import asynccontextmanager, contextmanager
+from contextvars import ContextVar
 from typing import Any
 
 import asyncpg
@@ -20,8 +25,28 @@ from .errors import DatabaseUnavailable, Overloaded, QueryTimeout
 
 log = logging.getLogger(__name__)
 
-# A statement slower than this is logged at WARNING with its timing.
+# A request's statement slower than this is logged at WARNING with its timing.
 SLOW_STATEMENT_S = 1.0
+# The same for background work (the rollups' materializer, the key purge). Refreshing
+# or re-aggregating a day of a busy app's rollups takes seconds, and nobody waits for
+# it; a statement this slow is worth a look (the rollups fall behind meanwhile).
+SLOW_BACKGROUND_STATEMENT_S = 30.0
+
+# What background work the running task is doing, if any (``background``).
+_BACKGROUND: ContextVar[str | None] = ContextVar("apinalytics_background_work", default=None)
+
+
+@contextmanager
+def background(work: str) -> Iterator[None]:
+    """Statements run inside are ``work``'s (e.g. "rollup materializer"): timed against
+    ``SLOW_BACKGROUND_STATEMENT_S``, and named so in the slow-statement warning. A
+    context variable, so it holds for the task that enters it and the tasks it starts."""
+    token = _BACKGROUND.set(work)
+    try:
+        yield
+    finally:
+        _BACKGROUND.reset(token)
+
 
 _UNAVAILABLE = (
     OSError,  # refused, reset, unreachable
@@ -137,12 +162,29 @@ async def timed(fn: Any, sql: str, args: Sequence[Any], label: str = "") -> Any:
     try:
         return await fn(sql, *args)
     finally:
-        elapsed = time.perf_counter() - started
-        level = logging.WARNING if elapsed >= SLOW_STATEMENT_S else logging.DEBUG
-        if log.isEnabledFor(level):
-            log.log(
-                level, "sql", extra={"label": label or sql[:60], "ms": round(elapsed * 1000, 2)}
-            )
+        _log_timing(label or sql[:60], time.perf_counter() - started)
+
+
+def _log_timing(label: str, elapsed: float) -> None:
+    work = _BACKGROUND.get()
+    limit = SLOW_STATEMENT_S if work is None else SLOW_BACKGROUND_STATEMENT_S
+    extra = {"label": label, "ms": round(elapsed * 1000, 2)}
+    if work is not None:
+        extra["background"] = work
+    if elapsed < limit:
+        if log.isEnabledFor(logging.DEBUG):
+            log.debug("sql", extra=extra)
+    elif work is None:
+        log.warning(
+            "slow SQL statement: %r took %.1f s (over %g s)", label, elapsed, limit, extra=extra
+        )
+    else:
+        log.warning(
+            "slow SQL statement in background work (%s): %r took %.1f s (over %g s); it "
+            "delays no request, but that work falls behind meanwhile",
+            *(work, label, elapsed, limit),
+            extra=extra,
+        )
 
 
 # The same path for a caller that holds a connection (a transaction, a command's own

@@ -96,6 +96,23 @@ class MethodNotAllowed(UserError):
     code = "method_not_allowed"
 
 
+class IdempotencyKeyReused(UserError):
+    """An Idempotency-Key claimed within its lifetime by a request with another body.
+    The message never quotes the key (it may be a secret of the client's)."""
+
+    status = 422
+    code = "idempotency_key_reused"
+
+    def __init__(self, ttl_s: int) -> None:
+        lifetime = f"{ttl_s // 3600} h" if ttl_s % 3600 == 0 else f"{ttl_s} s"
+        super().__init__(
+            "This Idempotency-Key was used in the last "
+            f"{lifetime} for a request with a different body; nothing was stored. A "
+            "retry must resend the same body (compared after gunzip); send a new batch "
+            "with a new key."
+        )
+
+
 class PayloadTooLarge(UserError):
     status = 413
     code = "payload_too_large"

@@ -29,8 +29,11 @@ REJECTIONS = frozenset(
 CLIENT_GONE = 499
 CORS_HEADERS = {
     "Access-Control-Allow-Origin": "*",
+    # What a script may read of an answer: every header the API sends beyond the
+    # CORS-safelisted ones (X-Apinalytics-Planner is a request header: allowed below).
     "Access-Control-Expose-Headers": (
-        "X-Apinalytics-Sources, X-Apinalytics-Read-From, Retry-After"
+        "X-Apinalytics-Sources, X-Apinalytics-Read-From, Retry-After, "
+        "RateLimit-Limit, RateLimit-Remaining, RateLimit-Reset"
     ),
 }
 PREFLIGHT_HEADERS = {

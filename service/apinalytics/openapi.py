@@ -56,6 +56,7 @@ NOT_API = (
     "/logout",
     "/apps",
     "/apps/{app_id}",
+    "/apps/{app_id}/keys",
     "/apps/{app_id}/keys/{kind}",
     "/apps/{app_id}/delete",
     "/static",
@@ -224,8 +225,9 @@ _IDEMPOTENCY_KEY = {
     "name": "Idempotency-Key",
     "in": "header",
     "description": (
-        "Sending the same key again within a day stores the batch at most once and "
-        "answers as the first time did."
+        "Sending the same key again within a day with the same body (compared after "
+        "gunzip) stores the batch at most once and answers as the first time did; the "
+        "same key with another body is refused (422 idempotency_key_reused)."
     ),
     "schema": {"type": "string", "minLength": 1, "maxLength": 255},
 }
@@ -278,7 +280,7 @@ OPERATIONS: tuple[Operation, ...] = (
             "content": {JSON: {"schema": {"type": "array", "items": _ref("Event")}}},
         },
         responses={"200": _json(_ref("Accepted"), "Stored (or an empty batch)")},
-        errors=(400, 401, 403, 413, 415, 429, 503),
+        errors=(400, 401, 403, 413, 415, 422, 429, 503),
     ),
     Operation(
         "post",
@@ -290,7 +292,7 @@ OPERATIONS: tuple[Operation, ...] = (
             "its spans are stored as events."
         ),
         security="write",
-        headers=(_CONTENT_ENCODING,),
+        headers=(_IDEMPOTENCY_KEY, _CONTENT_ENCODING),
         body={
             "required": True,
             "content": {
@@ -312,7 +314,7 @@ OPERATIONS: tuple[Operation, ...] = (
                 },
             }
         },
-        errors=(400, 401, 403, 413, 415, 429, 503),
+        errors=(400, 401, 403, 413, 415, 422, 429, 503),
         # OTLP/HTTP answers errors with a google.rpc.Status in the request's encoding;
         # what is refused before the body is read (415, 429 and 503 of the service's
         # bounds) keeps the service's error shape.

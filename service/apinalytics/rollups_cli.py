@@ -34,7 +34,8 @@ async def cmd_catch_up(args: argparse.Namespace, settings: Settings) -> int:
         # An operator's command: no statement timeout (a Community refresh over a long
         # backlog may take minutes).
         await db.execute(conn, "no statement timeout", "SET statement_timeout = 0")
-        done = await materializer.catch_up(conn, mode)
+        with db.background("rollups catch-up"):
+            done = await materializer.catch_up(conn, mode)
     finally:
         await conn.close()
     print(f"materialized {done} pending stretches; none is pending")

@@ -6,6 +6,11 @@ example); rotating the write or the read key stops the old one at once, for inge
 and for queries; deleting an application after a confirmation removes its events and
 rollup rows. Every state-changing form needs the session's CSRF token. Nobody sees
 or changes another user's applications: those are 404, like missing ones.
+
+Creating an app and rotating a key answer 303 to the keys page (redirect after
+POST): a reload never creates or rotates again, and the keys are shown on the first
+GET only; a reload of it leads to the app's page, which says keys are shown once and
+how to get new ones.
 """
 
 from __future__ import annotations
@@ -100,6 +105,7 @@ async def test_create_shows_keys_once_and_they_work(
     token = await csrf_token(alice)
     resp = await alice.post("/apps", data={"name": "  Shop API  ", "csrf_token": token})
     assert resp.status == 200
+    assert [r.status for r in resp.history] == [303], "redirected after the POST"
     assert resp.headers["Cache-Control"] == "no-store"
     html = await resp.text()
     from .flow import shown_keys
@@ -169,6 +175,7 @@ async def test_rotation_stops_the_old_key_at_once(
     token = await csrf_token(alice, f"/apps/{old['app-id']}")
     resp = await alice.post(f"/apps/{old['app-id']}/keys/{kind}", data={"csrf_token": token})
     assert resp.status == 200
+    assert [r.status for r in resp.history] == [303], "redirected after the POST"
     assert resp.headers["Cache-Control"] == "no-store"
     from .flow import shown_keys
 
@@ -189,6 +196,52 @@ async def test_rotation_stops_the_old_key_at_once(
         await assert_error(query_old, 401, "unauthorized")
     assert ingest_new.status == 200
     assert query_new.status == 200
+
+
+async def test_create_and_rotate_redirect_and_a_reload_shows_no_keys(
+    alice: Browser, bob: Browser, db: asyncpg.Connection
+) -> None:
+    from .flow import shown_keys
+
+    token = await csrf_token(alice)
+    made = await alice.post(
+        "/apps", data={"name": "Reloaded", "csrf_token": token}, allow_redirects=False
+    )
+    assert made.status == 303, await made.text()
+    target = made.headers["Location"]
+    app_id = target.removeprefix("/apps/").removesuffix("/keys")
+    assert target == f"/apps/{app_id}/keys"
+    assert "apw_" not in await made.text() + str(made.headers)
+
+    page = await alice.get(target)
+    assert page.status == 200 and page.headers["Cache-Control"] == "no-store"
+    keys = shown_keys(await page.text())
+    assert set(keys) == {"app-id", "write-key", "read-key"} and keys["app-id"] == app_id
+    assert "Created Reloaded" in await page.text()
+    # Another user's browser cannot get at them, nor learn the app exists.
+    assert (await bob.get(target, allow_redirects=False)).status == 404
+
+    for _ in range(2):  # reloads
+        again = await alice.get(target, allow_redirects=False)
+        assert again.status == 303 and again.headers["Location"] == f"/apps/{app_id}"
+        shown = await (await alice.get(target)).text()
+        assert keys["write-key"] not in shown and keys["read-key"] not in shown
+        assert 'id="rotate-write"' in shown
+    explained = await alice.get(target)
+    assert "shown once" in await explained.text()
+    assert "rotate a key" in await explained.text()
+    assert "shown once" not in await (await alice.get(f"/apps/{app_id}")).text(), "said once"
+    assert await db.fetchval("SELECT count(*) FROM apps WHERE name = 'Reloaded'") == 1
+
+    token = await csrf_token(alice, f"/apps/{app_id}")
+    rotated = await alice.post(
+        f"/apps/{app_id}/keys/write", data={"csrf_token": token}, allow_redirects=False
+    )
+    assert rotated.status == 303 and rotated.headers["Location"] == target
+    new = shown_keys(await (await alice.get(target)).text())
+    assert set(new) == {"app-id", "write-key"} and new["write-key"] != keys["write-key"]
+    reload = await (await alice.get(target)).text()
+    assert new["write-key"] not in reload
 
 
 async def test_unknown_key_kind_is_404(alice: Browser) -> None:

@@ -5,8 +5,9 @@ are written together in one transaction, and every request still gets its own an
   (``apinalytics_ingest_group_batches`` on ``/metrics``).
 - In one group, a batch whose app was deleted meanwhile (401), one with events older
   than the raw retention (400), an Idempotency-Key replay (the original count), the
-  same key twice (the second is a retry of the first) and a batch the database
-  refuses are each answered as they would be alone; the other batches are stored.
+  same key twice with one body (the second is a retry of the first), the same key
+  again with another body (422) and a batch the database refuses are each answered as
+  they would be alone; the other batches are stored.
 - Apache mode: after concurrent grouped ingest (several group transactions at once,
   several apps, overlapping keys) every rollup table equals what ``rebuild``
   recomputes from the raw events, and no group transaction failed.
@@ -162,19 +163,22 @@ async def test_each_batch_of_a_group_gets_its_own_answer(
     doomed, other = await apps.create(db, "doomed"), await apps.create(db, "other")
     a, c = await internal_id(db, app_keys), await internal_id(db, other)
     now = time.time()
-    first = await post(client, app_keys, [event(), event()], key="k-old")
+    old = [event(), event()]
+    first = await post(client, app_keys, old, key="k-old")
     assert await first.json() == {"accepted": 2}
+    dup = [event(), event()]
     await db.execute("UPDATE retention SET keep_s = 2 * 86400 WHERE relation = 'events'")
 
     async with writer_held(database_url, client, app_keys, a) as plug:
-        good_a, gone, too_old, replay, dup_1, dup_2, good_c = await queue(
+        good_a, gone, too_old, replay, dup_1, dup_2, reused, good_c = await queue(
             client,
             [
                 (app_keys, [event(), event(), event()], None),
                 (doomed, [event(), event()], None),
                 (app_keys, [event(), event(timestamp=now - 3 * DAY)], None),
-                (app_keys, [event()] * 5, "k-old"),
-                (other, [event(), event()], "k-dup"),
+                (app_keys, old, "k-old"),
+                (other, dup, "k-dup"),
+                (other, dup, "k-dup"),
                 (other, [event()] * 4, "k-dup"),
                 (other, [event()], None),
             ],
@@ -191,13 +195,14 @@ async def test_each_batch_of_a_group_gets_its_own_answer(
     assert await (await replay).json() == {"accepted": 2}
     assert await (await dup_1).json() == {"accepted": 2}
     assert await (await dup_2).json() == {"accepted": 2}
+    await assert_error(await reused, 422, "idempotency_key_reused")
     assert await (await good_c).json() == {"accepted": 1}
 
     assert await stored(db) == {a: 2 + 1 + 3, c: 2 + 1}
     keys = await db.fetch("SELECT app_id, key, accepted FROM idempotency_keys ORDER BY key")
     assert [tuple(k) for k in keys] == [(c, "k-dup", 2), (a, "k-old", 2), (a, "plug", 1)]
-    # One batch, the plug alone, then the seven that queued behind it.
-    assert await group_sizes(client) == (3, 9)
+    # One batch, the plug alone, then the eight that queued behind it.
+    assert await group_sizes(client) == (3, 10)
 
 
 async def test_a_batch_the_database_refuses_fails_alone(

@@ -5,17 +5,23 @@
 - Fields are stored as sent, except ``method`` (upper-case) and ``timestamp`` (kept to
   the microsecond, UTC).
 - The trailing slash is optional and ``/1/event/`` is an alias.
-- ``Idempotency-Key``: a retry with the same key for the same app within 24 h is
-  answered 200 with the original count and stores nothing twice; another app's key of
-  the same text is its own; concurrent retries store once.
+- ``Idempotency-Key``: a retry with the same key and the same body (compared after
+  gunzip) for the same app within 24 h is answered 200 with the original count and
+  stores nothing twice; the same key with another body is a 422
+  ``idempotency_key_reused`` that stores nothing and never quotes the key (a key
+  claimed before bodies were compared answers any body, as it did); another app's key
+  of the same text is its own; concurrent retries store once, and of concurrent
+  requests with one key and different bodies one is stored, the others refused.
 - ``/metrics`` counts events accepted: only events newly stored, not replays.
 """
 
 from __future__ import annotations
 
 import asyncio
+import gzip
 import json
 import time
+from collections.abc import Callable
 from datetime import UTC, datetime
 from typing import Any
 
@@ -26,6 +32,7 @@ from prometheus_client.parser import text_string_to_metric_families
 
 from apinalytics import apps
 from apinalytics.apps import NewApp
+from apinalytics.settings import Settings
 
 from ..helpers import assert_error, event, exact_us, wait_for_lock_waiter, write_headers
 
@@ -172,15 +179,95 @@ async def post_with_key(
 async def test_retry_with_same_key_stores_once(
     client: TestClient, app_keys: NewApp, db: asyncpg.Connection
 ) -> None:
-    first = await post_with_key(client, app_keys, [event(), event()], "batch-1")
+    batch = [event(), event()]
+    first = await post_with_key(client, app_keys, batch, "batch-1")
     assert await first.json() == {"accepted": 2}
     before = await accepted_metric(client)
-    # The retry answers the original count, even if its body differs.
-    retry = await post_with_key(client, app_keys, [event()], "batch-1")
+    retry = await post_with_key(client, app_keys, batch, "batch-1")
     assert retry.status == 200
     assert await retry.json() == {"accepted": 2}
     assert await count(db) == 2
     assert await accepted_metric(client) == before, "a replay counted as accepted events"
+
+
+async def test_same_key_with_another_body_is_422(
+    client: TestClient, app_keys: NewApp, db: asyncpg.Connection
+) -> None:
+    key = "reused-key-7f3a"
+    first = await post_with_key(client, app_keys, [event(), event()], key)
+    assert await first.json() == {"accepted": 2}
+    for other in ([event()], [event(), event()], []):
+        resp = await post_with_key(client, app_keys, other, key)
+        err = await assert_error(resp, 422, "idempotency_key_reused", "different body")
+        assert key not in json.dumps(err) and key not in str(resp.headers)
+    assert await count(db) == 2
+    keys = await db.fetch("SELECT key, accepted FROM idempotency_keys")
+    assert [tuple(k) for k in keys] == [(key, 2)]
+
+
+async def test_gzip_and_plain_bodies_of_the_same_bytes_are_one_request(
+    client: TestClient, app_keys: NewApp, db: asyncpg.Connection
+) -> None:
+    body = json.dumps([event(), event(), event()]).encode()
+    headers = {
+        **write_headers(app_keys),
+        "Idempotency-Key": "gz",
+        "Content-Type": "application/json",
+    }
+    plain = await client.post("/1/events/", data=body, headers=headers)
+    assert await plain.json() == {"accepted": 3}
+    zipped = await client.post(
+        "/1/events/", data=gzip.compress(body), headers={**headers, "Content-Encoding": "gzip"}
+    )
+    assert zipped.status == 200, await zipped.text()
+    assert await zipped.json() == {"accepted": 3}
+    # The same events spelled otherwise are other bytes: another request.
+    respaced = await client.post("/1/events/", data=body.replace(b", ", b","), headers=headers)
+    await assert_error(respaced, 422, "idempotency_key_reused")
+    assert await count(db) == 3
+
+
+async def test_a_key_claimed_before_bodies_were_compared_answers_any_body(
+    client: TestClient, app_keys: NewApp, db: asyncpg.Connection
+) -> None:
+    """A key recorded before migration 0010 has no digest: any body is a retry."""
+    await db.execute(
+        "INSERT INTO idempotency_keys (app_id, key, accepted) "
+        "SELECT id, 'old-key', 4 FROM apps WHERE public_id = $1",
+        app_keys.app_id,
+    )
+    resp = await post_with_key(client, app_keys, [event()], "old-key")
+    assert resp.status == 200, await resp.text()
+    assert await resp.json() == {"accepted": 4}
+    assert await count(db) == 0
+
+
+@pytest.mark.parametrize("writers", [1, 4], ids=["one_writer_groups", "racing_writers"])
+async def test_concurrent_requests_with_one_key_and_different_bodies(
+    make_client: Callable[[Settings], Any],
+    settings: Settings,
+    app_keys: NewApp,
+    db: asyncpg.Connection,
+    writers: int,
+) -> None:
+    """One body wins the key; every request with it hears its count, every other 422.
+    With one writer they meet in one group transaction, with several each waits on
+    the other's claim."""
+    client: TestClient = await make_client(settings.model_copy(update={"ingest_writers": writers}))
+    bodies = {3: [event(url="/a")] * 3, 5: [event(url="/b")] * 5}
+    sizes = [3, 5] * 4
+    responses = await asyncio.gather(
+        *(post_with_key(client, app_keys, bodies[n], "racing") for n in sizes)
+    )
+    stored = await count(db)
+    assert stored in bodies
+    for n, resp in zip(sizes, responses, strict=True):
+        if n == stored:
+            assert resp.status == 200, await resp.text()
+            assert await resp.json() == {"accepted": n}
+        else:
+            await assert_error(resp, 422, "idempotency_key_reused")
+    assert await accepted_metric(client) == stored
 
 
 async def test_other_key_stores_again(
@@ -307,7 +394,8 @@ async def test_a_commit_whose_answer_is_lost_says_the_outcome_is_unknown(
         """
     )
     headers = {**write_headers(app_keys), "Idempotency-Key": "lost-commit"}
-    post = asyncio.create_task(client.post("/1/events/", json=[event()], headers=headers))
+    batch = [event()]
+    post = asyncio.create_task(client.post("/1/events/", json=batch, headers=headers))
     pid = None
     for _ in range(200):
         pid = await db.fetchval(
@@ -323,7 +411,7 @@ async def test_a_commit_whose_answer_is_lost_says_the_outcome_is_unknown(
     assert "Retry-After" in resp.headers
 
     await db.execute("DROP TRIGGER slow_commit ON idempotency_keys")
-    again = await client.post("/1/events/", json=[event()], headers=headers)
+    again = await client.post("/1/events/", json=batch, headers=headers)
     assert again.status == 200, await again.text()
     assert await count(db) == 1
 

@@ -13,7 +13,8 @@
 * An undecodable body is a 400 and stores nothing; errors are google.rpc.Status in
   the request's encoding (415 for another content type, in our JSON error shape);
   413 over the limits; 401/403 for keys; 503 with Retry-After when the database is
-  unavailable. An Idempotency-Key stores a request once.
+  unavailable. An Idempotency-Key stores a request once; reused with another body
+  (compared after gunzip) it is a 422 ``idempotency_key_reused`` that stores nothing.
 """
 
 from __future__ import annotations
@@ -585,6 +586,25 @@ async def test_idempotency_key_stores_once(
     await assert_status(
         resp, 400, content_type, code_pb2.INVALID_ARGUMENT, "invalid_idempotency_key"
     )
+
+
+@pytest.mark.parametrize("content_type", ENCODINGS)
+async def test_idempotency_key_reused_with_another_body_is_422(
+    client: TestClient, app_keys: NewApp, db: asyncpg.Connection, content_type: str
+) -> None:
+    key = {"Idempotency-Key": "otlp-key-9c1"}
+    raw = encode(request(span(CURRENT)), content_type)
+    first = await post(client, app_keys, raw, content_type, extra=key)
+    assert first.status == 200, await first.read()
+    zipped = await post(client, app_keys, gzip.compress(raw), content_type, gzipped=True, extra=key)
+    assert zipped.status == 200, "the same body gzipped is the same request"
+    other = encode(request(span(CURRENT), span(CURRENT)), content_type)
+    resp = await post(client, app_keys, other, content_type, extra=key)
+    status = await assert_status(
+        resp, 422, content_type, code_pb2.FAILED_PRECONDITION, "idempotency_key_reused"
+    )
+    assert "otlp-key-9c1" not in status.message
+    assert len(await stored(db)) == 1
 
 
 async def test_database_unavailable_is_503_with_retry_after(

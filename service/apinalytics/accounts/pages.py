@@ -1,9 +1,15 @@
 """The account pages: landing, GitHub login, "Your applications", keys, deletion.
 
 Server-rendered and usable without JavaScript (a small script only adds copy
-buttons). Every state-changing request is a POST form carrying the CSRF token.
+buttons). Every state-changing request is a POST form carrying the CSRF token, and
+answers with a redirect (303) to a page, so that a reload never sends it again.
 Pages that show keys are sent with ``Cache-Control: no-store``: keys are shown
 once and must not stay in a cache.
+
+Showing new keys once (``new_keys.py``). Creating an app or rotating a key puts the
+new keys in the session and redirects to ``/apps/<id>/keys``, which takes them out
+again as it shows them: a reload of that page, or any later visit, finds none and is
+sent to the app's page, which says that keys are shown once and how to get new ones.
 """
 
 from __future__ import annotations
@@ -11,7 +17,7 @@ from __future__ import annotations
 import hmac
 import logging
 from pathlib import Path
-from typing import Any
+from typing import Any, NoReturn
 
 import aiohttp_jinja2
 import aiohttp_session
@@ -22,7 +28,7 @@ from .. import apps
 from ..apps import KeyKind, NewApp
 from ..errors import ApiError, NotFound, UserError
 from ..keys import DB, SETTINGS
-from . import csrf, oauth, sessions, users
+from . import csrf, new_keys, oauth, sessions, users
 from .users import User
 
 log = logging.getLogger(__name__)
@@ -65,6 +71,7 @@ def add_routes(app: web.Application) -> None:
     r.add_get("/apps/", apps_slash, name="accounts.apps_slash")
     r.add_post("/apps", add_app, name="accounts.create")
     r.add_get("/apps/{app_id}", show_app, name="accounts.app")
+    r.add_get("/apps/{app_id}/keys", show_new_keys, name="accounts.new_keys")
     r.add_post("/apps/{app_id}/keys/{kind}", rotate_key, name="accounts.rotate")
     r.add_get("/apps/{app_id}/delete", confirm_delete, name="accounts.confirm_delete")
     r.add_post("/apps/{app_id}/delete", delete_app, name="accounts.delete")
@@ -135,30 +142,6 @@ async def render(
     response = aiohttp_jinja2.render_template(template, request, context, status=status)
     response.headers["Cache-Control"] = "no-store"
     return response
-
-
-def examples(request: web.Request, new: NewApp) -> dict[str, str]:
-    """Ready-to-paste curl commands with the keys just shown."""
-    base = base_url(request)
-    out: dict[str, str] = {"base": base}
-    if new.write_key:
-        out["send"] = (
-            f"curl -X POST '{base}/1/events/' \\\n"
-            "  -H 'Content-Type: application/json' \\\n"
-            f"  -H 'X-Auth-User: {new.app_id}' \\\n"
-            f"  -H 'X-Auth-Key: {new.write_key}' \\\n"
-            """  -d '[{"timestamp": '"$(date +%s)"', "consumer_id": "alice", "method": "GET", """
-            """"url": "/hello?x=1", "function": "hello", "response_us": 1200, """
-            """"status_code": 200}]'"""
-        )
-    if new.read_key:
-        out["query"] = (
-            f'curl "{base}/1/timeseries/$(( $(date +%s) - 3600 ))/$(date +%s)/'
-            '?granularity=minute" \\\n'
-            f"  -H 'X-Auth-User: {new.app_id}' \\\n"
-            f"  -H 'X-Auth-Key: {new.read_key}'"
-        )
-    return out
 
 
 def app_name(form_value: object) -> str:
@@ -240,16 +223,37 @@ async def add_app(request: web.Request) -> web.Response:
     async with request.app[DB].connection() as conn:
         new = await apps.create(conn, name, owner_id=user.id)
     log.info("app created", extra={"user_id": user.id, "app_id": new.app_id})
-    return await render(
-        request, "keys.html", user, new=new, created=True, examples=examples(request, new)
-    )
+    await show_keys_once(request, new, created=True)
+
+
+async def show_keys_once(request: web.Request, new: NewApp, *, created: bool) -> NoReturn:
+    """Keep ``new``'s keys in the session for the keys page, and redirect there."""
+    new_keys.keep(await aiohttp_session.get_session(request), new, created=created)
+    raise web.HTTPSeeOther(f"/apps/{new.app_id}/keys")
+
+
+async def show_new_keys(request: web.Request) -> web.Response:
+    """The keys just made, once; without them, the app's page says why."""
+    user = await require_user(request)
+    async with request.app[DB].connection() as conn:
+        app = await sessions.owned_app(conn, request.match_info["app_id"], user.id)
+    session = await aiohttp_session.get_session(request)
+    kept = new_keys.take(session, app.app_id, app.name)
+    if kept is None:
+        session[_FLASH] = new_keys.SHOWN_ONCE
+        raise web.HTTPSeeOther(f"/apps/{app.app_id}")
+    new, created = kept
+    examples = new_keys.examples(base_url(request), new)
+    return await render(request, "keys.html", user, new=new, created=created, examples=examples)
 
 
 async def show_app(request: web.Request) -> web.Response:
     user = await require_user(request)
     async with request.app[DB].connection() as conn:
         app = await sessions.owned_app(conn, request.match_info["app_id"], user.id)
-    return await render(request, "app.html", user, app=app)
+    session = await aiohttp_session.get_session(request)
+    flash = session.pop(_FLASH, None)
+    return await render(request, "app.html", user, app=app, flash=flash)
 
 
 async def rotate_key(request: web.Request) -> web.Response:
@@ -265,9 +269,7 @@ async def rotate_key(request: web.Request) -> web.Response:
     if new is None:  # deleted between the two statements
         raise NotFound(f"You have no application {app.app_id!r}.")
     log.info("key rotated", extra={"user_id": user.id, "app_id": app.app_id, "kind": kind.value})
-    return await render(
-        request, "keys.html", user, new=new, created=False, examples=examples(request, new)
-    )
+    await show_keys_once(request, new, created=False)
 
 
 async def confirm_delete(request: web.Request) -> web.Response:

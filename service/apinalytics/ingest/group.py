@@ -12,7 +12,8 @@ next writer to be free takes the queue (oldest first, at least one batch, up to
    holds events older than the horizon (400 naming them);
 3. claim each batch's Idempotency-Key, in (app, key) order; a batch whose key was
    claimed before, by a committed batch or by an earlier batch of this group (a retry
-   of it), stores nothing and is answered with that batch's count;
+   of it), stores nothing and is answered with that batch's count, or with a 422 if
+   the claim was made with another body;
 4. one COPY of the rows of every batch left, their apps' pending stretches
    (``rollups.pending``), COMMIT;
 5. ``on_commit`` (the materializer's wake-up), so the rollups catch up soon.
@@ -57,6 +58,7 @@ from ..db import Database
 from ..errors import DatabaseUnavailable
 from . import write
 from .decode import Row
+from .idempotency import IdempotencyKey
 from .write import Batch, CommitFailed, Stored, Written
 
 log = logging.getLogger(__name__)
@@ -105,7 +107,9 @@ class GroupWriter:
         """Batches waiting for a writer to be free."""
         return len(self._queue)
 
-    async def submit(self, app: int, rows: Sequence[Row], idempotency_key: str | None) -> Stored:
+    async def submit(
+        self, app: int, rows: Sequence[Row], idempotency_key: IdempotencyKey | None
+    ) -> Stored:
         """Store a validated batch (or recognise a retry of one); returns after COMMIT."""
         if not rows:
             # No rows to lock an app for or to copy: claiming the key, if any, is all.
@@ -207,7 +211,7 @@ class GroupWriter:
         except Exception as exc:
             return exc
 
-    async def _alone(self, app: int, rows: Sequence[Row], key: str | None) -> Stored:
+    async def _alone(self, app: int, rows: Sequence[Row], key: IdempotencyKey | None) -> Stored:
         stored = await write.store(
             self._db,
             app,

@@ -21,6 +21,7 @@ from ..keys import DECODER, INGEST, LIMITS, METRICS, SETTINGS
 from ..metrics import Metrics
 from ..settings import Settings
 from . import decode
+from .idempotency import IdempotencyKey
 
 MAX_IDEMPOTENCY_KEY = 255
 
@@ -95,7 +96,8 @@ async def _post_events(request: web.Request) -> web.Response:
         rows = await off_loop_if_big(
             request, len(body), decode.parse, body, creds.app, time.time(), settings
         )
-        result = await request.app[INGEST].submit(creds.app, rows, idem)
+        claim = await off_loop_if_big(request, len(body), IdempotencyKey.of, idem, body)
+        result = await request.app[INGEST].submit(creds.app, rows, claim)
     except (decode.BatchRejected, decode.BatchTooLarge) as exc:
         metrics.events_rejected.labels(reason=exc.code).inc(exc.events)
         raise

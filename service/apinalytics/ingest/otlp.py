@@ -42,6 +42,7 @@ from ..keys import INGEST, LIMITS, METRICS, SETTINGS
 from ..settings import Settings
 from . import decode
 from .handlers import idempotency_key, off_loop_if_big, outcome_counted, read_body
+from .idempotency import IdempotencyKey
 from .otlp_spans import Converted, convert
 
 log = logging.getLogger(__name__)
@@ -64,6 +65,7 @@ _GRPC_CODES = {
     410: code_pb2.FAILED_PRECONDITION,
     413: code_pb2.RESOURCE_EXHAUSTED,
     415: code_pb2.INVALID_ARGUMENT,
+    422: code_pb2.FAILED_PRECONDITION,
     429: code_pb2.RESOURCE_EXHAUSTED,
     503: code_pb2.UNAVAILABLE,
 }
@@ -99,10 +101,13 @@ async def _post_traces(request: web.Request) -> web.Response:
         raise
     for reason, n in batch.ignored.items():
         metrics.otlp_spans_ignored.labels(reason=reason).inc(n)
+    # The digest is of the body as sent (after gunzip), so the rows that a retry below
+    # leaves out do not make it another request.
+    claim = await off_loop_if_big(request, len(body), IdempotencyKey.of, idem, body)
     writer = request.app[INGEST]
     while True:
         try:
-            result = await writer.submit(creds.app, batch.rows, idem)
+            result = await writer.submit(creds.app, batch.rows, claim)
             break
         except decode.BatchRejected as exc:
             # Events older than the raw events' retention horizon, which the writer

@@ -7,7 +7,9 @@ alone, and is what the group writer falls back on when a group fails.
 
 The caller answers 200 only after ``store`` returns, i.e. after COMMIT: a batch is
 stored whole or not at all. An Idempotency-Key is claimed inside the same
-transaction, so a retry racing the first attempt waits for it and then sees it.
+transaction, so a retry racing the first attempt waits for it and then sees it
+(``idempotency.py``): a request reusing a key with another body is refused (422) and
+stores nothing.
 
 Events older than the raw events' retention horizon are refused: they would be
 dropped at the next retention run, and on the Community edition they could never be
@@ -30,10 +32,12 @@ import asyncpg
 
 from .. import retention
 from ..db import Database, connection_lost, mapped_errors, timed
-from ..errors import CommitOutcomeUnknown, Unauthorized, UserError
+from ..errors import CommitOutcomeUnknown, IdempotencyKeyReused, Unauthorized, UserError
 from ..rollups import pending
 from ..rollups.declared import RAW
+from . import idempotency
 from .decode import COLUMNS, Row, earliest_us, horizon_us, past_horizon
+from .idempotency import IdempotencyKey
 
 
 @dataclass(frozen=True)
@@ -64,18 +68,6 @@ LOCK_APPS = f"""
     ORDER BY a.id
     FOR SHARE OF a
 """
-
-# Claims an Idempotency-Key for a batch; no row returned: the key was claimed before,
-# by a committed batch or an earlier one of the same transaction (a concurrent claim
-# waits for the other transaction to end).
-CLAIM_KEY = """
-    INSERT INTO idempotency_keys AS k (app_id, key, accepted) VALUES ($1, $2, $3)
-    ON CONFLICT (app_id, key) DO UPDATE
-        SET accepted = EXCLUDED.accepted, created_at = now()
-        WHERE k.created_at < now() - make_interval(secs => $4)
-    RETURNING true
-"""
-CLAIMED_COUNT = "SELECT accepted FROM idempotency_keys WHERE app_id = $1 AND key = $2"
 
 # The answer for a batch whose app was deleted after its request authenticated.
 UNKNOWN_APP = "Unknown Application ID or wrong key."
@@ -111,7 +103,7 @@ class Batch:
 
     app: int
     rows: Sequence[Row]
-    key: str | None
+    key: IdempotencyKey | None
 
 
 @dataclass
@@ -121,7 +113,8 @@ class Written:
     stored: list[Batch] = field(default_factory=list)
     # Batches whose key was claimed before, with the count that claim answered.
     replays: list[tuple[Batch, int]] = field(default_factory=list)
-    # Batches refused before anything was written: app gone, events past the horizon.
+    # Batches refused before anything was written: app gone, events past the horizon,
+    # an Idempotency-Key claimed before with another body.
     refused: list[tuple[Batch, UserError]] = field(default_factory=list)
     # Every row stored, in batch order.
     rows: list[Row] = field(default_factory=list)
@@ -136,8 +129,9 @@ async def transaction(
     on_refused: Callable[[Batch, UserError], None] | None = None,
 ) -> Written:
     """Write ``batches`` in one transaction: lock their apps (refusing the batches of
-    a deleted app or past the raw horizon), claim their Idempotency-Keys, COPY the
-    rows of the batches left, record their apps' pending stretches, COMMIT.
+    a deleted app or past the raw horizon), claim their Idempotency-Keys (refusing a
+    batch whose key was claimed with another body), COPY the rows of the batches
+    left, record their apps' pending stretches, COMMIT.
 
     The lock order of every transaction that writes events: the apps' rows (shared, by
     id), then Idempotency-Keys (by app and key); no rollup row is locked (the
@@ -151,7 +145,9 @@ async def transaction(
             async with conn.transaction():
                 written = Written()
                 kept = await _lock_apps(conn, batches, written, on_refused)
-                written.stored = await _claim_keys(conn, kept, idempotency_ttl_s, written)
+                written.stored = await _claim_keys(
+                    conn, kept, idempotency_ttl_s, written, on_refused
+                )
                 written.rows = [row for b in written.stored for row in b.rows]
                 if written.rows:
                     copy = partial(
@@ -199,29 +195,33 @@ async def _lock_apps(
 
 
 async def _claim_keys(
-    conn: asyncpg.Connection, kept: list[Batch], ttl_s: int, written: Written
+    conn: asyncpg.Connection,
+    kept: list[Batch],
+    ttl_s: int,
+    written: Written,
+    on_refused: Callable[[Batch, UserError], None] | None,
 ) -> list[Batch]:
     """Claim each batch's key in (app, key) order; the batches to store."""
     # Stable sort: of two batches with one key, the earlier claims it.
     keyed = sorted((b for b in kept if b.key is not None), key=_key_order)
+    done: set[Batch] = set()
     for batch in keyed:
-        claimed = await timed(
-            conn.fetchval,
-            CLAIM_KEY,
-            (batch.app, batch.key, len(batch.rows), ttl_s),
-            "idempotency claim",
-        )
-        if not claimed:
-            original: int = await timed(
-                conn.fetchval, CLAIMED_COUNT, (batch.app, batch.key), "idempotency count"
-            )
-            written.replays.append((batch, original))
-    replayed = {b for b, _ in written.replays}
-    return [b for b in kept if b not in replayed]
+        assert batch.key is not None
+        earlier = await idempotency.claim(conn, batch.app, batch.key, len(batch.rows), ttl_s)
+        if earlier is None:
+            continue
+        done.add(batch)
+        if isinstance(earlier, IdempotencyKeyReused):
+            written.refused.append((batch, earlier))
+            if on_refused is not None:
+                on_refused(batch, earlier)
+        else:
+            written.replays.append((batch, earlier))
+    return [b for b in kept if b not in done]
 
 
 def _key_order(batch: Batch) -> tuple[int, str]:
-    return (batch.app, batch.key or "")
+    return (batch.app, batch.key.key if batch.key else "")
 
 
 async def store(
@@ -229,7 +229,7 @@ async def store(
     app: int,
     rows: Sequence[Row],
     *,
-    idempotency_key: str | None,
+    idempotency_key: IdempotencyKey | None,
     idempotency_ttl_s: int,
 ) -> Stored:
     """Store a validated batch, or recognise a retry of one already stored.
@@ -253,12 +253,3 @@ async def store(
         for _, original in written.replays:
             return Stored(accepted=original, replay=True)
     return Stored(accepted=len(rows), replay=False)
-
-
-async def purge_idempotency_keys(db: Database, ttl_s: int) -> int:
-    result = await db.execute(
-        "DELETE FROM idempotency_keys WHERE created_at < now() - make_interval(secs => $1)",
-        ttl_s,
-        label="purge idempotency keys",
-    )
-    return int(result.split()[-1])

@@ -1,7 +1,13 @@
 """The service's materializer loop: ``materializer.catch_up_once`` every second, or
 soon after a commit wakes it, on a connection of its own (a run holds a session
 advisory lock, which a pooled connection must never carry). Failures are logged and
-counted, and the loop goes on. See docs/rollups.md ("Rollup upkeep")."""
+counted, and the loop goes on. See docs/rollups.md ("Rollup upkeep").
+
+The log: one INFO line per catch-up that materialized something ("rollups:
+materialized 12 hours for 3 apps in 1.1 s; 0 pending"), none for the idle ones; one
+WARNING when catching up starts failing (what failed, and that it is retried), DEBUG
+for the failures that follow, and one INFO line when it works again. Its statements
+count as background work for the slow-statement warning (``db.background``)."""
 
 from __future__ import annotations
 
@@ -13,8 +19,9 @@ from typing import TYPE_CHECKING
 
 import asyncpg
 
+from ..db import background, timed
 from ..edition import Edition
-from .materializer import APPLICATION_NAME, ROWS_PER_RUN, catch_up_once
+from .materializer import APPLICATION_NAME, PENDING, ROWS_PER_RUN, catch_up_once
 
 if TYPE_CHECKING:
     # Not at run time: `serve --workers N` sets up prometheus_client's multiprocess
@@ -57,42 +64,88 @@ class Materializer:
         self._connect_timeout_s = connect_timeout_s
         self._wake = asyncio.Event()
         self._conn: asyncpg.Connection | None = None
+        # Consecutive failed catch-ups: the first is a WARNING, the others DEBUG.
+        self._failures = 0
 
     def wake(self) -> None:
         self._wake.set()
 
     async def run_forever(self) -> None:
         try:
-            while True:
-                with contextlib.suppress(TimeoutError):
-                    await asyncio.wait_for(self._wake.wait(), self._interval_s)
-                self._wake.clear()
-                started = time.perf_counter()
-                await self._runs_until_idle()
-                took = time.perf_counter() - started
-                await asyncio.sleep(max(self._min_gap_s, took * self._rest))
+            with background("rollup materializer"):
+                while True:
+                    with contextlib.suppress(TimeoutError):
+                        await asyncio.wait_for(self._wake.wait(), self._interval_s)
+                    self._wake.clear()
+                    started = time.perf_counter()
+                    await self._runs_until_idle()
+                    took = time.perf_counter() - started
+                    await asyncio.sleep(max(self._min_gap_s, took * self._rest))
         finally:
             if self._conn is not None:
                 self._conn.terminate()
 
     async def _runs_until_idle(self) -> None:
+        started = time.perf_counter()
+        rows = hours = 0
+        apps: set[int] = set()
         try:
             while True:
                 conn = await self._connection()
                 run = await catch_up_once(conn, self._edition)
                 self._runs.labels(outcome=run.outcome).inc()
+                rows, hours = rows + run.rows, hours + run.hours
+                apps |= run.apps
                 if run.rows < ROWS_PER_RUN:
-                    return
+                    break
                 await asyncio.sleep(0)
+            left = await timed(conn.fetchval, PENDING, (), "pending left") if rows else 0
         except Exception as exc:
-            self._runs.labels(outcome="failed").inc()
-            log.warning(
-                "materializing the rollups failed; retrying",
-                extra={"error": f"{type(exc).__name__}: {exc}"},
+            self._failed(exc)
+            return
+        if self._failures:
+            log.info(
+                "rollups: catching up works again, after %d failed attempt%s",
+                self._failures,
+                "" if self._failures == 1 else "s",
+                extra={"failures": self._failures},
             )
-            if self._conn is not None:
-                self._conn.terminate()
-                self._conn = None
+            self._failures = 0
+        if rows:
+            took = time.perf_counter() - started
+            log.info(
+                "rollups: materialized %d hour%s for %d app%s in %s; %d pending",
+                hours,
+                "" if hours == 1 else "s",
+                len(apps),
+                "" if len(apps) == 1 else "s",
+                f"{took * 1000:.0f} ms" if took < 1 else f"{took:.1f} s",
+                left,
+                extra={
+                    "hours": hours,
+                    "apps": len(apps),
+                    "pending_read": rows,
+                    "s": round(took, 3),
+                    "pending": left,
+                },
+            )
+
+    def _failed(self, exc: Exception) -> None:
+        self._runs.labels(outcome="failed").inc()
+        self._failures += 1
+        log.log(
+            logging.WARNING if self._failures == 1 else logging.DEBUG,
+            "rollups: catching up on the pending stretches failed (%s: %s); queries read "
+            "them from raw events meanwhile, and it is retried every %g s (until it works "
+            "again, further failures are logged at DEBUG)",
+            type(exc).__name__,
+            exc,
+            self._interval_s,
+            extra={"error": f"{type(exc).__name__}: {exc}", "failures": self._failures},
+        )
+        if self._conn is not None:
+            self._conn.terminate()
+            self._conn = None
 
     async def _connection(self) -> asyncpg.Connection:
         if self._conn is None or self._conn.is_closed():

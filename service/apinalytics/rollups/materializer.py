@@ -81,6 +81,7 @@ _READ = """
     LIMIT $1
 """
 _DONE = "DELETE FROM rollup_pending WHERE id = ANY($1::bigint[])"
+PENDING = "SELECT count(*) FROM rollup_pending"
 # Per relation, the time before which its data was (or may have been) dropped.
 _DROPPED = "SELECT relation, extract(epoch FROM dropped_before)::float8 AS dropped FROM retention"
 
@@ -98,11 +99,16 @@ _STATUS = f"""
 
 @dataclass(frozen=True)
 class Run:
-    """What one run did: ``ran`` False when another materializer held the lock."""
+    """What one run did: ``ran`` False when another materializer held the lock.
+    ``hours``: the hours of rollups brought up to date (per app on Apache; on
+    Community a refreshed hour is every app's), ``apps``: the apps whose pending rows
+    it read."""
 
     ran: bool
     rows: int = 0
     stretches: int = 0
+    hours: int = 0
+    apps: frozenset[int] = frozenset()
 
     @property
     def outcome(self) -> str:
@@ -189,11 +195,12 @@ async def _reaggregate(conn: asyncpg.Connection, limit: int) -> Run:
             r["relation"]: r["dropped"]
             for r in await timed(conn.fetch, _DROPPED, (), "dropped before")
         }
-        stretches = 0
+        stretches = hours = 0
         for r in live:
             app = r["id"]
             for start, end in per_app[app]:
                 stretches += 1
+                hours += (end - start) // pending.WIDTH_S
                 for rollup in ROLLUPS:
                     lo = start
                     gone = dropped.get(rollup.built_from)
@@ -210,7 +217,7 @@ async def _reaggregate(conn: asyncpg.Connection, limit: int) -> Run:
                     await timed(conn.execute, _INSERT_SQL[rollup.relation], args, "upkeep insert")
         await timed(conn.execute, _DONE, ([r["id"] for r in rows],), "pending done")
     log.debug("rollups materialized", extra={"pending": len(rows), "stretches": stretches})
-    return Run(ran=True, rows=len(rows), stretches=stretches)
+    return Run(ran=True, rows=len(rows), stretches=stretches, hours=hours, apps=frozenset(per_app))
 
 
 async def _refresh(conn: asyncpg.Connection, limit: int) -> Run:
@@ -223,4 +230,10 @@ async def _refresh(conn: asyncpg.Connection, limit: int) -> Run:
     await community.refresh_stretches(conn, windows)
     await timed(conn.execute, _DONE, ([r["id"] for r in rows],), "pending done")
     log.debug("rollups refreshed", extra={"pending": len(rows), "windows": len(windows)})
-    return Run(ran=True, rows=len(rows), stretches=len(windows))
+    return Run(
+        ran=True,
+        rows=len(rows),
+        stretches=len(windows),
+        hours=sum((e - s) // pending.WIDTH_S for s, e in windows),
+        apps=frozenset(r["app_id"] for r in rows),
+    )
