@@ -29,9 +29,11 @@ noise, which moves whole rounds, does not decide.
 Rollup upkeep happens in the service's background materializer, never in the
 request: while each HTTP run goes on, the oldest pending stretch's age is sampled
 every 0.2 s (its maximum is reported), and after it the time until nothing is
-pending. After the rounds, ``--scattered`` batches of 1,000 events spread over the
-last 30 days and as many live ones are posted one at a time, on top of what the last
-run stored (``--background`` more events of another app, spread over the same 30
+pending; the service's and the database's CPU are counted once more when nothing
+is pending, so each HTTP run also reports its sustained cost per event (stored and
+rolled up) and the events per second one core sustains at it. After the rounds,
+``--scattered`` batches of 1,000 events spread over the last 30 days and as many
+live ones are posted one at a time, on top of what the last run stored (``--background`` more events of another app, spread over the same 30
 days, are loaded first): their request latencies side by side.
 
 ``--profile`` also runs the service once under pyinstrument (batches of 1,000, with
@@ -154,6 +156,9 @@ async def bench_mode(mode: str, args: argparse.Namespace) -> None:
         upkeep: dict[str, list[tuple[float, float]]] = {}
 
         cpu: dict[str, list[tuple[float, float, float]]] = {}
+        # Per HTTP run: service and database CPU µs per event from the run's start until
+        # nothing was pending (the materializer's catch-up included).
+        sustained: dict[str, list[tuple[float, ...]]] = {}
 
         async def record(
             name: str,
@@ -172,6 +177,12 @@ async def bench_mode(mode: str, args: argparse.Namespace) -> None:
                     await sampler
                 drained = await _drain(c.dsn)
                 upkeep.setdefault(name, []).append((worst[0], drained))
+                # The same CPU, counted until the materializer caught up: the sustained
+                # cost of an event (stored and rolled up).
+                settled = _cpu_now(server, c.datadir)
+                sustained.setdefault(name, []).append(
+                    tuple((a - b) / n * 1e6 for a, b in zip(settled[:2], before[:2], strict=True))
+                )
             elapsed, lat = out if isinstance(out, tuple) else (out, [])
             got = await _count(c.dsn)
             if got != n:
@@ -226,7 +237,9 @@ async def bench_mode(mode: str, args: argparse.Namespace) -> None:
             profile = await _profile(
                 c.dsn, mode, url_headers=headers, bodies=bodies[1000], args=args
             )
-        _report(mode, m, args, runs, latencies, cpu, decode_us, profile, upkeep, scattered)
+        _report(
+            mode, m, args, runs, latencies, cpu, decode_us, profile, upkeep, scattered, sustained
+        )
     finally:
         await asyncio.to_thread(c.stop)
 
@@ -508,6 +521,7 @@ def _report(
     profile: Path | None,
     upkeep: dict[str, list[tuple[float, float]]],
     scattered: dict[str, list[float]],
+    sustained: dict[str, list[tuple[float, ...]]],
 ) -> None:
     ceiling = median(runs["copy_all"])
     lines = [
@@ -559,6 +573,23 @@ def _report(
             lines.append(
                 f"- {_label(name)}: " + ", ".join(f"{a:.1f} s / {d:.1f} s" for a, d in values)
             )
+    if sustained:
+        lines += [
+            "",
+            "Sustained cost per HTTP run, CPU counted from the run's start until nothing "
+            "was pending (the materializer's catch-up included): service / database µs per "
+            "event, round by round, and the events per second one core sustains "
+            "(10⁶ ÷ their sum; median of rounds):",
+            "",
+        ]
+        for name, values in sustained.items():
+            per_core = [1e6 / (sv + db) for sv, db in values]
+            lines.append(
+                f"- {_label(name)}: "
+                + ", ".join(f"{sv:.1f} / {db:.1f}" for sv, db in values)
+                + f"; {median(per_core):,.0f} events/s per core"
+                + f" ({min(per_core):,.0f} to {max(per_core):,.0f})"
+            )
     if scattered:
         s, live = scattered["scattered"], scattered["live"]
         lines += [
@@ -587,6 +618,7 @@ def _report(
                 "cpu": cpu,
                 "decode_us": decode_us,
                 "upkeep": upkeep,
+                "sustained": sustained,
                 "scattered": scattered,
             },
             indent=1,
