@@ -48,7 +48,6 @@ import asyncio
 import contextlib
 import json
 import logging
-import os
 import subprocess
 import time
 from collections.abc import Awaitable, Callable, Sequence
@@ -67,10 +66,13 @@ from common import (
     ROOT,
     EventMaker,
     as_json,
+    cpu_seconds,
+    database_cpu_s,
     machine,
     machine_line,
     median,
     modes_available,
+    process_tree,
     start_service,
     stop_service,
 )
@@ -244,40 +246,11 @@ async def bench_mode(mode: str, args: argparse.Namespace) -> None:
         await asyncio.to_thread(c.stop)
 
 
-def _cpu_seconds(pid: int) -> float:
-    """User + system CPU seconds of a process and of its children it has reaped."""
-    try:
-        fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
-    except FileNotFoundError:
-        return 0.0
-    return sum(int(f) for f in fields[11:15]) / os.sysconf("SC_CLK_TCK")
-
-
-def _tree(root: int) -> list[int]:
-    """A process and all its descendants (the service's workers, the database's
-    backends)."""
-    children: dict[int, list[int]] = {}
-    for stat in Path("/proc").glob("[0-9]*/stat"):
-        try:
-            parent = int(stat.read_text().rsplit(")", 1)[1].split()[1])
-        except (FileNotFoundError, ProcessLookupError):
-            continue
-        children.setdefault(parent, []).append(int(stat.parent.name))
-    out, todo = [], [root]
-    while todo:
-        pid = todo.pop()
-        out.append(pid)
-        todo.extend(children.get(pid, []))
-    return out
-
-
 def _cpu_now(server: subprocess.Popen[bytes] | None, datadir: Path) -> tuple[float, float, float]:
     """CPU seconds so far of the service (all its processes), the database (postmaster
     and backends) and this benchmark process (the HTTP client, or the COPY client)."""
-    service = sum(_cpu_seconds(p) for p in _tree(server.pid)) if server else 0.0
-    postmaster = int((datadir / "postmaster.pid").read_text().split()[0])
-    database = sum(_cpu_seconds(p) for p in _tree(postmaster))
-    return service, database, time.process_time()
+    service = sum(cpu_seconds(p) for p in process_tree(server.pid)) if server else 0.0
+    return service, database_cpu_s(datadir), time.process_time()
 
 
 def _decode_cost(body: bytes, app: int, settings: Settings) -> float:

@@ -40,6 +40,7 @@ from common import (
     DATA,
     EventMaker,
     as_row,
+    database_cpu_s,
     machine,
     machine_line,
     median,
@@ -47,7 +48,6 @@ from common import (
     stored_relation,
 )
 from common import cluster as start_cluster
-from ingest import _cpu_now
 
 HOUR = 3600
 
@@ -99,11 +99,11 @@ async def bench_mode(mode: str, sizes: list[int], rounds: int) -> None:
                         hour + HOUR,
                     )
                     await conn.execute("ANALYZE events")
-                    before = _cpu_now(None, c.datadir)[1]
+                    before = database_cpu_s(c.datadir)
                     t = time.perf_counter()
                     run = await materializer.catch_up_once(conn, edition)
                     elapsed = time.perf_counter() - t
-                    db_cpu = _cpu_now(None, c.datadir)[1] - before
+                    db_cpu = database_cpu_s(c.datadir) - before
                     if run.rows != 1 or await conn.fetchval("SELECT count(*) FROM rollup_pending"):
                         raise RuntimeError(f"the run did not catch up: {run}")
                     # The stored rows (the materialization, in the Community edition),

@@ -165,6 +165,9 @@ async def one_size(mode: str, n: int, args: argparse.Namespace) -> dict[str, Any
         "copy_s": data["copy_s"],
         "rebuild_s": data["rebuild_s"],
         "rebuild_day_s": data.get("rebuild_day_s", []),
+        "copy_db_cpu_s": data.get("copy_db_cpu_s"),
+        "rebuild_db_cpu_s": data.get("rebuild_db_cpu_s"),
+        "rebuild_day_db_cpu_s": data.get("rebuild_day_db_cpu_s", []),
         "vacuum_s": data.get("vacuum_s"),
         "sizes": sizes,
         "database_bytes": database,
@@ -228,7 +231,15 @@ def _section(r: dict[str, Any]) -> str:
             if days
             else ""
         )
-        + f"); VACUUM ANALYZE {r['vacuum_s']} s.",
+        + f"); VACUUM ANALYZE {r['vacuum_s']} s."
+        + (
+            f" Database CPU: COPY {r['copy_db_cpu_s']} s "
+            f"({r['copy_db_cpu_s'] / r['events'] * 1e6:.1f} µs per event), rebuild "
+            f"{r['rebuild_db_cpu_s']} s ({r['rebuild_db_cpu_s'] / r['events'] * 1e6:.1f} µs "
+            "per event)."
+            if r.get("rebuild_db_cpu_s") is not None
+            else ""
+        ),
         "",
         "| panel | sources | median | min to max | runs |",
         "|---|---|---:|---:|---:|",
