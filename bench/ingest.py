@@ -59,7 +59,7 @@ import asyncpg
 from apinalytics import apps, localdb, migrate
 from apinalytics.db import Database, unix_us_timestamps
 from apinalytics.ingest import decode, write
-from apinalytics.rollups import ROLLUPS, rebuild
+from apinalytics.rollups import ROLLUPS, materializer, rebuild
 from apinalytics.settings import Settings
 from common import (
     DATA,
@@ -274,7 +274,11 @@ async def _reset(dsn: str) -> None:
             # Plain tables in the Apache mode; continuous aggregates are left alone.
             if kind in (b"r", "r"):
                 tables.append(r.relation)
+        # The services' materializers may be catching up on the last run's pending
+        # stretches: hold their lock, so that no run is midway through the tables.
+        await conn.execute("SELECT pg_advisory_lock($1)", materializer.LOCK_ID)
         await conn.execute(f"TRUNCATE {', '.join(tables)}")
+        await conn.execute("SELECT pg_advisory_unlock($1)", materializer.LOCK_ID)
         await conn.execute("CHECKPOINT")
     finally:
         await conn.close()
