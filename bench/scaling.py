@@ -123,8 +123,17 @@ async def main() -> None:
     p.add_argument("--days", type=int, default=30)
     p.add_argument("--apps", type=int, default=10)
     p.add_argument("--drop", action="store_true", help="remove the generated cluster at the end")
+    p.add_argument(
+        "--report", action="store_true", help="only write the report again from the JSON"
+    )
     args = p.parse_args()
     sizes = sorted(int(s) for s in args.sizes.split(","))
+    if args.report:
+        for mode in modes_available(args.mode):
+            path = DATA / f"scaling-results-{mode}.json"
+            _write(mode, json.loads(path.read_text()))
+            print((DATA / f"scaling-results-{mode}.md").read_text())
+        return
     for mode in modes_available(args.mode):
         results: list[dict[str, Any]] = []
         try:
@@ -269,10 +278,64 @@ def _section(r: dict[str, Any]) -> str:
     return "\n".join(lines) + "\n"
 
 
+def _side_by_side(results: list[dict[str, Any]]) -> str:
+    """Every size's panels and sizes in one table each (medians, ranges, ratios)."""
+    if len(results) < 2:
+        return ""
+    first, last = results[0], results[-1]
+    sizes = " | ".join(f"{r['events'] / 1e6:.0f} M: median (range)" for r in results)
+    events = ", ".join(f"{r['events']:,}" for r in results)
+    busiest = ", ".join(f"{r['busiest_app_events']:,}" for r in results)
+    lines = [
+        f"### side by side ({events} events; busiest app {busiest})",
+        "",
+        f"| panel | sources | {sizes} | {last['events'] / 1e6:.0f} M ÷ "
+        f"{first['events'] / 1e6:.0f} M |",
+        "|---|---|" + "---:|" * (len(results) + 1),
+    ]
+    for i, p in enumerate(first["panels"]):
+        cells = []
+        for r in results:
+            s = r["panels"][i]["seconds"]
+            cells.append(f"{_ms(median(s))} ms ({_ms(min(s))} to {_ms(max(s))})")
+        ratio = median(last["panels"][i]["seconds"]) / median(p["seconds"])
+        lines.append(f"| {p['panel']} | {p['sources']} | {' | '.join(cells)} | {ratio:.1f} |")
+    lines += [
+        "",
+        "| relation | "
+        + " | ".join(
+            f"{r['events'] / 1e6:.0f} M: size, rows per event, bytes per event" for r in results
+        )
+        + " |",
+        "|---|" + "---:|" * len(results),
+    ]
+    for i, s in enumerate(first["sizes"]):
+        cells = []
+        for r in results:
+            x = r["sizes"][i]
+            cells.append(
+                f"{x['bytes'] / 2**20:,.0f} MiB, {x['rows_per_event']:.3f}, "
+                f"{x['bytes_per_event']:.1f}"
+            )
+        lines.append(f"| {s['relation']} | {' | '.join(cells)} |")
+    totals = [sum(x["bytes"] for x in r["sizes"]) for r in results]
+    lines.append(
+        "| all of the above | "
+        + " | ".join(
+            f"{t / 2**20:,.0f} MiB, , {t / r['events']:.1f}"
+            for t, r in zip(totals, results, strict=True)
+        )
+        + " |"
+    )
+    return "\n".join(lines) + "\n"
+
+
 def _write(mode: str, results: list[dict[str, Any]]) -> None:
     out = DATA / f"scaling-results-{mode}"
     out.with_suffix(".json").write_text(json.dumps(results, indent=1))
-    out.with_suffix(".md").write_text("\n".join(_section(r) for r in results))
+    out.with_suffix(".md").write_text(
+        "\n".join([*(_section(r) for r in results), _side_by_side(results)])
+    )
 
 
 if __name__ == "__main__":
