@@ -118,6 +118,39 @@ def machine_line(m: dict[str, str]) -> str:
     )
 
 
+def cpu_seconds(pid: int) -> float:
+    """User + system CPU seconds of a process and of its children it has reaped."""
+    try:
+        fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    except FileNotFoundError:
+        return 0.0
+    return sum(int(f) for f in fields[11:15]) / os.sysconf("SC_CLK_TCK")
+
+
+def process_tree(root: int) -> list[int]:
+    """A process and all its descendants (the service's workers, the database's
+    backends)."""
+    children: dict[int, list[int]] = {}
+    for stat in Path("/proc").glob("[0-9]*/stat"):
+        try:
+            parent = int(stat.read_text().rsplit(")", 1)[1].split()[1])
+        except (FileNotFoundError, ProcessLookupError):
+            continue
+        children.setdefault(parent, []).append(int(stat.parent.name))
+    out, todo = [], [root]
+    while todo:
+        pid = todo.pop()
+        out.append(pid)
+        todo.extend(children.get(pid, []))
+    return out
+
+
+def database_cpu_s(datadir: Path) -> float:
+    """CPU seconds so far of a local cluster's postmaster and all its backends."""
+    postmaster = int((datadir / "postmaster.pid").read_text().split()[0])
+    return sum(cpu_seconds(p) for p in process_tree(postmaster))
+
+
 # -- statistics -------------------------------------------------------------------
 
 

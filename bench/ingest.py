@@ -29,9 +29,11 @@ noise, which moves whole rounds, does not decide.
 Rollup upkeep happens in the service's background materializer, never in the
 request: while each HTTP run goes on, the oldest pending stretch's age is sampled
 every 0.2 s (its maximum is reported), and after it the time until nothing is
-pending. After the rounds, ``--scattered`` batches of 1,000 events spread over the
-last 30 days and as many live ones are posted one at a time, on top of what the last
-run stored (``--background`` more events of another app, spread over the same 30
+pending; the service's and the database's CPU are counted once more when nothing
+is pending, so each HTTP run also reports its sustained cost per event (stored and
+rolled up) and the events per second one core sustains at it. After the rounds,
+``--scattered`` batches of 1,000 events spread over the last 30 days and as many
+live ones are posted one at a time, on top of what the last run stored (``--background`` more events of another app, spread over the same 30
 days, are loaded first): their request latencies side by side.
 
 ``--profile`` also runs the service once under pyinstrument (batches of 1,000, with
@@ -46,7 +48,6 @@ import asyncio
 import contextlib
 import json
 import logging
-import os
 import subprocess
 import time
 from collections.abc import Awaitable, Callable, Sequence
@@ -58,17 +59,20 @@ import asyncpg
 from apinalytics import apps, localdb, migrate
 from apinalytics.db import Database, unix_us_timestamps
 from apinalytics.ingest import decode, write
-from apinalytics.rollups import ROLLUPS, rebuild
+from apinalytics.rollups import ROLLUPS, materializer, rebuild
 from apinalytics.settings import Settings
 from common import (
     DATA,
     ROOT,
     EventMaker,
     as_json,
+    cpu_seconds,
+    database_cpu_s,
     machine,
     machine_line,
     median,
     modes_available,
+    process_tree,
     start_service,
     stop_service,
 )
@@ -154,6 +158,9 @@ async def bench_mode(mode: str, args: argparse.Namespace) -> None:
         upkeep: dict[str, list[tuple[float, float]]] = {}
 
         cpu: dict[str, list[tuple[float, float, float]]] = {}
+        # Per HTTP run: service and database CPU µs per event from the run's start until
+        # nothing was pending (the materializer's catch-up included).
+        sustained: dict[str, list[tuple[float, ...]]] = {}
 
         async def record(
             name: str,
@@ -172,6 +179,12 @@ async def bench_mode(mode: str, args: argparse.Namespace) -> None:
                     await sampler
                 drained = await _drain(c.dsn)
                 upkeep.setdefault(name, []).append((worst[0], drained))
+                # The same CPU, counted until the materializer caught up: the sustained
+                # cost of an event (stored and rolled up).
+                settled = _cpu_now(server, c.datadir)
+                sustained.setdefault(name, []).append(
+                    tuple((a - b) / n * 1e6 for a, b in zip(settled[:2], before[:2], strict=True))
+                )
             elapsed, lat = out if isinstance(out, tuple) else (out, [])
             got = await _count(c.dsn)
             if got != n:
@@ -226,45 +239,18 @@ async def bench_mode(mode: str, args: argparse.Namespace) -> None:
             profile = await _profile(
                 c.dsn, mode, url_headers=headers, bodies=bodies[1000], args=args
             )
-        _report(mode, m, args, runs, latencies, cpu, decode_us, profile, upkeep, scattered)
+        _report(
+            mode, m, args, runs, latencies, cpu, decode_us, profile, upkeep, scattered, sustained
+        )
     finally:
         await asyncio.to_thread(c.stop)
-
-
-def _cpu_seconds(pid: int) -> float:
-    """User + system CPU seconds of a process and of its children it has reaped."""
-    try:
-        fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
-    except FileNotFoundError:
-        return 0.0
-    return sum(int(f) for f in fields[11:15]) / os.sysconf("SC_CLK_TCK")
-
-
-def _tree(root: int) -> list[int]:
-    """A process and all its descendants (the service's workers, the database's
-    backends)."""
-    children: dict[int, list[int]] = {}
-    for stat in Path("/proc").glob("[0-9]*/stat"):
-        try:
-            parent = int(stat.read_text().rsplit(")", 1)[1].split()[1])
-        except (FileNotFoundError, ProcessLookupError):
-            continue
-        children.setdefault(parent, []).append(int(stat.parent.name))
-    out, todo = [], [root]
-    while todo:
-        pid = todo.pop()
-        out.append(pid)
-        todo.extend(children.get(pid, []))
-    return out
 
 
 def _cpu_now(server: subprocess.Popen[bytes] | None, datadir: Path) -> tuple[float, float, float]:
     """CPU seconds so far of the service (all its processes), the database (postmaster
     and backends) and this benchmark process (the HTTP client, or the COPY client)."""
-    service = sum(_cpu_seconds(p) for p in _tree(server.pid)) if server else 0.0
-    postmaster = int((datadir / "postmaster.pid").read_text().split()[0])
-    database = sum(_cpu_seconds(p) for p in _tree(postmaster))
-    return service, database, time.process_time()
+    service = sum(cpu_seconds(p) for p in process_tree(server.pid)) if server else 0.0
+    return service, database_cpu_s(datadir), time.process_time()
 
 
 def _decode_cost(body: bytes, app: int, settings: Settings) -> float:
@@ -288,7 +274,11 @@ async def _reset(dsn: str) -> None:
             # Plain tables in the Apache mode; continuous aggregates are left alone.
             if kind in (b"r", "r"):
                 tables.append(r.relation)
+        # The services' materializers may be catching up on the last run's pending
+        # stretches: hold their lock, so that no run is midway through the tables.
+        await conn.execute("SELECT pg_advisory_lock($1)", materializer.LOCK_ID)
         await conn.execute(f"TRUNCATE {', '.join(tables)}")
+        await conn.execute("SELECT pg_advisory_unlock($1)", materializer.LOCK_ID)
         await conn.execute("CHECKPOINT")
     finally:
         await conn.close()
@@ -508,6 +498,7 @@ def _report(
     profile: Path | None,
     upkeep: dict[str, list[tuple[float, float]]],
     scattered: dict[str, list[float]],
+    sustained: dict[str, list[tuple[float, ...]]],
 ) -> None:
     ceiling = median(runs["copy_all"])
     lines = [
@@ -559,6 +550,23 @@ def _report(
             lines.append(
                 f"- {_label(name)}: " + ", ".join(f"{a:.1f} s / {d:.1f} s" for a, d in values)
             )
+    if sustained:
+        lines += [
+            "",
+            "Sustained cost per HTTP run, CPU counted from the run's start until nothing "
+            "was pending (the materializer's catch-up included): service / database µs per "
+            "event, round by round, and the events per second one core sustains "
+            "(10⁶ ÷ their sum; median of rounds):",
+            "",
+        ]
+        for name, values in sustained.items():
+            per_core = [1e6 / (sv + db) for sv, db in values]
+            lines.append(
+                f"- {_label(name)}: "
+                + ", ".join(f"{sv:.1f} / {db:.1f}" for sv, db in values)
+                + f"; {median(per_core):,.0f} events/s per core"
+                + f" ({min(per_core):,.0f} to {max(per_core):,.0f})"
+            )
     if scattered:
         s, live = scattered["scattered"], scattered["live"]
         lines += [
@@ -587,6 +595,7 @@ def _report(
                 "cpu": cpu,
                 "decode_us": decode_us,
                 "upkeep": upkeep,
+                "sustained": sustained,
                 "scattered": scattered,
             },
             indent=1,
