@@ -61,6 +61,24 @@ def register(sub: Any) -> None:
         parents=[common],
         help="change retention (durations like 30d, 12h, 5y, or forever)",
     )
+    _set_options(p)
+    p.add_argument("--yes", action="store_true", help="do not ask before shortening a retention")
+    p.set_defaults(func=cmd_set)
+
+    p = r.add_parser("apply", parents=[common], help="drop what is past retention now")
+    p.add_argument("--dry-run", action="store_true", help="only print what would be dropped")
+    p.add_argument(
+        "--run",
+        action="store_true",
+        help="Community edition: run the retention and compression policies now "
+        "instead of at their schedule",
+    )
+    p.add_argument("--yes", action="store_true", help="do not ask before dropping")
+    p.set_defaults(func=cmd_apply)
+
+
+def _set_options(p: argparse.ArgumentParser) -> None:
+    """The durations ``set`` takes: one per retention option, and --compress-after."""
     # One option may set several relations (--hour: events_1h and the narrow hour ones).
     relations_of: dict[str, list[str]] = {}
     for rel, flag in FLAGS.items():
@@ -82,19 +100,6 @@ def register(sub: Any) -> None:
         help="Community edition: compress raw events and rollups once older than this "
         "(off: stop compressing)",
     )
-    p.add_argument("--yes", action="store_true", help="do not ask before shortening a retention")
-    p.set_defaults(func=cmd_set)
-
-    p = r.add_parser("apply", parents=[common], help="drop what is past retention now")
-    p.add_argument("--dry-run", action="store_true", help="only print what would be dropped")
-    p.add_argument(
-        "--run",
-        action="store_true",
-        help="Community edition: run the retention and compression policies now "
-        "instead of at their schedule",
-    )
-    p.add_argument("--yes", action="store_true", help="do not ask before dropping")
-    p.set_defaults(func=cmd_apply)
 
 
 def _duration(text: str) -> int | None:
@@ -193,24 +198,30 @@ async def cmd_show(args: argparse.Namespace, settings: Settings) -> int:
         print("  ".join(v.ljust(w) for v, w in zip(r, widths, strict=True)).rstrip())
     print("times in UTC; 'complete from': queries read the relation from then on")
     if mode.retention_policies:
-        for s in rows:
-            if s.policy:
-                print(
-                    f"{s.relation}: retention policy job {s.policy.job_id}, drop_after "
-                    f"{format_duration(s.policy.drop_after_s)}, every {_every(s.policy.schedule)}, "
-                    f"next run {_when(s.policy.next_start)}"
-                )
-            if (s.policy.drop_after_s if s.policy else None) != s.keep_s:
-                print(
-                    f"warning: {s.relation}'s retention policy does not match the retention "
-                    f"in force ({format_duration(s.keep_s)}); run `apinalytics retention set "
-                    f"{FLAGS[s.relation]} {format_duration(s.keep_s)}` to restore it",
-                    file=sys.stderr,
-                )
-        for rel, w in windows.items():
-            print(f"{rel}: refresh policy reaches back {format_duration(w)}")
+        _show_policies(rows, windows)
     _show_compression(packed)
     return OK
+
+
+def _show_policies(rows: list[retention.RelationStatus], windows: dict[str, int | None]) -> None:
+    """Community: each retention policy, a warning where one no longer matches the
+    retention in force, and how far back each refresh policy reaches."""
+    for s in rows:
+        if s.policy:
+            print(
+                f"{s.relation}: retention policy job {s.policy.job_id}, drop_after "
+                f"{format_duration(s.policy.drop_after_s)}, every {_every(s.policy.schedule)}, "
+                f"next run {_when(s.policy.next_start)}"
+            )
+        if (s.policy.drop_after_s if s.policy else None) != s.keep_s:
+            print(
+                f"warning: {s.relation}'s retention policy does not match the retention "
+                f"in force ({format_duration(s.keep_s)}); run `apinalytics retention set "
+                f"{FLAGS[s.relation]} {format_duration(s.keep_s)}` to restore it",
+                file=sys.stderr,
+            )
+    for rel, w in windows.items():
+        print(f"{rel}: refresh policy reaches back {format_duration(w)}")
 
 
 NO_COMPRESSION = (
