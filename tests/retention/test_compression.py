@@ -24,8 +24,9 @@ import pytest
 from aiohttp.test_utils import TestClient
 from hypothesis import HealthCheck, given, settings
 
-from apinalytics import apps, compression, db, retention
+from apinalytics import apps, compression, retention
 from apinalytics.apps import NewApp
+from apinalytics.db import create_pool
 from apinalytics.edition import Edition
 from apinalytics.rollups import rebuild
 from apinalytics.settings import Settings
@@ -44,6 +45,12 @@ async def compressed(conn: asyncpg.Connection, relation: str) -> tuple[int, int]
     """(compressed chunks, all chunks) of a relation, from TimescaleDB's catalog."""
     parts = await retention.chunks(conn, relation)
     return sum(c.compressed for c in parts), len(parts)
+
+
+async def compression_stored(conn: asyncpg.Connection, relation: str) -> str:
+    """The hypertable holding a relation's rows (a continuous aggregate's own)."""
+    schema, name = (await retention.hypertables(conn))[relation]
+    return f"{schema}.{name}"
 
 
 async def materialize(conn: asyncpg.Connection) -> None:
@@ -185,6 +192,13 @@ async def test_back_dated_events_reach_compressed_rollups_after_catch_up(
     assert "events_1h_consumer" in resp.headers["X-Apinalytics-Sources"]
     oracle.assert_same((await resp.json())["groups"], oracle.answer(evs + late, q, app.app_id), q)
 
+    # Deleting the app deletes its rows from compressed chunks too (whole segments).
+    async with db.transaction():
+        assert await apps.delete(db, app.app_id)
+    for rel in retention.RELATIONS:
+        stored = await compression_stored(db, rel)
+        assert await db.fetchval(f"SELECT count(*) FROM {stored} WHERE app_id = $1", internal) == 0
+
 
 @COMMUNITY
 async def test_service_statements_see_rows_rewritten_in_compressed_rollup_chunks(
@@ -237,9 +251,7 @@ async def test_service_statements_see_rows_rewritten_in_compressed_rollup_chunks
 
 
 async def db_pool(database_url: str) -> asyncpg.Pool:
-    return await db.create_pool(
-        database_url, max_size=1, statement_timeout_s=30, connect_timeout_s=5
-    )
+    return await create_pool(database_url, max_size=1, statement_timeout_s=30, connect_timeout_s=5)
 
 
 @COMMUNITY
