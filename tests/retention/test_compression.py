@@ -53,6 +53,14 @@ async def compression_stored(conn: asyncpg.Connection, relation: str) -> str:
     return f"{schema}.{name}"
 
 
+async def partial_chunks(conn: asyncpg.Connection) -> int:
+    """Chunks holding rows outside their compressed part (status bit 8, "partial")."""
+    count: int = await conn.fetchval(
+        "SELECT count(*) FROM _timescaledb_catalog.chunk WHERE status & 8 = 8 AND NOT dropped"
+    )
+    return count
+
+
 async def materialize(conn: asyncpg.Connection) -> None:
     """Refresh every rollup over the oracle's days: a test database has no refresh
     before, so nothing would be materialized (real-time aggregation reads it all) and
@@ -177,6 +185,7 @@ async def test_back_dated_events_reach_compressed_rollups_after_catch_up(
         oracle.Ev(base + 3600 * h + 30, "late", "POST", "/b", "g", 7, 201, None) for h in range(40)
     ]
     await post_accepted(client, app, [e.body() for e in late])
+    assert await partial_chunks(db) > 0
     await catch_up(db)
     internal = await db.fetchval("SELECT id FROM apps WHERE public_id = $1", app.app_id)
     for rel in ("events_1m", "events_1h", "events_1h_consumer"):
@@ -191,6 +200,9 @@ async def test_back_dated_events_reach_compressed_rollups_after_catch_up(
     assert resp.status == 200, await resp.text()
     assert "events_1h_consumer" in resp.headers["X-Apinalytics-Sources"]
     oracle.assert_same((await resp.json())["groups"], oracle.answer(evs + late, q, app.app_id), q)
+    # The next policy run recompresses the chunks the late events made partial.
+    await compress_now(settings, db)
+    assert await partial_chunks(db) == 0
 
     # Deleting the app deletes its rows from compressed chunks too (whole segments).
     async with db.transaction():
