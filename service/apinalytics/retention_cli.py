@@ -1,4 +1,5 @@
-"""apinalytics retention show|set|apply: retention for DBAs, at a terminal or in cron.
+"""apinalytics retention show|set|apply: retention (and, on the Community edition,
+compressed storage: set --compress-after) for DBAs, at a terminal or in cron.
 
 Exit codes (documented in docs/retention.md), stable for scripts:
 
