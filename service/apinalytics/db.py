@@ -250,13 +250,6 @@ async def create_pool(
             "statement_timeout": str(int(statement_timeout_s * 1000)),
             "application_name": "apinalytics",
             "timezone": "UTC",
-            # Every statement planned for its own parameters, never a cached generic
-            # plan: on TimescaleDB 2.19 a generic plan made while a rollup chunk was
-            # wholly compressed keeps reading only its compressed part after a refresh
-            # rewrote rows of it, and misses them (docs/retention.md, "Compression").
-            # Custom plans are what statements over hypertables get anyway (chunk
-            # exclusion needs the parameters' values).
-            "plan_cache_mode": "force_custom_plan",
         },
     )
     return pool
