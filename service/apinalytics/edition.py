@@ -7,7 +7,8 @@ apply`` drops expired chunks.
 
 ``Edition.COMMUNITY``: the Community (TSL) build; the rollups are continuous
 aggregates, the materializer refreshes them over the pending stretches
-(``rollups/community.py``) and retention policies drop expired chunks.
+(``rollups/community.py``), retention policies drop expired chunks and compression
+policies compress old ones.
 
 The edition is chosen from ``SHOW timescaledb.license`` on the first migration and
 recorded in the database (``migrate.py``); the app reads it once at start
@@ -46,4 +47,10 @@ class Edition(StrEnum):
     @property
     def retention_policies(self) -> bool:
         """TimescaleDB policies drop expired chunks (else ``retention apply`` does)."""
+        return self is Edition.COMMUNITY
+
+    @property
+    def compression(self) -> bool:
+        """Chunks can be compressed (TimescaleDB's columnstore, a Community feature;
+        ``compression.py``). The Apache build has no compression at all."""
         return self is Edition.COMMUNITY

@@ -227,7 +227,10 @@ class Chunk:
     name: str
     start: datetime
     end: datetime
+    # On disk, indexes and TOAST included; for a compressed chunk, its compressed rows
+    # (Community edition: the chunk's own table is then nearly empty).
     bytes: int
+    compressed: bool = False
 
 
 async def chunks(
@@ -242,19 +245,29 @@ async def chunks(
         conn,
         f"chunks of {relation}",
         """
-        SELECT chunk_name, range_start, range_end,
-               pg_total_relation_size(format('%I.%I', chunk_schema, chunk_name)::regclass) AS bytes
-        FROM timescaledb_information.chunks
-        WHERE hypertable_schema = $1 AND hypertable_name = $2
-          AND ($3::timestamptz IS NULL OR range_end <= $3)
-        ORDER BY range_start
+        SELECT c.chunk_name, c.range_start, c.range_end, c.is_compressed,
+               coalesce(s.total_bytes, 0) AS bytes
+        FROM timescaledb_information.chunks c
+        LEFT JOIN chunks_detailed_size(format('%I.%I', $1::text, $2::text)::regclass) s
+          ON s.chunk_schema = c.chunk_schema AND s.chunk_name = c.chunk_name
+        WHERE c.hypertable_schema = $1 AND c.hypertable_name = $2
+          AND ($3::timestamptz IS NULL OR c.range_end <= $3)
+        ORDER BY c.range_start
         """,
         schema,
         name,
         before,
     )
     return [
-        Chunk(relation, r["chunk_name"], r["range_start"], r["range_end"], r["bytes"]) for r in rows
+        Chunk(
+            relation,
+            r["chunk_name"],
+            r["range_start"],
+            r["range_end"],
+            r["bytes"],
+            r["is_compressed"],
+        )
+        for r in rows
     ]
 
 

@@ -1,4 +1,5 @@
-"""apinalytics retention show|set|apply: retention for DBAs, at a terminal or in cron.
+"""apinalytics retention show|set|apply: retention (and, on the Community edition,
+compressed storage: set --compress-after) for DBAs, at a terminal or in cron.
 
 Exit codes (documented in docs/retention.md), stable for scripts:
 
@@ -24,7 +25,7 @@ from typing import Any
 
 import asyncpg
 
-from . import db, localdb, migrate, retention
+from . import compression, db, localdb, migrate, retention
 from .edition import Edition
 from .retention import FLAGS, RELATIONS, Chunk, format_duration
 from .settings import Settings
@@ -61,6 +62,24 @@ def register(sub: Any) -> None:
         parents=[common],
         help="change retention (durations like 30d, 12h, 5y, or forever)",
     )
+    _set_options(p)
+    p.add_argument("--yes", action="store_true", help="do not ask before shortening a retention")
+    p.set_defaults(func=cmd_set)
+
+    p = r.add_parser("apply", parents=[common], help="drop what is past retention now")
+    p.add_argument("--dry-run", action="store_true", help="only print what would be dropped")
+    p.add_argument(
+        "--run",
+        action="store_true",
+        help="Community edition: run the retention and compression policies now "
+        "instead of at their schedule",
+    )
+    p.add_argument("--yes", action="store_true", help="do not ask before dropping")
+    p.set_defaults(func=cmd_apply)
+
+
+def _set_options(p: argparse.ArgumentParser) -> None:
+    """The durations ``set`` takes: one per retention option, and --compress-after."""
     # One option may set several relations (--hour: events_1h and the narrow hour ones).
     relations_of: dict[str, list[str]] = {}
     for rel, flag in FLAGS.items():
@@ -74,18 +93,14 @@ def register(sub: Any) -> None:
             metavar="DURATION",
             help=f"keep {', '.join(rels)} this long",
         )
-    p.add_argument("--yes", action="store_true", help="do not ask before shortening a retention")
-    p.set_defaults(func=cmd_set)
-
-    p = r.add_parser("apply", parents=[common], help="drop what is past retention now")
-    p.add_argument("--dry-run", action="store_true", help="only print what would be dropped")
     p.add_argument(
-        "--run",
-        action="store_true",
-        help="Community edition: run the retention policies now instead of at their schedule",
+        "--compress-after",
+        type=_duration,
+        default=argparse.SUPPRESS,
+        metavar="DURATION",
+        help="Community edition: compress raw events and rollups once older than this "
+        "(off: stop compressing)",
     )
-    p.add_argument("--yes", action="store_true", help="do not ask before dropping")
-    p.set_defaults(func=cmd_apply)
 
 
 def _duration(text: str) -> int | None:
@@ -141,10 +156,15 @@ async def cmd_show(args: argparse.Namespace, settings: Settings) -> int:
     try:
         rows = await retention.status(conn, mode)
         windows = await retention.refresh_windows(conn) if mode.continuous_aggregates else {}
+        packed = (
+            (await compression.policies(conn), await compression.stats(conn))
+            if mode.compression
+            else None
+        )
     finally:
         await conn.close()
     if args.json:
-        print(json.dumps(_show_json(mode, rows, windows)))
+        print(json.dumps(_show_json(mode, rows, windows, packed)))
         return OK
     how = (
         "continuous aggregates; TimescaleDB retention policies drop expired chunks"
@@ -179,23 +199,68 @@ async def cmd_show(args: argparse.Namespace, settings: Settings) -> int:
         print("  ".join(v.ljust(w) for v, w in zip(r, widths, strict=True)).rstrip())
     print("times in UTC; 'complete from': queries read the relation from then on")
     if mode.retention_policies:
-        for s in rows:
-            if s.policy:
-                print(
-                    f"{s.relation}: retention policy job {s.policy.job_id}, drop_after "
-                    f"{format_duration(s.policy.drop_after_s)}, every {_every(s.policy.schedule)}, "
-                    f"next run {_when(s.policy.next_start)}"
-                )
-            if (s.policy.drop_after_s if s.policy else None) != s.keep_s:
-                print(
-                    f"warning: {s.relation}'s retention policy does not match the retention "
-                    f"in force ({format_duration(s.keep_s)}); run `apinalytics retention set "
-                    f"{FLAGS[s.relation]} {format_duration(s.keep_s)}` to restore it",
-                    file=sys.stderr,
-                )
-        for rel, w in windows.items():
-            print(f"{rel}: refresh policy reaches back {format_duration(w)}")
+        _show_policies(rows, windows)
+    _show_compression(packed)
     return OK
+
+
+def _show_policies(rows: list[retention.RelationStatus], windows: dict[str, int | None]) -> None:
+    """Community: each retention policy, a warning where one no longer matches the
+    retention in force, and how far back each refresh policy reaches."""
+    for s in rows:
+        if s.policy:
+            print(
+                f"{s.relation}: retention policy job {s.policy.job_id}, drop_after "
+                f"{format_duration(s.policy.drop_after_s)}, every {_every(s.policy.schedule)}, "
+                f"next run {_when(s.policy.next_start)}"
+            )
+        if (s.policy.drop_after_s if s.policy else None) != s.keep_s:
+            print(
+                f"warning: {s.relation}'s retention policy does not match the retention "
+                f"in force ({format_duration(s.keep_s)}); run `apinalytics retention set "
+                f"{FLAGS[s.relation]} {format_duration(s.keep_s)}` to restore it",
+                file=sys.stderr,
+            )
+    for rel, w in windows.items():
+        print(f"{rel}: refresh policy reaches back {format_duration(w)}")
+
+
+NO_COMPRESSION = (
+    "compression: not available on the Apache edition (compressed chunks are a "
+    "TimescaleDB Community feature)"
+)
+
+
+def _show_compression(
+    packed: tuple[dict[str, compression.Policy], dict[str, compression.Stats]] | None,
+) -> None:
+    if packed is None:
+        print(NO_COMPRESSION)
+        return
+    policies, stats = packed
+    ages = {p.compress_after_s for p in policies.values()}
+    if not policies:
+        print("compression: off (`apinalytics retention set --compress-after 7d` turns it on)")
+    elif len(ages) == 1:
+        print(f"compression: chunks compressed once older than {format_duration(ages.pop())}")
+    else:
+        print("compression: per relation, below (set by hand; --compress-after sets one age)")
+    for rel in RELATIONS:
+        p, st = policies.get(rel), stats.get(rel)
+        parts = []
+        if p:
+            parts.append(
+                f"compression policy job {p.job_id}, compress after "
+                f"{format_duration(p.compress_after_s)}, every {_every(p.schedule)}, "
+                f"next run {_when(p.next_start)}"
+            )
+        if st and st.compressed_chunks:
+            parts.append(
+                f"{st.compressed_chunks} of {st.chunks} chunks compressed, "
+                f"{_size(st.before_bytes)} -> {_size(st.after_bytes)}"
+            )
+        if parts:
+            print(f"{rel}: {'; '.join(parts)}")
 
 
 def _every(interval: timedelta) -> str:
@@ -203,13 +268,29 @@ def _every(interval: timedelta) -> str:
 
 
 def _show_json(
-    mode: str, rows: list[retention.RelationStatus], windows: dict[str, int | None]
+    mode: str,
+    rows: list[retention.RelationStatus],
+    windows: dict[str, int | None],
+    packed: tuple[dict[str, compression.Policy], dict[str, compression.Stats]] | None,
 ) -> dict[str, Any]:
     def ts(t: datetime | None) -> float | None:
         return t.timestamp() if t else None
 
+    policies, stats = packed if packed is not None else ({}, {})
+
+    def compressed(rel: str) -> dict[str, Any]:
+        p, st = policies.get(rel), stats.get(rel)
+        return {
+            "compress_after_s": p.compress_after_s if p else None,
+            "compression_job_id": p.job_id if p else None,
+            "compressed_chunks": st.compressed_chunks if st else 0,
+            "compressed_bytes_before": st.before_bytes if st else 0,
+            "compressed_bytes_after": st.after_bytes if st else 0,
+        }
+
     return {
         "mode": mode,
+        "compression_available": packed is not None,
         "relations": {
             s.relation: {
                 "retention_s": s.keep_s,
@@ -221,6 +302,7 @@ def _show_json(
                 "bytes": s.bytes,
                 "policy_job_id": s.policy.job_id if s.policy else None,
                 "refresh_window_s": windows.get(s.relation),
+                **compressed(s.relation),
             }
             for s in rows
         },
@@ -233,32 +315,67 @@ async def cmd_set(args: argparse.Namespace, settings: Settings) -> int:
         for rel, flag in FLAGS.items()
         if hasattr(args, flag.lstrip("-"))
     }
-    if not changes:
-        options = ", ".join(dict.fromkeys(FLAGS.values()))
+    compress = hasattr(args, "compress_after")
+    if not changes and not compress:
+        options = ", ".join([*dict.fromkeys(FLAGS.values()), "--compress-after"])
         print(f"apinalytics: set needs at least one of {options}", file=sys.stderr)
         return USAGE
     conn, mode = await _connect(settings)
     try:
-        old = await retention.retention_in_force(conn)
-        # Refusals first, so an unsafe setting says why before anyone is asked anything;
-        # set_retention checks again under its lock.
-        reasons = await retention.check(conn, {**old, **changes}, mode=mode)
-        if reasons:
-            return _refused(reasons)
-        shorter = [rel for rel, keep in changes.items() if _shorter(keep, old[rel])]
-        if shorter:
-            stop = _confirm(
-                f"Shorten the retention of {', '.join(shorter)}? Older data will be dropped.",
-                args.yes,
-            )
+        if compress and not mode.compression:
+            # Before anything else, so a refused command changes nothing at all.
+            print(f"apinalytics: --compress-after: {NO_COMPRESSION_SET}", file=sys.stderr)
+            return USAGE
+        if changes:
+            stop = await _set_retention(conn, mode, changes, args.yes)
             if stop is not None:
                 return stop
-        try:
-            new = await retention.set_retention(conn, changes, mode=mode)
-        except retention.UnsafeRetention as exc:
-            return _refused(exc.reasons)
+        if compress:
+            policies = await compression.set_compress_after(
+                conn, args.compress_after, available=mode.compression
+            )
     finally:
         await conn.close()
+    if compress:
+        if args.compress_after is None:
+            print("compression: off; chunks compressed so far stay compressed")
+        else:
+            print(
+                f"compression: {len(policies)} relations compressed once older than "
+                f"{format_duration(args.compress_after)}; TimescaleDB runs the policies "
+                "every 12 hours (`apinalytics retention apply --run` runs them now)"
+            )
+    return OK
+
+
+NO_COMPRESSION_SET = (
+    "compression needs the TimescaleDB Community edition; this database runs the "
+    "Apache edition, which cannot compress chunks. Nothing changed."
+)
+
+
+async def _set_retention(
+    conn: asyncpg.Connection, mode: Edition, changes: dict[str, int | None], yes: bool
+) -> int | None:
+    """The retention part of ``set``: None when done (and printed), else the exit code."""
+    old = await retention.retention_in_force(conn)
+    # Refusals first, so an unsafe setting says why before anyone is asked anything;
+    # set_retention checks again under its lock.
+    reasons = await retention.check(conn, {**old, **changes}, mode=mode)
+    if reasons:
+        return _refused(reasons)
+    shorter = [rel for rel, keep in changes.items() if _shorter(keep, old[rel])]
+    if shorter:
+        stop = _confirm(
+            f"Shorten the retention of {', '.join(shorter)}? Older data will be dropped.",
+            yes,
+        )
+        if stop is not None:
+            return stop
+    try:
+        new = await retention.set_retention(conn, changes, mode=mode)
+    except retention.UnsafeRetention as exc:
+        return _refused(exc.reasons)
     for rel in RELATIONS:
         print(f"{rel}: keep {format_duration(new[rel])}")
     if mode.retention_policies:
@@ -267,7 +384,7 @@ async def cmd_set(args: argparse.Namespace, settings: Settings) -> int:
         print(
             "run `apinalytics retention apply --yes` (daily, e.g. from cron) to drop expired data"
         )
-    return OK
+    return None
 
 
 def _refused(reasons: list[str]) -> int:
@@ -325,9 +442,28 @@ async def _apply_community(
     expired = await retention.expired_chunks(conn, now)
     if args.dry_run or not args.run or not expired:
         _print_chunks("would drop", expired)
+    else:
+        stop = _confirm(
+            f"Run the retention policies now, dropping {len(expired)} chunk(s)?", args.yes
+        )
+        if stop is not None:
+            return stop
+        _print_chunks("dropped", await retention.run_policies(conn))
+    # Compression after the drops: nothing is compressed only to be dropped.
+    if not await compression.policies(conn):
         return OK
-    stop = _confirm(f"Run the retention policies now, dropping {len(expired)} chunk(s)?", args.yes)
-    if stop is not None:
-        return stop
-    _print_chunks("dropped", await retention.run_policies(conn))
+    pending = await compression.pending_chunks(conn, now)
+    if args.dry_run or not args.run:
+        _print_compressed("would compress", pending)
+    else:
+        _print_compressed("compressed", await compression.run_policies(conn))
     return OK
+
+
+def _print_compressed(verb: str, found: Sequence[Chunk]) -> None:
+    for c in found:
+        print(
+            f"{verb} {c.relation}  {_when(c.start)} .. {_when(c.end)}  {c.name}"
+            + (f"  {_size(c.bytes)}" if c.compressed else "")
+        )
+    print(f"{verb} {len(found)} chunk(s)" if found else "nothing to compress")
