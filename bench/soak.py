@@ -25,8 +25,9 @@ What runs where, on one machine:
 
 First the capacity: for ``--capacity-s`` seconds the senders are kept full (each
 always has a batch or two queued) and the events answered 200 per second after a
-warm-up are the capacity. Then ``--minutes`` of ingest at ``--load`` of it, paced per
-client process, with these faults at fixed fractions of the run:
+warm-up are the capacity; once with ingest alone, once with the dashboard loop
+running as it will during the soak. Then ``--minutes`` of ingest at ``--load`` of the
+latter, paced per client process, with these faults at fixed fractions of the run:
 
 * 0.20: ``pg_terminate_backend`` of every connection of the service;
 * 0.35: SIGKILL of one of the service's backends (the postmaster then ends every
@@ -56,6 +57,7 @@ import logging
 import multiprocessing
 import os
 import random
+import shutil
 import signal
 import subprocess
 import sys
@@ -168,26 +170,28 @@ def client_process(plan: ClientPlan, pipe: Connection) -> None:
     end_at = start_at + plan.seconds
     made = 0
     rng = random.Random(plan.index)
-    offered = [0] * len(senders)
+    # (wall time, events queued in this process's senders), every second.
+    backlog: list[tuple[float, int]] = []
+    next_sample = start_at
     while True:
         now = time.time()
         if now >= end_at:
             break
+        if now >= next_sample:
+            backlog.append((now, sum(len(s._queue) for s in senders)))
+            next_sample += 1.0
         if plan.rate is None:
             # Keep every sender busy: one or two batches queued each, no more.
-            for i, s in enumerate(senders):
+            for s in senders:
                 room = 2 * plan.batch_size - len(s._queue)
                 for _ in range(max(0, room)):
-                    offered[i] += 1
                     s.enqueue(_event(templates, made, now, plan.index))
                     made += 1
             time.sleep(0.002)
             continue
         due = int(plan.rate * (now - start_at)) - made
         for _ in range(due):
-            i = rng.randrange(len(senders))
-            offered[i] += 1
-            senders[i].enqueue(_event(templates, made, now, plan.index))
+            senders[rng.randrange(len(senders))].enqueue(_event(templates, made, now, plan.index))
             made += 1
         time.sleep(0.005)
     closed_at = time.time()
@@ -202,6 +206,7 @@ def client_process(plan: ClientPlan, pipe: Connection) -> None:
             "stats": [vars(s.stats) for s in senders],
             "attempts": [a for s in senders for a in s.attempts],
             "batches": [b for s in senders for b in s.batches],
+            "backlog": backlog,
         }
     )
     pipe.close()
@@ -331,8 +336,6 @@ class Service:
 def start_cluster(mode: str) -> localdb.LocalCluster:
     """A fresh cluster in ``bench/data/soak-<mode>``: commits wait for their WAL to be
     written (synchronous_commit on), nothing waits for the disk (fsync off)."""
-    import shutil
-
     datadir = DATA / f"soak-{mode}"
     c = localdb.LocalCluster(datadir, localdb.find_bindir(), license=LICENSES[mode], durable=True)
     if datadir.exists():
@@ -637,23 +640,47 @@ def plans(
 
 
 async def measure_capacity(
-    args: argparse.Namespace, service: Service, app: apps.NewApp, log: Path
+    args: argparse.Namespace, service: Service, app: apps.NewApp, log: Path, dashboards: int
 ) -> dict[str, Any]:
-    start, reports = await run_clients(plans(args, service.base, app, None, args.capacity_s, log))
+    """Events/s answered 200 with every sender kept busy, after a warm-up; with
+    ``dashboards`` loops of the dashboard's queries on the same app meanwhile."""
+    run = Run()
+    assert app.read_key
+    loops = [
+        asyncio.create_task(
+            dashboard_loop(service.base, app.app_id, app.read_key, args.ranges, run)
+        )
+        for _ in range(dashboards)
+    ]
+    try:
+        start, reports = await run_clients(
+            plans(args, service.base, app, None, args.capacity_s, log)
+        )
+    finally:
+        for t in loops:
+            t.cancel()
+        for t in loops:
+            with contextlib.suppress(asyncio.CancelledError):
+                await t
     warm = start + min(5.0, args.capacity_s / 4)
     end = start + args.capacity_s
     done = [b for r in reports for b in r["batches"] if b[3] and warm <= b[0] + b[1] <= end]
     events = sum(b[2] for b in done)
     rate = events / (end - warm)
     lat = [a[1] for r in reports for a in r["attempts"] if a[2] == 200]
+    queries = [q[1] for q in run.queries if q[2] == 200]
     print(
-        f"  capacity: {rate:,.0f} events/s (request p50 {pct(lat, 50) * 1000:.0f} ms)", flush=True
+        f"  capacity: {rate:,.0f} events/s (request p50 {pct(lat, 50) * 1000:.0f} ms; "
+        f"{run.loads} dashboard loads meanwhile)",
+        flush=True,
     )
     return {
         "events_per_s": rate,
         "seconds": end - warm,
         "request_p50_ms": pct(lat, 50) * 1000,
         "request_p99_ms": pct(lat, 99) * 1000,
+        "dashboard_loads": run.loads,
+        "query_p50_ms": pct(queries, 50) * 1000 if queries else None,
         "load1": os.getloadavg()[0],
     }
 
@@ -686,9 +713,16 @@ async def soak_mode(mode: str, args: argparse.Namespace) -> dict[str, Any]:
         if args.capacity:
             capacity = {"events_per_s": args.capacity, "given": True}
         else:
-            capacity = await measure_capacity(args, service, warmup_app, client_log)
+            # Ingest alone, then with the dashboard's queries, as during the soak: the
+            # soak's rate is a fraction of the latter.
+            alone = await measure_capacity(args, service, warmup_app, client_log, 0)
+            await wait_caught_up(c.dsn)
+            capacity = await measure_capacity(
+                args, service, warmup_app, client_log, args.dashboards
+            )
+            capacity["alone"] = alone
         caught = await wait_caught_up(c.dsn)
-        print(f"  materializer caught up {caught:.1f} s after the capacity run", flush=True)
+        print(f"  materializer caught up {caught:.1f} s after the capacity runs", flush=True)
         rate = args.load * capacity["events_per_s"]
         seconds = args.minutes * 60
         print(f"  soak: {rate:,.0f} events/s for {seconds:.0f} s", flush=True)
@@ -736,6 +770,7 @@ async def soak_mode(mode: str, args: argparse.Namespace) -> dict[str, Any]:
             service.kill()
         if not args.keep:
             await asyncio.to_thread(c.stop)
+            shutil.rmtree(c.datadir, ignore_errors=True)
 
 
 async def verify(
@@ -807,6 +842,11 @@ def summarize(
     def minute(t: float) -> int:
         return min(max(0, int((t - start) // 60)), minutes)  # the last: after the run
 
+    # Events waiting in every client's senders, second by second.
+    n = min(len(r["backlog"]) for r in reports)
+    backlog = [
+        (reports[0]["backlog"][i][0], sum(r["backlog"][i][1] for r in reports)) for i in range(n)
+    ]
     per: list[dict[str, Any]] = []
     for i in range(minutes + 1):
         a = [x for x in attempts if minute(x[0]) == i]
@@ -816,6 +856,7 @@ def summarize(
         ok_a = [x[1] for x in a if x[2] == 200]
         ok_q = [x[1] for x in q if x[2] == 200]
         rss = [x["rss_mb"] for x in s if x["rss_mb"] is not None]
+        queued = [x[1] for x in backlog if minute(x[0]) == i]
         pend = [x for x in s if "pending" in x]
         per.append(
             {
@@ -829,6 +870,7 @@ def summarize(
                 "query_p50_ms": pct(ok_q, 50) * 1000 if ok_q else None,
                 "query_p99_ms": pct(ok_q, 99) * 1000 if ok_q else None,
                 "query_errors": dict(Counter(_status_name(x[2]) for x in q if x[2] != 200)),
+                "backlog_max": max(queued) if queued else None,
                 "rss_mb_max": max(rss) if rss else None,
                 "rss_mb_last": rss[-1] if rss else None,
                 "pending_max": max(x["pending"] for x in pend) if pend else None,
@@ -867,6 +909,7 @@ def summarize(
         "faults": [{**f, "at_s": f["t"] - start} for f in run.faults],
         "per_minute": per,
         "samples": [{**s, "at_s": s["t"] - start} for s in run.samples],
+        "backlog": [(t - start, q) for t, q in backlog],
         "closed_s": max(r["closed_s"] for r in reports),
     }
 
@@ -892,7 +935,16 @@ def write_report(mode: str, s: dict[str, Any]) -> None:
         f"{min(x['load1'] for x in s['samples']):.1f} to {max(x['load1'] for x in s['samples']):.1f}"
         " during.",
         "",
-        f"Capacity: {s['capacity']['events_per_s']:,.0f} events/s; target "
+        f"Capacity: {s['capacity']['events_per_s']:,.0f} events/s"
+        + (
+            ""
+            if s["capacity"].get("given")
+            else f" with the dashboard's queries running ({s['capacity']['dashboard_loads']} "
+            f"loads in {s['capacity']['seconds']:.0f} s, every Sender kept busy, load average "
+            f"{s['capacity']['load1']:.1f}), {s['capacity']['alone']['events_per_s']:,.0f} "
+            f"events/s without them (load average {s['capacity']['alone']['load1']:.1f})"
+        )
+        + "; target "
         f"{s['target_rate']:,.0f} events/s ({s['args']['processes']} client processes x "
         f"{s['args']['senders']} Senders, batches of {s['args']['batch_size']}); "
         f"{s['dashboard_loads']} dashboard loads ({s['args']['dashboards']} at a time, ranges "
@@ -926,15 +978,17 @@ def write_report(mode: str, s: dict[str, Any]) -> None:
             for f in s["faults"]
         ),
         "",
-        "| minute | accepted events | ingest requests | ingest p50 / p99 ms | ingest not 200 "
-        "| queries | query p50 / p99 ms | queries not 200 | service RSS MB (max) "
-        "| pending rows / oldest s (max) | load | faults |",
-        "|---:|---:|---:|---|---|---:|---|---|---:|---|---:|---|",
+        "| minute | accepted events | queued in the Senders (max) | ingest requests "
+        "| ingest p50 / p99 ms | ingest not 200 | queries | query p50 / p99 ms "
+        "| queries not 200 | service RSS MB (max) | pending rows / oldest s (max) | load "
+        "| faults |",
+        "|---:|---:|---:|---:|---|---|---:|---|---|---:|---|---:|---|",
     ]
     for p in s["per_minute"]:
         label = str(p["minute"] + 1) if p["minute"] < len(s["per_minute"]) - 1 else "after"
         lines.append(
-            f"| {label} | {p['accepted']:,} | {p['ingest_requests']:,} | "
+            f"| {label} | {p['accepted']:,} | {_ms(p['backlog_max'])} | "
+            f"{p['ingest_requests']:,} | "
             f"{_ms(p['ingest_p50_ms'])} / {_ms(p['ingest_p99_ms'])} | "
             f"{_errors(p['ingest_errors'])} | {p['queries']:,} | "
             f"{_ms(p['query_p50_ms'])} / {_ms(p['query_p99_ms'])} | "
