@@ -14,7 +14,7 @@ from typing import TYPE_CHECKING
 import asyncpg
 
 from ..edition import Edition
-from .materializer import APPLICATION_NAME, ROWS_PER_RUN, catch_up_once
+from .materializer import APPLICATION_NAME, catch_up_once
 
 if TYPE_CHECKING:
     # Not at run time: `serve --workers N` sets up prometheus_client's multiprocess
@@ -81,7 +81,7 @@ class Materializer:
                 conn = await self._connection()
                 run = await catch_up_once(conn, self._edition)
                 self._runs.labels(outcome=run.outcome).inc()
-                if run.rows < ROWS_PER_RUN:
+                if not run.more:
                     return
                 await asyncio.sleep(0)
         except Exception as exc:
