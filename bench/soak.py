@@ -116,7 +116,12 @@ class TimedSender(Sender):
         except Exception as exc:
             self.attempts.append((began, time.perf_counter() - t, type(exc).__name__))
             raise
-        self.attempts.append((began, time.perf_counter() - t, out[0]))
+        status, _, answer = out
+        label: int | str = status
+        if status != 200:
+            with contextlib.suppress(ValueError, KeyError, TypeError):
+                label = f"{status} {json.loads(answer)['error']['code']}"
+        self.attempts.append((began, time.perf_counter() - t, label))
         return out
 
     def _send(self, batch: list[dict[str, Any]]) -> None:
@@ -393,7 +398,7 @@ class Run:
 
     samples: list[dict[str, Any]] = field(default_factory=list)
     faults: list[dict[str, Any]] = field(default_factory=list)
-    queries: list[tuple[float, float, int, str]] = field(default_factory=list)
+    queries: list[tuple[float, float, int | str, str]] = field(default_factory=list)
     loads: int = 0
 
 
@@ -546,10 +551,11 @@ async def _dashboard_load(
                     retry_after = float(resp.headers.get("Retry-After") or 1)
             except (TimeoutError, aiohttp.ClientError, ValueError):
                 pass
-            run.queries.append((t0, time.perf_counter() - t, status, name))
+            code = (body or {}).get("error", {}).get("code") if isinstance(body, dict) else None
+            label = f"{status} {code}" if code else status
+            run.queries.append((t0, time.perf_counter() - t, label, name))
             if status == 200:
                 return body
-            code = (body or {}).get("error", {}).get("code") if isinstance(body, dict) else None
             if code == "overloaded" and attempt < 5:
                 await asyncio.sleep(retry_after)
                 continue
