@@ -219,3 +219,39 @@ async def test_metrics_and_status_show_what_is_pending(
     assert (await stopped.get("/readyz")).status == 200
     status = await materializer.status(db)
     assert status.ranges == 2 and status.oldest_s is not None and status.running_pid is None
+
+
+@all_modes
+async def test_a_run_takes_every_pending_row_of_the_stretches_it_materializes(
+    mode: str,
+    stopped: TestClient,
+    app_keys: NewApp,
+    db: asyncpg.Connection,
+    database_url: str,
+) -> None:
+    """Live traffic leaves a pending row per batch, all of one stretch (the app's
+    current hour). A run materializes that stretch once and takes all its rows, not
+    only the oldest ``limit``: the others would have re-aggregated the same hour again,
+    run after run, while the backlog grew. Rows of other stretches wait their turn."""
+    await run_policies(db, mode)
+    hour = int(time.time() // 3600 * 3600) - 2 * DAY
+    batches = [spread(10, hour + 600 * i, 300, seed=i + 1) for i in range(5)]
+    later = spread(10, hour + 3600 + 60, 300)
+    for evs in [*batches, later]:
+        await post(stopped, app_keys, evs)
+    assert await pending_count(db) == 6
+
+    conn = await materializer_connection(database_url)
+    try:
+        run = await materializer.catch_up_once(conn, Edition(mode), limit=3)
+    finally:
+        await conn.close()
+    assert (run.rows, run.stretches) == (5, 1)
+    assert run.more  # its oldest 3 were as many as it asked for
+    left = await db.fetch("SELECT extract(epoch FROM start)::bigint AS s FROM rollup_pending")
+    assert [r["s"] for r in left] == [hour + 3600]
+    everything = [e for evs in batches for e in evs] + later
+    await check(stopped, app_keys, everything, panels(hour - DAY, hour + 2 * 3600))
+    assert await catch_up(db) == 1
+    sources = await check(stopped, app_keys, everything, panels(hour - DAY, hour + 2 * 3600))
+    assert reads_rollups(sources)

@@ -21,7 +21,7 @@ import asyncpg
 
 from ..db import background, timed
 from ..edition import Edition
-from .materializer import APPLICATION_NAME, PENDING, ROWS_PER_RUN, catch_up_once
+from .materializer import APPLICATION_NAME, PENDING, catch_up_once
 
 if TYPE_CHECKING:
     # Not at run time: `serve --workers N` sets up prometheus_client's multiprocess
@@ -96,7 +96,7 @@ class Materializer:
                 self._runs.labels(outcome=run.outcome).inc()
                 rows, hours = rows + run.rows, hours + run.hours
                 apps |= run.apps
-                if run.rows < ROWS_PER_RUN:
+                if not run.more:
                     break
                 await asyncio.sleep(0)
             left = await timed(conn.fetchval, PENDING, (), "pending left") if rows else 0

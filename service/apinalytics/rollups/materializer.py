@@ -2,8 +2,9 @@
 
 The ingest transaction records, per app, the stretches of time its events touched
 (``pending.record``, table ``rollup_pending``). ``catch_up_once`` takes the oldest
-pending rows (at most ``ROWS_PER_RUN``), brings the rollups up to date over their
-stretches and deletes exactly the rows it read, by id:
+pending rows (``ROWS_PER_RUN``) and every other pending row of the same stretches,
+brings the rollups up to date over those stretches and deletes exactly the rows it
+read, by id:
 
 - Apache: in ONE transaction, per app and coalesced stretch, each rollup in declared
   order deletes the app's rows of the stretch and re-aggregates them from its source
@@ -72,13 +73,23 @@ APPLICATION_NAME = "apinalytics materializer"
 _DELETE_SQL = {r.relation: delete_sql(r, per_app=True) for r in ROLLUPS}
 _INSERT_SQL = {r.relation: rebuild_sql(r, per_app=True) for r in ROLLUPS}
 
+# The oldest $1 pending rows, and every other pending row of the same app and stretch:
+# live traffic leaves a row per batch, all of one app's current hour, and the run
+# materializes that stretch once whatever the rows' number (it re-reads the hour
+# whole). Taking only the oldest $1 left the rest of them for runs that re-aggregated
+# the same hour again, one after the other. ``is_full``: the oldest $1 were as many as
+# asked for (more may be pending).
 _READ = """
-    SELECT id, app_id,
-           extract(epoch FROM start)::bigint AS s,
-           extract(epoch FROM "end")::bigint AS e
-    FROM rollup_pending
-    ORDER BY id
-    LIMIT $1
+    WITH oldest AS (
+        SELECT app_id, start, "end" FROM rollup_pending ORDER BY id LIMIT $1
+    )
+    SELECT p.id, p.app_id,
+           extract(epoch FROM p.start)::bigint AS s,
+           extract(epoch FROM p."end")::bigint AS e,
+           (SELECT count(*) FROM oldest) = $1 AS is_full
+    FROM rollup_pending p
+    WHERE (p.app_id, p.start, p."end") IN (SELECT DISTINCT app_id, start, "end" FROM oldest)
+    ORDER BY p.id
 """
 _DONE = "DELETE FROM rollup_pending WHERE id = ANY($1::bigint[])"
 PENDING = "SELECT count(*) FROM rollup_pending"
@@ -109,6 +120,8 @@ class Run:
     stretches: int = 0
     hours: int = 0
     apps: frozenset[int] = frozenset()
+    # More rows may be pending than the run took (its oldest ``limit`` were full).
+    more: bool = False
 
     @property
     def outcome(self) -> str:
@@ -134,7 +147,8 @@ async def status(conn: asyncpg.Connection) -> Status:
 async def catch_up_once(
     conn: asyncpg.Connection, edition: Edition, *, limit: int = ROWS_PER_RUN
 ) -> Run:
-    """One run over the oldest ``limit`` pending rows, under the advisory lock.
+    """One run over the oldest ``limit`` pending rows (and the other rows of their
+    stretches), under the advisory lock.
 
     ``conn`` is a connection of its own (not a pooled one: the lock is the session's),
     outside any transaction; either timestamp codec.
@@ -217,7 +231,14 @@ async def _reaggregate(conn: asyncpg.Connection, limit: int) -> Run:
                     await timed(conn.execute, _INSERT_SQL[rollup.relation], args, "upkeep insert")
         await timed(conn.execute, _DONE, ([r["id"] for r in rows],), "pending done")
     log.debug("rollups materialized", extra={"pending": len(rows), "stretches": stretches})
-    return Run(ran=True, rows=len(rows), stretches=stretches, hours=hours, apps=frozenset(per_app))
+    return Run(
+        ran=True,
+        rows=len(rows),
+        stretches=stretches,
+        hours=hours,
+        apps=frozenset(per_app),
+        more=rows[0]["is_full"],
+    )
 
 
 async def _refresh(conn: asyncpg.Connection, limit: int) -> Run:
@@ -236,4 +257,5 @@ async def _refresh(conn: asyncpg.Connection, limit: int) -> Run:
         stretches=len(windows),
         hours=sum((e - s) // pending.WIDTH_S for s, e in windows),
         apps=frozenset(r["app_id"] for r in rows),
+        more=rows[0]["is_full"],
     )
