@@ -53,15 +53,6 @@ class Unavailable(Exception):
 
 
 @dataclass(frozen=True)
-class Policy:
-    relation: str
-    job_id: int
-    compress_after_s: int
-    next_start: datetime | None
-    schedule: timedelta
-
-
-@dataclass(frozen=True)
 class Stats:
     relation: str
     chunks: int
@@ -71,28 +62,9 @@ class Stats:
     after_bytes: int
 
 
-async def policies(conn: asyncpg.Connection) -> dict[str, Policy]:
+async def policies(conn: asyncpg.Connection) -> dict[str, retention.Job]:
     """The compression policy of each relation that has one."""
-    tables = {v: k for k, v in (await retention.hypertables(conn)).items()}
-    rows = await db.fetch(
-        conn,
-        "compression jobs",
-        """
-        SELECT job_id, hypertable_schema AS s, hypertable_name AS n, next_start,
-               schedule_interval,
-               extract(epoch FROM (config ->> 'compress_after')::interval)::bigint AS after_s
-        FROM timescaledb_information.jobs
-        WHERE proc_name = 'policy_compression'
-        """,
-    )
-    out: dict[str, Policy] = {}
-    for r in rows:
-        rel = tables.get((r["s"], r["n"]))
-        if rel is not None:
-            out[rel] = Policy(
-                rel, r["job_id"], r["after_s"], r["next_start"], r["schedule_interval"]
-            )
-    return out
+    return await retention.policy_jobs(conn, "policy_compression", "compress_after")
 
 
 async def stats(conn: asyncpg.Connection) -> dict[str, Stats]:
@@ -148,7 +120,7 @@ def _alter_sql(relation: str) -> str:
 
 async def set_compress_after(
     conn: asyncpg.Connection, after_s: int | None, *, available: bool
-) -> dict[str, Policy]:
+) -> dict[str, retention.Job]:
     """Compress every relation's chunks older than ``after_s`` (None: stop compressing;
     compressed chunks stay compressed), in one transaction; returns the policies now
     in force. Raises Unavailable on an edition without compression."""
@@ -184,7 +156,9 @@ async def pending_chunks(conn: asyncpg.Connection, now: datetime) -> list[retent
     compress_after and not compressed yet (or written to since)."""
     out: list[retention.Chunk] = []
     for rel, policy in (await policies(conn)).items():
-        cutoff = now - timedelta(seconds=policy.compress_after_s)
+        if policy.after_s is None:  # not set by us (compress_created_before)
+            continue
+        cutoff = now - timedelta(seconds=policy.after_s)
         out += [c for c in await retention.chunks(conn, rel, cutoff) if not c.compressed]
     return out
 

@@ -325,35 +325,44 @@ async def _record_dropped(conn: asyncpg.Connection, relation: str, before: datet
 
 @dataclass(frozen=True)
 class Job:
+    """A Community policy job on one relation, with the age it acts at (a retention
+    policy's ``drop_after``, a compression policy's ``compress_after``)."""
+
     relation: str
     job_id: int
-    drop_after_s: int | None
+    after_s: int | None
     next_start: datetime | None
     schedule: timedelta
 
 
-async def retention_jobs(conn: asyncpg.Connection) -> dict[str, Job]:
-    """Community: the retention policy of each relation, if it has one."""
+async def policy_jobs(conn: asyncpg.Connection, proc: str, setting: str) -> dict[str, Job]:
+    """Community: each relation's job of policy ``proc`` (``policy_retention``,
+    ``policy_compression``), if it has one, with its age ``setting`` in seconds."""
     tables = {v: k for k, v in (await hypertables(conn)).items()}
     rows = await db.fetch(
         conn,
-        "retention jobs",
+        f"{proc} jobs",
         """
         SELECT job_id, hypertable_schema AS s, hypertable_name AS n, next_start,
                schedule_interval,
-               extract(epoch FROM (config ->> 'drop_after')::interval)::bigint AS drop_after_s
+               extract(epoch FROM (config ->> $2)::interval)::bigint AS after_s
         FROM timescaledb_information.jobs
-        WHERE proc_name = 'policy_retention'
+        WHERE proc_name = $1
         """,
+        proc,
+        setting,
     )
     out: dict[str, Job] = {}
     for r in rows:
         rel = tables.get((r["s"], r["n"]))
         if rel is not None:
-            out[rel] = Job(
-                rel, r["job_id"], r["drop_after_s"], r["next_start"], r["schedule_interval"]
-            )
+            out[rel] = Job(rel, r["job_id"], r["after_s"], r["next_start"], r["schedule_interval"])
     return out
+
+
+async def retention_jobs(conn: asyncpg.Connection) -> dict[str, Job]:
+    """Community: the retention policy of each relation, if it has one."""
+    return await policy_jobs(conn, "policy_retention", "drop_after")
 
 
 async def run_policies(conn: asyncpg.Connection) -> list[Chunk]:

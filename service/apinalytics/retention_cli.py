@@ -211,10 +211,10 @@ def _show_policies(rows: list[retention.RelationStatus], windows: dict[str, int 
         if s.policy:
             print(
                 f"{s.relation}: retention policy job {s.policy.job_id}, drop_after "
-                f"{format_duration(s.policy.drop_after_s)}, every {_every(s.policy.schedule)}, "
+                f"{format_duration(s.policy.after_s)}, every {_every(s.policy.schedule)}, "
                 f"next run {_when(s.policy.next_start)}"
             )
-        if (s.policy.drop_after_s if s.policy else None) != s.keep_s:
+        if (s.policy.after_s if s.policy else None) != s.keep_s:
             print(
                 f"warning: {s.relation}'s retention policy does not match the retention "
                 f"in force ({format_duration(s.keep_s)}); run `apinalytics retention set "
@@ -232,13 +232,13 @@ NO_COMPRESSION = (
 
 
 def _show_compression(
-    packed: tuple[dict[str, compression.Policy], dict[str, compression.Stats]] | None,
+    packed: tuple[dict[str, retention.Job], dict[str, compression.Stats]] | None,
 ) -> None:
     if packed is None:
         print(NO_COMPRESSION)
         return
     policies, stats = packed
-    ages = {p.compress_after_s for p in policies.values()}
+    ages = {p.after_s for p in policies.values()}
     if not policies:
         print("compression: off (`apinalytics retention set --compress-after 7d` turns it on)")
     elif len(ages) == 1:
@@ -251,7 +251,7 @@ def _show_compression(
         if p:
             parts.append(
                 f"compression policy job {p.job_id}, compress after "
-                f"{format_duration(p.compress_after_s)}, every {_every(p.schedule)}, "
+                f"{format_duration(p.after_s)}, every {_every(p.schedule)}, "
                 f"next run {_when(p.next_start)}"
             )
         if st and st.compressed_chunks:
@@ -271,7 +271,7 @@ def _show_json(
     mode: str,
     rows: list[retention.RelationStatus],
     windows: dict[str, int | None],
-    packed: tuple[dict[str, compression.Policy], dict[str, compression.Stats]] | None,
+    packed: tuple[dict[str, retention.Job], dict[str, compression.Stats]] | None,
 ) -> dict[str, Any]:
     def ts(t: datetime | None) -> float | None:
         return t.timestamp() if t else None
@@ -281,7 +281,7 @@ def _show_json(
     def compressed(rel: str) -> dict[str, Any]:
         p, st = policies.get(rel), stats.get(rel)
         return {
-            "compress_after_s": p.compress_after_s if p else None,
+            "compress_after_s": p.after_s if p else None,
             "compression_job_id": p.job_id if p else None,
             "compressed_chunks": st.compressed_chunks if st else 0,
             "compressed_bytes_before": st.before_bytes if st else 0,

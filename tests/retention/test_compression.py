@@ -87,7 +87,7 @@ async def test_set_creates_policies_with_declared_settings_and_show_reports_them
     assert await cli(settings, "set", "--compress-after", "10d") == 0
     assert "compressed once older than 10d" in capsys.readouterr().out
     policies = await compression.policies(db)
-    assert {rel: p.compress_after_s for rel, p in policies.items()} == dict.fromkeys(
+    assert {rel: p.after_s for rel, p in policies.items()} == dict.fromkeys(
         retention.RELATIONS, 10 * DAY
     )
     tables = await retention.hypertables(db)

@@ -229,7 +229,7 @@ async def test_community_refusals_name_the_windows(
     # sets events_1m and events_1m_app alike.
     assert await cli(settings, "set", "--raw", "10d", "--minute", "20d", "--yes") == 0
     jobs = await retention.retention_jobs(db)
-    assert {rel: j.drop_after_s for rel, j in jobs.items()} == {
+    assert {rel: j.after_s for rel, j in jobs.items()} == {
         "events": 10 * DAY,
         "events_1m": 20 * DAY,
         "events_1m_app": 20 * DAY,
@@ -237,7 +237,7 @@ async def test_community_refusals_name_the_windows(
     # --hour sets events_1h, the narrow hour rollups and the histograms alike.
     assert await cli(settings, "set", "--hour", "30d", "--yes") == 0
     jobs = await retention.retention_jobs(db)
-    assert {rel: j.drop_after_s for rel, j in jobs.items() if rel.startswith("events_1h")} == (
+    assert {rel: j.after_s for rel, j in jobs.items() if rel.startswith("events_1h")} == (
         dict.fromkeys(
             ("events_1h", *NARROW, "events_1h_function_hist", "events_1h_app_hist"), 30 * DAY
         )

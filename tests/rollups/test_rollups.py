@@ -710,7 +710,7 @@ async def test_migration_brings_narrow_rollups_to_an_existing_database(
             assert {r: keep[r] for r in added} == dict.fromkeys(added, 30 * 86400)
             if mode == "community":
                 jobs = await retention.retention_jobs(conn)
-                assert {r: jobs[r].drop_after_s for r in added} == dict.fromkeys(added, 30 * 86400)
+                assert {r: jobs[r].after_s for r in added} == dict.fromkeys(added, 30 * 86400)
         finally:
             await conn.close()
 
