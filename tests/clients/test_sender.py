@@ -33,6 +33,14 @@ def quick(app: NewApp, url: str, **options: float) -> Sender:
     return Sender(app.app_id, app.write_key, url, **{**defaults, **options})  # type: ignore[arg-type]
 
 
+def wait_stopped(sender: Sender) -> None:
+    """Wait for the sender's thread, which a hanging server kept busy past ``close``:
+    once the server is gone it gives up its batch and ends, within the test."""
+    if sender._thread is not None:
+        sender._thread.join(5)
+    assert sender._thread is None or not sender._thread.is_alive()
+
+
 def record(sender: Sender | AsyncSender, n: int, function: str = "f", **fields: object) -> None:
     for i in range(n):
         assert sender.record(
@@ -159,6 +167,7 @@ def test_a_full_queue_drops_and_counts_without_blocking(caplog: pytest.LogCaptur
         took = time.monotonic() - started
         s = sender.stats
         sender.close(0.2)
+    wait_stopped(sender)
     # One batch in flight (the server never answers it), the queue full behind it.
     assert accepted == s.queued + 0 and 100 <= s.queued <= 110
     assert s.dropped == 1000 - accepted
@@ -176,6 +185,7 @@ def test_a_read_timeout_is_retried() -> None:
             time.sleep(0.05)
         stats = sender.stats
         sender.close(0.1)
+    wait_stopped(sender)
     assert stats.retries >= 2 and stats.queued == 1 and stats.sent == 0
 
 
