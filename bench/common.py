@@ -34,6 +34,7 @@ import aiohttp
 import asyncpg
 
 from apinalytics import localdb
+from apinalytics.ingest.decode import COLUMNS
 
 DATA = Path(__file__).resolve().parent / "data"
 # SPEC's two rollup modes and the timescaledb.license that selects each.
@@ -349,6 +350,21 @@ def timestamps(rng: random.Random, start: int, cum: Sequence[float], n: int) -> 
         out.append(round(start + 60 * min(m, len(cum) - 1) + 60 * rng.random(), 6))
     out.sort()
     return out
+
+
+COPY_ROWS = 50_000
+
+
+async def copy_diurnal(
+    conn: asyncpg.Connection, app: int, start: int, minutes: int, n: int, seed: int
+) -> None:
+    """COPY ``n`` events of the benchmark mix into ``events`` for app ``app`` (its
+    internal id), spread over ``minutes`` minutes from ``start`` by the diurnal curve."""
+    maker = EventMaker(seed=seed)
+    stamps = timestamps(random.Random(seed), start, diurnal_minutes(start, minutes), n)
+    for i in range(0, n, COPY_ROWS):
+        rows = [as_row(e, app) for e in maker.events(stamps[i : i + COPY_ROWS])]
+        await conn.copy_records_to_table("events", records=rows, columns=COLUMNS)
 
 
 # -- the service in a child process --------------------------------------------

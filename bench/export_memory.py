@@ -17,8 +17,6 @@ from __future__ import annotations
 
 import argparse
 import asyncio
-import random
-import socket
 import sys
 import time
 from datetime import UTC, datetime
@@ -28,32 +26,21 @@ from typing import Any
 import aiohttp
 import asyncpg
 
-from apinalytics import apps, migrate
+from apinalytics import apps, localdb, migrate
 from apinalytics.edition import Edition
-from apinalytics.ingest.decode import COLUMNS
 from apinalytics.rollups import rebuild
 from common import (
     DATA,
-    EventMaker,
-    as_row,
     cluster,
-    diurnal_minutes,
+    copy_diurnal,
     machine,
     machine_line,
     start_service,
     stop_service,
-    timestamps,
 )
 
 DAY = 86400
-COPY_ROWS = 50_000
 SEED = 20141015
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
 
 
 def rss_kib(pid: int, field: str = "VmRSS") -> int:
@@ -71,12 +58,8 @@ async def load(dsn: str, mode: str, n: int, days: int) -> tuple[apps.NewApp, int
         internal = await conn.fetchval("SELECT id FROM apps WHERE public_id = $1", app.app_id)
         end = int(time.time()) // 60 * 60
         start = end - days * DAY
-        maker = EventMaker(seed=SEED)
-        stamps = timestamps(random.Random(SEED), start, diurnal_minutes(start, days * 1440), n)
         t = time.perf_counter()
-        for i in range(0, n, COPY_ROWS):
-            rows = [as_row(e, internal) for e in maker.events(stamps[i : i + COPY_ROWS])]
-            await conn.copy_records_to_table("events", records=rows, columns=COLUMNS)
+        await copy_diurnal(conn, internal, start, days * 1440, n, SEED)
         copy_s = time.perf_counter() - t
         await rebuild.rebuild(conn, Edition(mode), start, end)
         await conn.execute("VACUUM ANALYZE")
@@ -162,7 +145,7 @@ async def bench(mode: str, args: argparse.Namespace) -> str:
     for n in args.sizes:
         end = await nth_time(c.dsn, min(n, args.events))
         for fmt in ("ndjson", "csv"):
-            port = free_port()
+            port = localdb.free_port()
             proc = await start_service(c.dsn, port)
             try:
                 # Warm-up: code paths, pool connection, prepared statements.

@@ -23,8 +23,6 @@ import argparse
 import asyncio
 import collections
 import gzip
-import random
-import socket
 import sys
 import time
 from datetime import UTC, datetime
@@ -33,33 +31,23 @@ from pathlib import Path
 import aiohttp
 import asyncpg
 
-from apinalytics import apps, migrate
+from apinalytics import apps, localdb, migrate
 from apinalytics.edition import Edition
-from apinalytics.ingest.decode import COLUMNS
 from apinalytics.rollups import rebuild
 from common import (
     EventMaker,
     as_json,
-    as_row,
     cluster,
-    diurnal_minutes,
+    copy_diurnal,
     machine,
     machine_line,
     percentile,
     start_service,
     stop_service,
-    timestamps,
 )
 
 DAY = 86400
 SEED = 20141015
-COPY_ROWS = 50_000
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
 
 
 def peak_rss_mib(pid: int) -> float:
@@ -78,11 +66,7 @@ async def load(dsn: str, mode: str, n: int) -> tuple[apps.NewApp, apps.NewApp, i
         start = end - DAY
         for app, count in ((noisy, n), (quiet, n // 4)):
             internal = await conn.fetchval("SELECT id FROM apps WHERE public_id = $1", app.app_id)
-            maker = EventMaker(seed=SEED)
-            stamps = timestamps(random.Random(SEED), start, diurnal_minutes(start, 1440), count)
-            for i in range(0, count, COPY_ROWS):
-                rows = [as_row(e, internal) for e in maker.events(stamps[i : i + COPY_ROWS])]
-                await conn.copy_records_to_table("events", records=rows, columns=COLUMNS)
+            await copy_diurnal(conn, internal, start, 1440, count, SEED)
         await rebuild.rebuild(conn, Edition(mode), start - 3600, end + 3600)
         await conn.execute("VACUUM ANALYZE")
         return noisy, quiet, start, end
@@ -187,7 +171,7 @@ async def main() -> None:
         m = await machine(conn)
     finally:
         await conn.close()
-    port = free_port()
+    port = localdb.free_port()
     base = f"http://127.0.0.1:{port}"
     env = {} if args.raw_reads is None else {"APINALYTICS_MAX_RAW_READS": str(args.raw_reads)}
     proc = await start_service(c.dsn, port, env={**env, "APINALYTICS_LOG_LEVEL": "ERROR"})

@@ -25,9 +25,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
-import random
 import shutil
-import socket
 import time
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
@@ -37,34 +35,25 @@ import asyncpg
 
 from apinalytics import apps, localauth, localdb, migrate
 from apinalytics.edition import Edition
-from apinalytics.ingest.decode import COLUMNS
 from apinalytics.rollups.rebuild import rebuild
 from common import (
     DATA,
     LICENSES,
     EventMaker,
     as_json,
-    as_row,
     cluster,
-    diurnal_minutes,
+    copy_diurnal,
     machine,
     machine_line,
     percentile,
     start_service,
     stop_service,
-    timestamps,
 )
 
 DAY = 86400
 SEED = 20141015
-COPY_ROWS = 50_000
+
 STRONG = {"X-Apinalytics-Consistency": "strong"}
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
 
 
 async def load(dsn: str, mode: str, n: int) -> tuple[apps.NewApp, int, int]:
@@ -74,11 +63,7 @@ async def load(dsn: str, mode: str, n: int) -> tuple[apps.NewApp, int, int]:
         internal = await conn.fetchval("SELECT id FROM apps WHERE public_id = $1", app.app_id)
         end = int(time.time()) // 3600 * 3600
         start = end - 7 * DAY
-        maker = EventMaker(seed=SEED)
-        stamps = timestamps(random.Random(SEED), start, diurnal_minutes(start, 7 * 1440), n)
-        for i in range(0, n, COPY_ROWS):
-            rows = [as_row(e, internal) for e in maker.events(stamps[i : i + COPY_ROWS])]
-            await conn.copy_records_to_table("events", records=rows, columns=COLUMNS)
+        await copy_diurnal(conn, internal, start, 7 * 1440, n, SEED)
         await rebuild(conn, Edition(mode), start - 3600, end + 3600)
         await conn.execute("VACUUM ANALYZE")
         return app, start, end
@@ -101,7 +86,7 @@ def standby(primary: localdb.LocalCluster, name: str) -> localdb.LocalCluster:
     backup = ["pg_basebackup", "-D", str(target), "-R", "-X", "stream", "-c", "fast"]
     primary._run_pg([*backup, "--no-sync", "-d", conninfo])
     return localdb.LocalCluster(
-        target, primary.bindir, port=free_port(), license=primary.license, durable=False
+        target, primary.bindir, port=localdb.free_port(), license=primary.license, durable=False
     ).ensure_running()
 
 
@@ -235,7 +220,7 @@ async def bench_mode(mode: str, args: argparse.Namespace) -> None:
             m = await machine(conn)
         finally:
             await conn.close()
-        port = free_port()
+        port = localdb.free_port()
         base = f"http://127.0.0.1:{port}"
         proc = await start_service(
             primary.dsn,
