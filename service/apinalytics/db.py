@@ -292,6 +292,9 @@ async def create_pool(
             "statement_timeout": str(int(statement_timeout_s * 1000)),
             "application_name": "apinalytics",
             "timezone": "UTC",
+            # Never a cached generic plan: one made while a chunk was wholly compressed
+            # misses rows written into it later (docs/retention.md, "Cached plans").
+            "plan_cache_mode": "force_custom_plan",
         },
     )
     return pool
