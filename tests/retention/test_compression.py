@@ -76,8 +76,12 @@ async def compress_now(settings: Settings, conn: asyncpg.Connection) -> None:
 # Named apart from hypothesis.settings, imported above.
 @pytest.fixture(name="settings")
 def compression_settings(make_settings: MakeSettings) -> Settings:
-    # The oracle's events are in August 2025 (see tests/query/test_oracle.py).
-    return make_settings(max_event_age_s=20 * 366 * 86400, max_buckets=1_000_000)
+    # The oracle's events are in August 2025 (see tests/query/test_oracle.py). No
+    # background materializer: each test catches up explicitly, so the answers are
+    # checked before and after a refresh, never racing one (docs/retention.md).
+    return make_settings(
+        max_event_age_s=20 * 366 * 86400, max_buckets=1_000_000, materializer_interval_s=0
+    )
 
 
 @COMMUNITY
@@ -219,8 +223,8 @@ async def test_service_statements_see_rows_rewritten_in_compressed_rollup_chunks
     """TimescaleDB 2.19.3: a generic plan made while a rollup chunk was wholly
     compressed was seen to miss the rows a later refresh rewrote into it (a psql
     session, PREPARE under plan_cache_mode = force_generic_plan; not every arrangement
-    shows it). A rollup read run often on one of the service's connections
-    (db.create_pool) sees those rows."""
+    shows it). The service's connections plan every statement for its parameters
+    (db.create_pool), and a statement run often on one of them sees those rows."""
     app = await apps.create(db, "plans")
     internal = await db.fetchval("SELECT id FROM apps WHERE public_id = $1", app.app_id)
     base = oracle.BASE
@@ -242,6 +246,7 @@ async def test_service_statements_see_rows_rewritten_in_compressed_rollup_chunks
     pool = await db_pool(database_url)
     try:
         async with pool.acquire() as conn:
+            assert await conn.fetchval("SHOW plan_cache_mode") == "force_custom_plan"
             for _ in range(8):
                 want = await conn.fetchval(read, *window)
         await db.execute(
